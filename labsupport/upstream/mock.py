@@ -1,0 +1,308 @@
+"""The offline upstream, in process: the real `openai` SDK talks to it through respx.
+
+How the interception works, and why it cannot leak:
+
+* The SDK (3.x) sends HTTP through httpx2 → httpcore2; plain httpx goes through httpcore. respx
+  patches the connection pools of *both* (`using="httpcore2"` with a small mocker registered here,
+  and a second router for httpcore), so every client the SDK builds, or a learner builds, is seen.
+* One route catches every request. It answers requests to the OpenAI API base (and to whatever
+  `OPENAI_BASE_URL` points at), lets loopback traffic (127.0.0.1, localhost, ::1) through to the
+  lab's own servers, and refuses anything else with `NetworkBlockedError`: fail closed.
+* The answer's body is a stream that waits before it yields. The sync client reads it with a
+  plain iterator, so `time.sleep` blocks its thread, as a real network read does; the async client
+  reads it with an async iterator, so `asyncio.sleep` lets the event loop run other work. The same
+  object serves both, so the mock never has to guess which client called.
+* A slow answer past the client's read timeout (from the request's `extensions["timeout"]`) raises
+  the transport's `ReadTimeout`, which the SDK turns into `APITimeoutError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from types import TracebackType
+from typing import Any, ClassVar
+
+import httpcore
+import httpcore2
+import httpx
+import respx
+from respx.mocks import HTTPCoreMocker, Mocker
+
+from .core import Answer, Upstream
+from .faults import Fault, RateLimit
+
+__all__ = ["OPENAI_API_BASE", "MockUpstream", "NetworkBlockedError", "mock_openai"]
+
+OPENAI_API_BASE = "https://api.openai.com/v1"
+
+
+class NetworkBlockedError(ConnectionError):
+    """Raised instead of sending a request off this machine while the offline lab is on."""
+
+
+class _ReadTimeout(httpcore2.ReadTimeout, httpcore.ReadTimeout):
+    """A read timeout both transports recognise, so httpx2 and httpx both map it to theirs."""
+
+
+def _register_httpcore2_mocker() -> None:
+    """Teach respx to patch httpcore2, unless someone (pytest-httpx2) already did.
+
+    respx keeps a registry of mockers by name and raises TypeError on a second "httpcore2".
+    """
+    if "httpcore2" in Mocker.registry:
+        return
+
+    class HTTPCore2Mocker(HTTPCoreMocker):
+        name = "httpcore2"
+        targets: ClassVar[list[str]] = [
+            "httpcore2._sync.connection.HTTPConnection",
+            "httpcore2._sync.connection_pool.ConnectionPool",
+            "httpcore2._sync.http_proxy.HTTPProxy",
+            "httpcore2._async.connection.AsyncHTTPConnection",
+            "httpcore2._async.connection_pool.AsyncConnectionPool",
+            "httpcore2._async.http_proxy.AsyncHTTPProxy",
+        ]
+
+        @classmethod
+        def from_sync_httpx_response(
+            cls, httpx_response: httpx.Response, target: Any, **kwargs: Any
+        ) -> httpcore2.Response:
+            return httpcore2.Response(
+                status=httpx_response.status_code,
+                headers=httpx_response.headers.raw,
+                content=httpx_response.stream,
+                extensions=httpx_response.extensions,
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin_and_path(url: str) -> tuple[str, str]:
+    parsed = httpx.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"{parsed.scheme}://{parsed.host}:{port}", parsed.path.rstrip("/")
+
+
+class _AnswerStream:
+    """A response body that arrives `answer.wait` seconds late: blocking when read by a sync
+    client, awaiting when read by an async one."""
+
+    def __init__(self, upstream: Upstream, answer: Answer, read_timeout: float | None) -> None:
+        self._upstream = upstream
+        self._answer = answer
+        self._read_timeout = read_timeout
+        self._delivered = False
+        self._sync_parts: Iterator[bytes] | None = None
+        self._async_parts: AsyncIterator[bytes] | None = None
+
+    def _steps(self) -> list[tuple[float, bytes]]:
+        answer = self._answer
+        if not answer.streaming:
+            return [(answer.wait, answer.body)]
+        gaps = [answer.wait] + [answer.chunk_gap] * (len(answer.chunks) - 1)
+        return list(zip(gaps, answer.chunks, strict=True))
+
+    def _check_timeout(self, wait: float) -> float:
+        """How long to wait before the next part; raise-time if the client gives up first."""
+        if self._read_timeout is not None and wait > self._read_timeout:
+            return self._read_timeout
+        return wait
+
+    def _timed_out(self) -> _ReadTimeout:
+        self._upstream.finish(self._answer, delivered=False)
+        return _ReadTimeout(f"offline upstream: no answer within {self._read_timeout:g} s")
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._sync_parts is None:
+            self._sync_parts = self._parts()
+        return self._sync_parts
+
+    def _parts(self) -> Iterator[bytes]:
+        try:
+            steps = self._steps()
+            for number, (wait, part) in enumerate(steps, start=1):
+                if wait:
+                    time.sleep(self._check_timeout(wait))
+                if self._check_timeout(wait) < wait:
+                    raise self._timed_out()
+                # Delivered once the last part is handed over: a client may close the stream
+                # right after it (the SDK stops at "[DONE]") without asking for more.
+                self._delivered = number == len(steps)
+                yield part
+        finally:
+            self._upstream.finish(self._answer, delivered=self._delivered, client="sync")
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # One pass only: a client that iterates again (the SDK drains a stream after "[DONE]")
+        # must get the rest of this body, not a second copy of it.
+        if self._async_parts is None:
+            self._async_parts = self._aparts()
+        return self._async_parts
+
+    async def _aparts(self) -> AsyncIterator[bytes]:
+        try:
+            steps = self._steps()
+            for number, (wait, part) in enumerate(steps, start=1):
+                if wait:
+                    await asyncio.sleep(self._check_timeout(wait))
+                if self._check_timeout(wait) < wait:
+                    raise self._timed_out()
+                # Delivered once the last part is handed over: a client may close the stream
+                # right after it (the SDK stops at "[DONE]") without asking for more.
+                self._delivered = number == len(steps)
+                yield part
+        finally:
+            self._upstream.finish(self._answer, delivered=self._delivered, client="async")
+
+    def close(self) -> None:
+        if self._sync_parts is not None:
+            self._sync_parts.close()  # type: ignore[attr-defined]
+        self._upstream.finish(self._answer, delivered=self._delivered, client="sync")
+
+    async def aclose(self) -> None:
+        if self._async_parts is not None:
+            await self._async_parts.aclose()  # type: ignore[attr-defined]
+        self._upstream.finish(self._answer, delivered=self._delivered, client="async")
+
+
+class MockUpstream(Upstream):
+    """The offline OpenAI upstream, intercepting the SDK in this process.
+
+    Use it as a context manager (`with mock_openai(latency=0.1) as upstream: …`), or turn it on
+    with `start()` and off with `stop()`, as a notebook's first cell does.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.1,
+        jitter: float = 0.0,
+        seed: int = 0,
+        faults: Iterable[Fault] = (),
+        rate_limit: RateLimit | None = None,
+        base_urls: Iterable[str] = (),
+    ) -> None:
+        super().__init__(
+            latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
+        )
+        if isinstance(base_urls, str):
+            raise TypeError("base_urls must be a list of URLs, not one string")
+        self._extra_bases = tuple(base_urls)
+        self._bases: tuple[tuple[str, str], ...] = ()
+        self._routers: list[respx.MockRouter] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._routers)
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """The API bases this mock answers for (as origin + path)."""
+        return tuple(origin + path for origin, path in self._bases)
+
+    def start(self) -> MockUpstream:
+        """Turn interception on. Idempotent. Reads `OPENAI_BASE_URL` now, so a base URL set in
+        the environment is answered by the mock too instead of being reached."""
+        if self.active:
+            return self
+        bases = [OPENAI_API_BASE, *self._extra_bases]
+        if os.environ.get("OPENAI_BASE_URL"):
+            bases.append(os.environ["OPENAI_BASE_URL"])
+        for url in bases:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"base URLs must be http(s) URLs; got {url!r}")
+        self._bases = tuple(dict.fromkeys(_origin_and_path(url) for url in bases))
+        _register_httpcore2_mocker()
+        for using in ("httpcore2", "httpcore"):
+            router = respx.MockRouter(using=using, assert_all_called=False, assert_all_mocked=True)
+            router.route().mock(side_effect=self._dispatch)
+            router.start()
+            self._routers.append(router)
+        return self
+
+    def stop(self) -> None:
+        """Turn interception off. Idempotent."""
+        while self._routers:
+            self._routers.pop().stop(quiet=True)
+
+    def __enter__(self) -> MockUpstream:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        super().reset()
+        for router in getattr(self, "_routers", ()):
+            router.calls.clear()  # respx keeps every request; don't let that grow without end
+
+    # -- routing ---------------------------------------------------------------------------
+    def _dispatch(self, request: httpx.Request) -> httpx.Response | httpx.Request:
+        url = request.url
+        port = url.port or (443 if url.scheme == "https" else 80)
+        origin = f"{url.scheme}://{url.host}:{port}"
+        path = url.path
+        for base_origin, base_path in self._bases:
+            if origin == base_origin and path.startswith(base_path + "/"):
+                return self._respond(request, path[len(base_path) + 1 :])
+        if _is_loopback(url.host):
+            return request  # respx: returning the request means "pass through"
+        raise NetworkBlockedError(
+            f"The offline lab blocked a request to {url.scheme}://{url.host}{path}: while the "
+            "mock upstream is on, nothing leaves this machine. To reach a real server, set "
+            "LAB_MODE=live (see the README)."
+        )
+
+    def _respond(self, request: httpx.Request, endpoint: str) -> httpx.Response:
+        client = "sync" if request.headers.get("x-stainless-async", "false") == "false" else "async"
+        answer = self.answer(request.method, endpoint, request.content, client)
+        if answer.finished:
+            return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+        timeout = (request.extensions.get("timeout") or {}).get("read")
+        stream = _AnswerStream(self, answer, timeout)
+        return httpx.Response(answer.status, headers=answer.headers, stream=stream)  # type: ignore[arg-type]
+
+
+def mock_openai(
+    *,
+    latency: float = 0.1,
+    jitter: float = 0.0,
+    seed: int = 0,
+    faults: Iterable[Fault] = (),
+    rate_limit: RateLimit | None = None,
+    base_urls: Iterable[str] = (),
+) -> MockUpstream:
+    """An offline OpenAI upstream that the real SDK talks to, not yet started.
+
+    `latency` is how long each call takes (seconds); `jitter` adds a seeded random ± spread;
+    `faults` and `rate_limit` script failures (see `labsupport.Fault`, `labsupport.RateLimit`);
+    `base_urls` adds API bases to answer for, besides the OpenAI API and `OPENAI_BASE_URL`.
+
+        with mock_openai(latency=0.2) as upstream:
+            reply = await AsyncOpenAI().chat.completions.create(...)
+        print(upstream.stats)
+    """
+    return MockUpstream(
+        latency=latency,
+        jitter=jitter,
+        seed=seed,
+        faults=faults,
+        rate_limit=rate_limit,
+        base_urls=base_urls,
+    )

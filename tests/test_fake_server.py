@@ -1,0 +1,107 @@
+"""The same upstream over real TCP on 127.0.0.1: replies, faults and connection counting."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from labsupport import FakeServer, Fault
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_one_shared_client_reuses_one_connection_a_client_per_call_opens_many() -> None:
+    with FakeServer(latency=0.01) as server:
+        shared = OpenAI(api_key="test-key", base_url=server.base_url)
+        for _ in range(5):
+            shared.chat.completions.create(model="gpt-4o-mini", messages=ask("hi"))
+        assert server.connections == 1
+        shared.close()
+
+        server.reset()
+        for _ in range(5):
+            with OpenAI(api_key="test-key", base_url=server.base_url) as per_call:
+                per_call.chat.completions.create(model="gpt-4o-mini", messages=ask("hi"))
+        assert server.connections == 5
+        assert server.stats.calls == 5 and server.stats.count(200) == 5
+
+
+def test_concurrent_calls_open_one_connection_each_even_with_a_shared_client() -> None:
+    """A pool reuses idle connections only: 4 calls at once need 4 connections."""
+    with FakeServer(latency=0.05) as server:
+
+        async def main() -> None:
+            async with AsyncOpenAI(api_key="test-key", base_url=server.base_url) as client:
+                calls = [
+                    client.chat.completions.create(model="gpt-4o-mini", messages=ask("hi"))
+                    for _ in range(4)
+                ]
+                await asyncio.gather(*calls)
+                await asyncio.gather(*calls[:0])
+                await client.chat.completions.create(model="gpt-4o-mini", messages=ask("again"))
+
+        asyncio.run(main())
+        assert server.connections == 4
+        assert server.stats.max_in_flight == 4
+
+
+def test_replies_faults_and_streaming_match_the_in_process_mock() -> None:
+    with FakeServer(latency=0.0, faults=[Fault.matching("fail", status=503)]) as server:
+        client = OpenAI(api_key="test-key", base_url=server.base_url, max_retries=0)
+        reply = client.chat.completions.create(
+            model="gpt-4o-mini", messages=ask("Sentiment (one word): I love this")
+        )
+        assert reply.choices[0].message.content == "Positive"
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=ask("please fail"))
+        text = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in client.chat.completions.create(
+                model="gpt-4o-mini", messages=ask("Summarize: One. Two."), stream=True
+            )
+            if chunk.choices
+        )
+        assert text == "One."
+        assert server.stats.status_counts == {200: 2, 503: 1}
+
+
+def test_stop_frees_the_port_and_the_thread() -> None:
+    before = {t.name for t in threading.enumerate()}
+    server = FakeServer(latency=0.0).start()
+    port = server.port
+    OpenAI(api_key="test-key", base_url=server.base_url).models.list()
+    server.stop()
+    server.stop()
+    with socket.socket() as probe:  # nothing listens there any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    with socket.socket() as probe:  # and a new server may bind it (as servers do, reusing it)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+    assert {t.name for t in threading.enumerate()} <= before
+
+
+def test_a_taken_port_is_a_clear_error_not_an_exit() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"could not bind 127.0.0.1:{port}"):
+            FakeServer(port=port).start()
+
+
+@pytest.mark.parametrize("port", [-1, 70000, "8000"])
+def test_bad_ports_are_rejected(port: object) -> None:
+    with pytest.raises(ValueError, match="port must be an int"):
+        FakeServer(port=port)  # type: ignore[arg-type]
+
+
+def test_base_url_before_start_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = FakeServer().base_url

@@ -1,0 +1,486 @@
+"""The offline upstream in process: the real SDK talks to it, answers well, cannot leak."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Iterator
+
+import httpcore2
+import httpx
+import httpx2
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
+
+import labsupport
+from labsupport import Fault, NetworkBlockedError, RateLimit, mock_openai
+
+LATENCY = 0.1
+TEXT = (
+    "Machine learning is transforming how businesses operate. "
+    "Companies are investing heavily in AI infrastructure."
+)
+
+
+@pytest.fixture
+def upstream() -> Iterator[labsupport.MockUpstream]:
+    with mock_openai(latency=LATENCY) as running:
+        yield running
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+# -- the seed note's snippets run unchanged ---------------------------------------------------
+
+
+async def parallel_analysis(aclient: AsyncOpenAI, text: str) -> dict[str, object]:
+    """The seed note's Pattern 1, verbatim but for the client being passed in."""
+
+    async def get_sentiment() -> str:
+        r = await aclient.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"Sentiment (one word): {text}"}],
+            max_tokens=5,
+            temperature=0.0,
+        )
+        return r.choices[0].message.content.strip()  # type: ignore[union-attr]
+
+    async def get_topics() -> list[str]:
+        r = await aclient.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"List 3 topics (comma-separated): {text}"}],
+            max_tokens=30,
+            temperature=0.0,
+        )
+        return [t.strip() for t in r.choices[0].message.content.split(",")]  # type: ignore[union-attr]
+
+    async def get_summary() -> str:
+        r = await aclient.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"Summarize in one sentence: {text}"}],
+            max_tokens=50,
+            temperature=0.0,
+        )
+        return r.choices[0].message.content.strip()  # type: ignore[union-attr]
+
+    sentiment, topics, summary = await asyncio.gather(get_sentiment(), get_topics(), get_summary())
+    return {"sentiment": sentiment, "topics": topics, "summary": summary}
+
+
+def test_parallel_analysis_takes_one_latency_not_three(upstream: labsupport.MockUpstream) -> None:
+    async def main() -> tuple[dict[str, object], float]:
+        aclient = AsyncOpenAI(api_key="test-key")
+        start = time.perf_counter()
+        result = await parallel_analysis(aclient, TEXT)
+        return result, time.perf_counter() - start
+
+    result, wall = asyncio.run(main())
+    assert result == {
+        "sentiment": "Positive",
+        "topics": ["machine learning", "businesses", "AI infrastructure"],
+        "summary": "Machine learning is transforming how businesses operate.",
+    }
+    assert upstream.stats.calls == 3
+    assert upstream.stats.max_in_flight == 3
+    assert LATENCY <= wall < 2 * LATENCY
+
+
+def test_awaiting_one_by_one_takes_three_latencies(upstream: labsupport.MockUpstream) -> None:
+    async def main() -> float:
+        aclient = AsyncOpenAI(api_key="test-key")
+        start = time.perf_counter()
+        for prompt in ("Sentiment (one word): good", "Summarize: a. b.", "hello"):
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=ask(prompt))
+        return time.perf_counter() - start
+
+    assert asyncio.run(main()) >= 3 * LATENCY
+    assert upstream.stats.max_in_flight == 1
+
+
+def test_rate_limited_parallel_respects_its_semaphore() -> None:
+    """The seed's Pattern 3 against an upstream that allows 5 in flight: no 429 at all."""
+    with mock_openai(latency=0.02, rate_limit=RateLimit(max_concurrent=5)) as upstream:
+        aclient = AsyncOpenAI(api_key="test-key")
+
+        async def rate_limited_parallel(texts: list[str], max_concurrent: int = 5) -> list[str]:
+            semaphore = asyncio.Semaphore(max_concurrent)
+
+            async def process_with_limit(text: str) -> str:
+                async with semaphore:
+                    r = await aclient.chat.completions.create(
+                        model="gpt-4o-mini",
+                        messages=[{"role": "user", "content": f"Summarize in 5 words: {text}"}],
+                        max_tokens=20,
+                    )
+                    return r.choices[0].message.content  # type: ignore[return-value]
+
+            return await asyncio.gather(*[process_with_limit(t) for t in texts])
+
+        texts = [f"Report {i} says sales grew in region {i}. More follows." for i in range(100)]
+        summaries = asyncio.run(rate_limited_parallel(texts))
+    assert summaries[7] == "Report 7 says sales grew."
+    assert upstream.stats.calls == 100
+    assert upstream.stats.count(429) == 0
+    assert upstream.stats.max_in_flight == 5
+
+
+def test_unbounded_gather_trips_the_rate_limit() -> None:
+    limit = RateLimit(max_concurrent=5, retry_after=0.01)
+    with mock_openai(latency=0.02, rate_limit=limit) as upstream:
+        aclient = AsyncOpenAI(api_key="test-key", max_retries=0)
+
+        async def main() -> list[object]:
+            calls = [
+                aclient.chat.completions.create(model="gpt-4o-mini", messages=ask(f"hi {i}"))
+                for i in range(20)
+            ]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        results = asyncio.run(main())
+    errors = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert len(errors) == 15
+    assert upstream.stats.count(429) == 15
+    assert upstream.stats.max_in_flight == 5
+    assert "at most 5 requests in flight" in str(errors[0])
+
+
+def test_sync_client_blocks_its_thread_async_client_does_not(
+    upstream: labsupport.MockUpstream,
+) -> None:
+    """Three sync calls made on the event loop run one after another; from threads, together."""
+    client = OpenAI(api_key="test-key")
+
+    async def on_the_loop() -> float:
+        start = time.perf_counter()
+
+        async def call() -> None:
+            client.chat.completions.create(model="gpt-4o-mini", messages=ask("hello"))
+
+        await asyncio.gather(call(), call(), call())
+        return time.perf_counter() - start
+
+    assert asyncio.run(on_the_loop()) >= 3 * LATENCY
+    assert upstream.stats.max_in_flight == 1
+    assert {call.client for call in upstream.stats.timeline} == {"sync"}
+
+    upstream.reset()
+
+    async def in_threads() -> float:
+        start = time.perf_counter()
+
+        def call() -> None:
+            client.chat.completions.create(model="gpt-4o-mini", messages=ask("hello"))
+
+        await asyncio.gather(*(asyncio.to_thread(call) for _ in range(3)))
+        return time.perf_counter() - start
+
+    assert asyncio.run(in_threads()) < 2 * LATENCY
+    assert upstream.stats.max_in_flight == 3
+
+
+# -- replies ---------------------------------------------------------------------------------
+
+
+def test_replies_parse_strictly_as_the_sdk_types(upstream: labsupport.MockUpstream) -> None:
+    raw = OpenAI(api_key="test-key").chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=ask("Summarize in 5 words: " + TEXT), max_tokens=20
+    )
+    completion = ChatCompletion.model_validate(raw.http_response.json(), strict=True)
+    assert completion.choices[0].message.content == "Machine learning is transforming."
+    assert completion.choices[0].finish_reason == "stop"
+    usage = completion.usage
+    assert usage is not None and usage.completion_tokens == 5
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+    raw_response = OpenAI(api_key="test-key").responses.with_raw_response.create(
+        model="gpt-4o-mini", input="Sentiment (one word): the outage was terrible"
+    )
+    parsed = Response.model_validate(raw_response.http_response.json())
+    assert parsed.output_text == "Negative"
+
+
+def test_max_tokens_truncates_with_finish_reason_length(upstream: labsupport.MockUpstream) -> None:
+    reply = OpenAI(api_key="test-key").chat.completions.create(
+        model="gpt-4o-mini", messages=ask("Summarize in one sentence: " + TEXT), max_tokens=3
+    )
+    assert reply.choices[0].message.content == "Machine learning is"
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None and reply.usage.completion_tokens == 3
+
+
+def test_replies_and_usage_are_deterministic(upstream: labsupport.MockUpstream) -> None:
+    client = OpenAI(api_key="test-key")
+    first, second = (
+        client.chat.completions.create(model="gpt-4o-mini", messages=ask("Tell me about queues"))
+        for _ in range(2)
+    )
+    assert first.choices[0].message.content == second.choices[0].message.content
+    assert first.usage == second.usage
+    assert "queues" in (first.choices[0].message.content or "")
+
+
+def test_streaming_with_both_clients(upstream: labsupport.MockUpstream) -> None:
+    prompt = ask("Summarize: Streaming sends tokens as they come. The rest waits.")
+    pieces = [
+        chunk.choices[0].delta.content or ""
+        for chunk in OpenAI(api_key="test-key").chat.completions.create(
+            model="gpt-4o-mini", messages=prompt, stream=True
+        )
+        if chunk.choices
+    ]
+    assert "".join(pieces) == "Streaming sends tokens as they come."
+    assert len(pieces) > 3
+
+    async def main() -> tuple[str, int]:
+        stream = await AsyncOpenAI(api_key="test-key").chat.completions.create(
+            model="gpt-4o-mini",
+            messages=prompt,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, tokens = "", 0
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            elif chunk.usage:
+                tokens = chunk.usage.completion_tokens
+        return text, tokens
+
+    assert asyncio.run(main()) == ("Streaming sends tokens as they come.", 7)
+    assert [c.client for c in upstream.stats.timeline] == ["sync", "async"]
+    assert upstream.stats.count(200) == 2
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def test_a_scripted_429_surfaces_as_rate_limit_error(upstream: labsupport.MockUpstream) -> None:
+    upstream.configure(faults=[Fault.on_call(1, status=429)])
+    with pytest.raises(openai.RateLimitError) as caught:
+        OpenAI(api_key="test-key", max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=ask("hello")
+        )
+    assert caught.value.status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, openai.BadRequestError),
+        (401, openai.AuthenticationError),
+        (500, openai.InternalServerError),
+        (503, openai.InternalServerError),
+    ],
+)
+def test_scripted_statuses_raise_the_sdks_own_errors(
+    upstream: labsupport.MockUpstream, status: int, error: type[Exception]
+) -> None:
+    upstream.configure(faults=[Fault.matching("explode", status=status)])
+    with pytest.raises(error):
+        OpenAI(api_key="test-key", max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=ask("please explode")
+        )
+    reply = OpenAI(api_key="test-key", max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", messages=ask("please behave")
+    )
+    assert reply.choices[0].message.content
+
+
+def test_default_retries_hide_a_single_failure(upstream: labsupport.MockUpstream) -> None:
+    """The SDK retries a 500 by itself: call 1 fails, its retry (call 2) succeeds."""
+    upstream.configure(latency=0.0, faults=[Fault.on_call(1, status=500, retry_after=0.01)])
+    reply = OpenAI(api_key="test-key").chat.completions.create(
+        model="gpt-4o-mini", messages=ask("hello")
+    )
+    assert reply.choices[0].message.content
+    assert upstream.stats.status_counts == {500: 1, 200: 1}
+
+
+def test_a_slow_answer_past_the_timeout_is_an_api_timeout_error(
+    upstream: labsupport.MockUpstream,
+) -> None:
+    upstream.configure(faults=[Fault.matching("slow", delay=5.0)])
+
+    async def main() -> float:
+        client = AsyncOpenAI(api_key="test-key", max_retries=0, timeout=0.2)
+        start = time.perf_counter()
+        with pytest.raises(openai.APITimeoutError):
+            await client.chat.completions.create(model="gpt-4o-mini", messages=ask("slow one"))
+        return time.perf_counter() - start
+
+    assert 0.2 <= asyncio.run(main()) < 1.0
+    assert upstream.stats.status_counts == {None: 1}
+    assert upstream.stats.in_flight == 0
+
+    with pytest.raises(openai.APITimeoutError):
+        OpenAI(api_key="test-key", max_retries=0, timeout=0.2).chat.completions.create(
+            model="gpt-4o-mini", messages=ask("slow again")
+        )
+
+
+def test_a_per_window_rate_limit(upstream: labsupport.MockUpstream) -> None:
+    upstream.configure(latency=0.0, rate_limit=RateLimit(max_per_window=3, window=10.0))
+    client = OpenAI(api_key="test-key", max_retries=0)
+    outcomes = []
+    for _ in range(5):
+        try:
+            client.chat.completions.create(model="gpt-4o-mini", messages=ask("hi"))
+            outcomes.append(200)
+        except openai.RateLimitError as error:
+            outcomes.append(error.status_code)
+            assert error.response.headers["retry-after"] == "1"
+    assert outcomes == [200, 200, 200, 429, 429]
+
+
+def test_a_fraction_of_failures_is_seeded(upstream: labsupport.MockUpstream) -> None:
+    def failures(seed: int) -> list[int]:
+        upstream.configure(latency=0.0, seed=seed, faults=[Fault.fraction(0.3, status=503)])
+        client = OpenAI(api_key="test-key", max_retries=0)
+        failed = []
+        for i in range(40):
+            try:
+                client.chat.completions.create(model="gpt-4o-mini", messages=ask("hi"))
+            except openai.InternalServerError:
+                failed.append(i)
+        return failed
+
+    first = failures(seed=1)
+    assert first == failures(seed=1)
+    assert first != failures(seed=2)
+    assert 4 <= len(first) <= 20
+
+
+def test_latency_jitter_is_seeded_and_bounded() -> None:
+    def durations(seed: int) -> list[float]:
+        with mock_openai(latency=0.05, jitter=0.03, seed=seed) as upstream:
+            client = OpenAI(api_key="test-key")
+            for _ in range(5):
+                client.chat.completions.create(model="gpt-4o-mini", messages=ask("hi"))
+            return [call.duration for call in upstream.stats.timeline]
+
+    spread = durations(seed=3)
+    assert all(0.02 <= d < 0.2 for d in spread)
+    assert max(spread) - min(spread) > 0.005
+
+
+# -- interception and the closed network -----------------------------------------------------
+
+
+def test_a_stray_openai_base_url_is_answered_by_the_mock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://gateway.example.invalid/openai/v1")
+    with mock_openai(latency=0.0) as upstream:
+        reply = OpenAI(api_key="test-key").chat.completions.create(
+            model="gpt-4o-mini", messages=ask("hello")
+        )
+    assert reply.choices[0].message.content
+    assert upstream.stats.calls == 1
+
+
+@pytest.mark.parametrize("library", ["httpx", "httpx2", "openai"])
+def test_non_loopback_requests_are_refused_before_any_socket(
+    upstream: labsupport.MockUpstream, monkeypatch: pytest.MonkeyPatch, library: str
+) -> None:
+    """Nothing is sent: every socket connect is recorded, and there must be none."""
+    attempts: list[object] = []
+
+    def record(self: object, address: object) -> None:
+        attempts.append(address)
+        raise AssertionError("a socket connect was attempted")
+
+    monkeypatch.setattr("socket.socket.connect", record)
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: attempts.append(a) or [])
+    with pytest.raises(NetworkBlockedError, match=r"blocked a request to https://example\.invalid"):
+        if library == "httpx":
+            httpx.get("https://example.invalid/")
+        elif library == "httpx2":
+            httpx2.get("https://example.invalid/")
+        else:
+            OpenAI(api_key="test-key", base_url="https://example.invalid/v1").models.list()
+    assert attempts == []
+
+
+def test_other_endpoints_of_the_api_get_a_clear_404(upstream: labsupport.MockUpstream) -> None:
+    with pytest.raises(openai.NotFoundError, match="offline lab upstream has no POST /embeddings"):
+        OpenAI(api_key="test-key").embeddings.create(model="text-embedding-3-small", input="hi")
+    assert next(m.id for m in OpenAI(api_key="test-key").models.list()) == "gpt-4o-mini"
+
+
+def test_the_mock_still_sees_the_locked_sdks_transport(upstream: labsupport.MockUpstream) -> None:
+    """If an SDK release moves off httpx2/httpcore2, this fails instead of the mock leaking."""
+    client = AsyncOpenAI(api_key="test-key")
+    assert isinstance(client._client, httpx2.AsyncClient)
+    patched = httpcore2.AsyncConnectionPool.handle_async_request
+    assert "respx" in getattr(patched, "__module__", "") or hasattr(patched, "mock_calls")
+
+    async def main() -> None:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=ask("hello"))
+        await client.close()
+
+    asyncio.run(main())
+    assert upstream.stats.calls == 1
+    assert upstream.stats.timeline[0].client == "async"
+
+
+def test_stop_removes_every_patch() -> None:
+    original = httpcore2.AsyncConnectionPool.handle_async_request
+    upstream = mock_openai().start()
+    assert httpcore2.AsyncConnectionPool.handle_async_request is not original
+    upstream.stop()
+    upstream.stop()
+    assert httpcore2.AsyncConnectionPool.handle_async_request is original
+    assert not upstream.active
+
+
+def test_the_mock_is_thread_safe_under_concurrent_sync_calls(
+    upstream: labsupport.MockUpstream,
+) -> None:
+    upstream.configure(latency=0.01)
+    client = OpenAI(api_key="test-key")
+    threads = [
+        threading.Thread(
+            target=client.chat.completions.create,
+            kwargs={"model": "gpt-4o-mini", "messages": ask("hi")},
+        )
+        for _ in range(16)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = upstream.stats
+    assert stats.calls == 16 and stats.count(200) == 16 and stats.in_flight == 0
+    assert sorted(call.index for call in stats.timeline) == list(range(1, 17))
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: mock_openai(latency=-1), "latency must be a finite number of seconds ≥ 0"),
+        (lambda: mock_openai(latency=math.nan), "latency must be a finite number"),
+        (lambda: mock_openai(latency="fast"), "latency must be a number of seconds"),  # type: ignore[arg-type]
+        (lambda: mock_openai(faults=["boom"]), "faults must be labsupport.Fault"),  # type: ignore[list-item]
+        (lambda: mock_openai(rate_limit=5), "rate_limit must be a labsupport.RateLimit"),  # type: ignore[arg-type]
+        (lambda: Fault.on_call(0, status=500), "call numbers start at 1"),
+        (lambda: Fault.on_call(2), "exactly one of status="),
+        (lambda: Fault.on_call(2, status=418), "status must be one of 400"),
+        (lambda: Fault.matching("(", status=500), "not a valid regular expression"),
+        (lambda: Fault.fraction(1.5, status=500), "rate must be a number in"),
+        (lambda: RateLimit(), "needs max_concurrent"),
+        (lambda: RateLimit(max_concurrent=0), "max_concurrent must be a positive integer"),
+        (lambda: mock_openai(base_urls="https://x/v1"), "base_urls must be a list"),
+        (lambda: mock_openai(base_urls=["ftp://x"]).start(), "base URLs must be http"),
+    ],
+)
+def test_bad_arguments_are_named_in_the_error(make: object, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        make()  # type: ignore[operator]
