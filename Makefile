@@ -1,0 +1,59 @@
+# async-llm-lab — everything a learner, an instructor or CI runs goes through these targets.
+#
+#   make lab        start JupyterLab on the notebooks (creates .venv on first use)
+#   make test       lint, type-check, unit tests and strict re-execution of every notebook
+#   make notebooks  regenerate and execute notebooks/ from course/ (ONLY=01 for one notebook)
+#   make lock       re-pin requirements.lock from pyproject.toml (LOCK_FLAGS=--upgrade to bump all)
+#   make bench      run the benchmarks (not part of the test suite)
+#   make venv       create or update .venv from requirements.lock
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Written after a successful install; older than requirements.lock or pyproject.toml => reinstall.
+INSTALLED := $(VENV)/.installed
+ONLY ?=
+LOCK_FLAGS ?=
+
+.PHONY: venv lab test lock notebooks bench
+
+venv: $(INSTALLED)
+
+# uv installs the lock exactly and fast; bootstrap it with pip, at the version the lock pins
+# (the lock lists uv too, so `uv pip sync` keeps it installed).
+$(BIN)/uv:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "error: $(PYTHON) is older than 3.11; run: make PYTHON=python3.11 ..." >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$$(grep -m1 '^uv==' requirements.lock 2>/dev/null || echo uv)"
+
+$(INSTALLED): requirements.lock pyproject.toml | $(BIN)/uv
+	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $@
+
+# Headless-friendly: no browser, loopback only, and no calls home for news or update checks.
+# Jupyter refuses to run as root (containers, CI) unless told it is deliberate.
+lab: venv
+	$(BIN)/jupyter lab notebooks/ --no-browser --ip=127.0.0.1 \
+		--LabApp.news_url=None \
+		--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
+
+# pytest's options (--nbval --nbval-current-env, the sanitizer, timeouts) live in pyproject.toml,
+# so a bare `pytest` in the repository root is the same strict run.
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy labsupport tools
+	$(BIN)/pytest
+
+lock: | $(BIN)/uv
+	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 --universal \
+		--no-emit-index-url --custom-compile-command "make lock" $(LOCK_FLAGS) -o requirements.lock
+
+notebooks: venv
+	$(BIN)/python tools/build_notebooks.py $(if $(ONLY),--only $(ONLY))
+
+bench: venv
+	$(BIN)/python benchmarks/run.py
