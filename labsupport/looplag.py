@@ -1,0 +1,134 @@
+"""Measure how long the event loop was blocked.
+
+An event loop runs one thing at a time. While a coroutine runs code that never awaits
+(``time.sleep``, a synchronous HTTP call, a long computation) nothing else in the loop moves:
+no other request is served, no timer fires. ``loop_lag`` makes that visible. It starts a small
+watcher task that sleeps ``interval`` seconds, again and again, and notes how *late* it wakes
+up. On a free loop it is on time to within a millisecond or so; if something blocks the loop
+for 0.3 s, one wake-up comes 0.3 s late::
+
+    async with loop_lag() as lag:
+        time.sleep(0.3)            # blocks the loop
+    print(lag)                     # event loop blocked 0.30 s (longest stall 0.30 s)
+
+    async with loop_lag() as lag:
+        await asyncio.sleep(0.3)   # lets the loop run
+    print(lag)                     # event loop blocked 0.00 s (longest stall 0.00 s)
+
+Only wake-ups later than ``threshold`` count as stalls, so the loop's ordinary jitter does not
+add up to "blocked" time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import TracebackType
+from typing import Any
+
+__all__ = ["LoopLagMonitor", "loop_lag"]
+
+
+class LoopLagMonitor:
+    """Watches the running event loop for stalls; see the module docstring.
+
+    Use it with ``async with``, or call ``start()`` and later ``stop()`` (for instance in two
+    notebook cells). The numbers are live while it runs and final after ``stop()``.
+
+    Args:
+        interval: seconds the watcher sleeps between checks; also the precision of the result.
+        threshold: a wake-up later than this many seconds counts as a stall.
+    """
+
+    def __init__(self, interval: float = 0.005, threshold: float = 0.02) -> None:
+        for name, value in (("interval", interval), ("threshold", threshold)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        self.interval = float(interval)
+        self.threshold = float(threshold)
+        self.blocked = 0.0
+        """Total seconds of lateness, summed over the stalls."""
+        self.longest = 0.0
+        """The latest single wake-up, in seconds late (stall or not)."""
+        self.stalls = 0
+        """How many wake-ups were later than ``threshold``."""
+        self.samples = 0
+        """How many wake-ups were measured."""
+        self._task: asyncio.Task[None] | None = None
+        self._due = 0.0  # perf_counter() when the watcher should next run
+
+    def start(self) -> None:
+        """Reset the numbers and start watching the running event loop."""
+        if self._task is not None:
+            raise RuntimeError("this LoopLagMonitor is already running; stop() it first")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("LoopLagMonitor.start() needs a running event loop") from None
+        self.blocked, self.longest, self.stalls, self.samples = 0.0, 0.0, 0, 0
+        # The watcher's first wake-up is due now: if the caller blocks the loop before the
+        # watcher ever runs, that time is still counted.
+        self._due = time.perf_counter()
+        self._task = loop.create_task(self._watch(), name="loop-lag watcher")
+
+    def stop(self) -> None:
+        """Stop watching; the pending wake-up counts if it is already late."""
+        if self._task is None:
+            raise RuntimeError("this LoopLagMonitor is not running; start() it first")
+        self._task.cancel()
+        self._task = None
+        # The watcher is asleep (or not started yet): its next wake-up has not been measured.
+        # If that wake-up is overdue, the loop has been busy with our caller until now.
+        late = time.perf_counter() - self._due
+        if late > 0:
+            self._record(late)
+
+    async def __aenter__(self) -> LoopLagMonitor:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        task = self._task
+        self.stop()
+        if task is not None:
+            # Let the cancelled watcher finish, so no task outlives the block. asyncio.wait
+            # never raises the watcher's CancelledError, only a cancellation of our own.
+            await asyncio.wait([task])
+
+    async def _watch(self) -> None:
+        while True:
+            self._record(time.perf_counter() - self._due)
+            self._due = time.perf_counter() + self.interval
+            await asyncio.sleep(self.interval)
+
+    def _record(self, late: float) -> None:
+        late = max(late, 0.0)  # timers may fire a hair early
+        self.samples += 1
+        self.longest = max(self.longest, late)
+        if late > self.threshold:
+            self.stalls += 1
+            self.blocked += late
+
+    def summary(self) -> str:
+        """One line with the blocked time and the longest stall, times as ``N.NN s``."""
+        return f"event loop blocked {self.blocked:.2f} s (longest stall {self.longest:.2f} s)"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        state = "running" if self._task is not None else "stopped"
+        return f"<LoopLagMonitor {state}: {self.summary()}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(self.summary())
+
+
+def loop_lag(interval: float = 0.005, threshold: float = 0.02) -> LoopLagMonitor:
+    """A ``LoopLagMonitor`` to use as ``async with loop_lag() as lag: ...``."""
+    return LoopLagMonitor(interval=interval, threshold=threshold)

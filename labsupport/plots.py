@@ -1,0 +1,322 @@
+"""Pictures of what happened: request timelines, latency distributions, requests in flight.
+
+Every function returns a matplotlib ``Figure``. End a notebook cell with the call and the
+figure is shown once; assign it (``fig = plot_timeline(...)``) and it is not shown until you
+display it. No figure stays open in pyplot, so repeated calls do not pile up.
+
+Times are ``time.perf_counter()`` seconds, shared by ``fire``'s requests and the upstream's
+calls; the plots draw them as seconds since the first request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, TypeAlias
+
+import matplotlib.pyplot as plt
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from .load import LoadReport, Span, in_flight_steps
+
+__all__ = ["Calls", "Runs", "TimedCall", "plot_in_flight", "plot_latencies", "plot_timeline"]
+
+
+class TimedCall(Span, Protocol):
+    """A request or upstream call: ``start``/``end`` in perf_counter seconds and a ``status``.
+
+    ``fire``'s ``RequestRecord`` and the upstream's ``UpstreamCall`` both fit.
+    """
+
+    @property
+    def status(self) -> int | None: ...
+
+
+class HasTimeline(Protocol):
+    """Something with a ``timeline`` of calls, such as ``upstream.stats``."""
+
+    @property
+    def timeline(self) -> Sequence[TimedCall]: ...
+
+
+Calls: TypeAlias = Sequence[TimedCall] | HasTimeline
+"""Calls to draw: a sequence of them, or an object with a ``timeline`` (``upstream.stats``)."""
+
+Runs: TypeAlias = LoadReport | Mapping[str, LoadReport]
+"""One ``fire`` result, or several by label (``{"sequential": r1, "concurrent": r2}``)."""
+
+# Colors of the request bars by outcome, in legend order (matplotlib's default palette).
+OUTCOME_COLORS: dict[str, str] = {
+    "2xx": "tab:blue",
+    "429 rate limited": "tab:orange",
+    "5xx server error": "tab:red",
+    "other status": "tab:olive",
+    "no response (exception)": "tab:gray",
+}
+UPSTREAM_COLOR = "tab:purple"
+PANEL_WIDTH = 5.0  # inches per side-by-side panel
+PANEL_HEIGHT = 3.5
+
+
+def plot_timeline(
+    runs: Runs,
+    *,
+    upstream: Calls | Mapping[str, Calls] | None = None,
+    latency: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Draw each request as a bar from its start to its end; one panel per run.
+
+    Bars are colored by outcome (2xx, 429, 5xx, other, exception). Panels share the x axis,
+    seconds since each run's first request, so a sequential run and a concurrent one can be
+    compared at a glance: a staircase versus a block.
+
+    Args:
+        runs: a ``LoadReport`` from ``fire``, or a mapping ``{label: LoadReport}``.
+        upstream: the upstream calls made meanwhile, drawn below the requests in another
+            color: ``upstream.stats`` (or its ``.timeline``) for a single run, or a mapping
+            ``{label: calls}`` with labels of ``runs``.
+        latency: the latency of one upstream call, in seconds, drawn as a dashed line.
+        title: a title above all panels.
+    """
+    panels = _runs_by_label(runs)
+    upstream_by_label = _upstream_by_label(upstream, runs, panels)
+    latency = _optional_seconds(latency, "latency")
+
+    fig, axes = _figure(len(panels), sharex=True)
+    for ax, (label, report) in zip(axes, panels.items(), strict=True):
+        origin = min(r.start for r in report.requests)
+        for outcome, color in OUTCOME_COLORS.items():
+            group = [r for r in report.requests if _outcome(r.status) == outcome]
+            if group:
+                ax.barh(
+                    [r.index for r in group],
+                    [r.end - r.start for r in group],
+                    left=[r.start - origin for r in group],
+                    height=0.8,
+                    color=color,
+                )
+        rows = max(r.index for r in report.requests) + 1
+        ticks = _integer_ticks(rows)
+        labels = [f"{t:.0f}" for t in ticks]
+        last_row = rows - 1
+        calls = upstream_by_label.get(label, ())
+        if calls:
+            first_row = rows + 1  # one empty row between requests and upstream calls
+            last_row = first_row + len(calls) - 1
+            ordered = sorted(calls, key=lambda call: call.start)
+            ax.barh(
+                range(first_row, last_row + 1),
+                [c.end - c.start for c in ordered],
+                left=[c.start - origin for c in ordered],
+                height=0.8,
+                color=UPSTREAM_COLOR,
+            )
+            ax.axhline(rows, color="0.7", linewidth=0.8)
+            ticks.append((first_row + last_row) / 2)
+            labels.append("upstream")
+        if latency is not None:
+            ax.axvline(latency, color="black", linestyle="--", linewidth=1)
+        ax.set_ylim(last_row + 0.5, -0.5)  # request 0 at the top, like a log read downwards
+        ax.set_yticks(ticks, labels)
+        ax.set_title(
+            f"{label} · wall {report.wall:.2f} s" if label else f"wall {report.wall:.2f} s"
+        )
+        ax.set_xlabel("seconds since first request")
+    axes[0].set_ylabel("request #")
+    axes[0].set_xlim(left=0)
+
+    handles: list[Artist] = [
+        Patch(color=color, label=outcome)
+        for outcome, color in OUTCOME_COLORS.items()
+        if any(_outcome(r.status) == outcome for report in panels.values() for r in report.requests)
+    ]
+    if any(upstream_by_label.values()):
+        handles.append(Patch(color=UPSTREAM_COLOR, label="upstream call"))
+    if latency is not None:
+        handles.append(
+            Line2D(
+                [], [], color="black", linestyle="--", label=f"one upstream call ({latency:.2f} s)"
+            )
+        )
+    fig.legend(
+        handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False
+    )
+    if title is not None:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_latencies(runs: Runs, *, latency: float | None = None, title: str | None = None) -> Figure:
+    """Latency distribution per run as an ECDF: x = latency, y = share of requests at most x.
+
+    A vertical line means every request took the same time; a long slope to the right means
+    some requests waited (a queue, a retry, a rate limit).
+
+    Args:
+        runs: a ``LoadReport`` from ``fire``, or a mapping ``{label: LoadReport}``.
+        latency: the latency of one upstream call, in seconds, drawn as a dashed line.
+        title: the plot's title.
+    """
+    panels = _runs_by_label(runs)
+    latency = _optional_seconds(latency, "latency")
+    fig, (ax,) = _figure(1)
+    for label, report in panels.items():
+        latencies = sorted(report.latencies)
+        shares = [(i + 1) / len(latencies) for i in range(len(latencies))]
+        ax.step([0.0, *latencies], [0.0, *shares], where="post", label=label or None)
+    if latency is not None:
+        ax.axvline(latency, color="black", linestyle="--", linewidth=1, label="one upstream call")
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("latency (seconds)")
+    ax.set_ylabel("share of requests")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
+    if title is not None:
+        ax.set_title(title)
+    return fig
+
+
+def plot_in_flight(
+    spans: LoadReport | Calls | Mapping[str, LoadReport | Calls],
+    *,
+    limit: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """How many requests (or upstream calls) were running at each moment, as a step line.
+
+    Several series share one time axis, starting at the earliest start among them, so
+    ``{"requests": report, "upstream": upstream.stats}`` shows both on the same clock.
+
+    Args:
+        spans: a ``LoadReport``, calls (``upstream.stats`` or a sequence of objects with
+            ``start``/``end``), or a mapping ``{label: either}`` for several lines.
+        limit: a concurrency limit (e.g. a semaphore's size), drawn as a dashed line.
+        title: the plot's title.
+    """
+    series = dict(spans) if isinstance(spans, Mapping) else {"": spans}
+    if not series:
+        raise ValueError("spans must not be an empty mapping")
+    by_label = {label: _spans(value, "spans") for label, value in series.items()}
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
+
+    starts = [s.start for items in by_label.values() for s in items]
+    if not starts:
+        raise ValueError("spans has nothing to draw: every series is empty")
+    origin = min(starts)
+    fig, (ax,) = _figure(1)
+    for label, items in by_label.items():
+        steps = in_flight_steps(items)
+        if not steps:
+            continue
+        times = [0.0] + [moment - origin for moment, _ in steps]
+        counts = [0] + [count for _, count in steps]
+        ax.step(times, counts, where="post", label=label or None)
+    if limit is not None:
+        ax.axhline(limit, color="black", linestyle="--", linewidth=1, label=f"limit {limit}")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("seconds since first request")
+    ax.set_ylabel("in flight")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right")
+    if title is not None:
+        ax.set_title(title)
+    return fig
+
+
+def _figure(panels: int, *, sharex: bool = False) -> tuple[Figure, list[Axes]]:
+    """A figure with ``panels`` axes side by side, already closed in pyplot.
+
+    Creating it through pyplot loads the notebook's inline backend, which is what displays a
+    Figure returned by a cell (a bare ``Figure()`` shows only as text in a fresh kernel).
+    Closing it right away means pyplot does not show it a second time at the end of the cell.
+    """
+    width = min(max(PANEL_WIDTH * panels, 6.0), 15.0)
+    fig, axes = plt.subplots(
+        1, panels, figsize=(width, PANEL_HEIGHT), sharex=sharex, squeeze=False, layout="constrained"
+    )
+    plt.close(fig)
+    return fig, list(axes[0])
+
+
+def _runs_by_label(runs: Runs) -> dict[str, LoadReport]:
+    if isinstance(runs, LoadReport):
+        return {"": runs}
+    if (
+        isinstance(runs, Mapping)
+        and runs
+        and all(isinstance(k, str) and isinstance(v, LoadReport) for k, v in runs.items())
+    ):
+        return dict(runs)
+    raise TypeError(
+        "runs must be a LoadReport from fire() or a non-empty mapping {label: LoadReport}, "
+        f"got {runs!r:.80}"
+    )
+
+
+def _upstream_by_label(
+    upstream: Calls | Mapping[str, Calls] | None, runs: Runs, panels: Mapping[str, LoadReport]
+) -> dict[str, Sequence[TimedCall]]:
+    if upstream is None:
+        return {}
+    if isinstance(runs, LoadReport):
+        if isinstance(upstream, Mapping):
+            raise TypeError("upstream must be calls (not a mapping) when runs is one LoadReport")
+        return {"": _spans(upstream, "upstream")}
+    if not isinstance(upstream, Mapping):
+        raise TypeError("upstream must be a mapping {label: calls} when runs is a mapping")
+    unknown = sorted(set(upstream) - set(panels))
+    if unknown:
+        raise ValueError(f"upstream has labels that are not in runs: {unknown}")
+    return {label: _spans(calls, "upstream") for label, calls in upstream.items()}
+
+
+def _spans(source: object, argument: str) -> Sequence[TimedCall]:
+    """The calls in ``source``: a LoadReport's requests, a ``.timeline``, or a sequence."""
+    if isinstance(source, LoadReport):
+        return source.requests
+    items = getattr(source, "timeline", source)
+    if (
+        isinstance(items, Sequence)
+        and not isinstance(items, str)
+        and all(hasattr(item, "start") and hasattr(item, "end") for item in items)
+    ):
+        return list(items)
+    raise TypeError(
+        f"{argument} must hold objects with start and end times (a LoadReport, upstream.stats, "
+        f"or a sequence of calls), got {source!r:.80}"
+    )
+
+
+def _outcome(status: int | None) -> str:
+    if status is None:
+        return "no response (exception)"
+    if 200 <= status < 300:
+        return "2xx"
+    if status == 429:
+        return "429 rate limited"
+    if status >= 500:
+        return "5xx server error"
+    return "other status"
+
+
+def _optional_seconds(value: float | None, argument: str) -> float | None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+    ):
+        raise ValueError(f"{argument} must be None or a positive number of seconds, got {value!r}")
+    return value
+
+
+def _integer_ticks(rows: int) -> list[float]:
+    """A few whole request numbers from 0 to ``rows - 1`` for the y axis."""
+    candidates = MaxNLocator(nbins=6, integer=True).tick_values(0, max(rows - 1, 1))
+    return [float(t) for t in candidates if 0 <= t < rows]

@@ -1,0 +1,265 @@
+"""Run an ASGI app (FastAPI, Starlette, ...) from a notebook and talk to it with httpx.
+
+Two ``async with`` helpers, both yielding an ``httpx.AsyncClient`` whose ``base_url`` points at
+the app, so lessons write ``await client.get("/chat")``:
+
+* ``asgi_client(app)`` hands every request straight to the app as an ASGI call in the current
+  event loop: no socket, no port, no server. Fast and exact, ideal for tests.
+* ``serve(app)`` runs a real uvicorn server on 127.0.0.1 as a task in the current event loop and
+  gives you a client that talks to it over TCP, just like a browser or another service would.
+
+The difference that matters for the course: httpx's ASGI transport returns a response only once
+the app's ASGI call has *finished*, and in Starlette/FastAPI that call includes the background
+tasks that run after the response. So "respond first, work later" can only be observed with
+``serve``::
+
+    async with serve(app) as client:
+        response = await client.post("/jobs")   # returns before the background task is done
+
+Both helpers run the app's lifespan: startup before the first request, shutdown after the
+client is closed. Whatever the lifespan yields (``yield {"openai": AsyncOpenAI()}``) reaches
+every request as ``request.state``, each request getting its own shallow copy, as in uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Final
+
+import httpx
+import uvicorn
+from asgi_lifespan import LifespanManager
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["asgi_client", "serve"]
+
+LIFESPAN_TIMEOUT: Final = 10.0
+"""Seconds the app's lifespan startup (and shutdown) may take before we give up."""
+
+SERVER_START_TIMEOUT: Final = 10.0
+"""Seconds uvicorn may take to start listening once the lifespan has started."""
+
+GRACEFUL_SHUTDOWN_TIMEOUT: Final = 5
+"""Seconds uvicorn waits for running requests and background tasks before cancelling them."""
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(
+    app: ASGIApp, *, base_url: str = "http://testserver", lifespan: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Yield an ``httpx.AsyncClient`` that calls ``app`` in memory, with its lifespan running.
+
+    Each request becomes one ASGI call in the current event loop, so the app and your code
+    share the loop exactly as they would inside one process (and ``time.sleep`` in an endpoint
+    blocks your cell too). Nothing is listening on a port.
+
+    Note: the ASGI transport returns the response only after the whole ASGI call has finished,
+    *including background tasks*. Lessons about "respond first, work later" need ``serve``.
+    An exception the app does not handle is raised in your code (a real server answers 500).
+
+    Args:
+        app: the ASGI application, e.g. a ``FastAPI()`` instance.
+        base_url: the URL the client pretends to talk to; only the path reaches the app.
+        lifespan: run the app's startup/shutdown around the block. Pass ``False`` for a bare
+            ASGI callable that does not implement the lifespan protocol.
+    """
+    _check_app(app)
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+    async with _running_lifespan(app, enabled=lifespan) as running_app:
+        transport = httpx.ASGITransport(app=running_app)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    lifespan: bool = True,
+    timeout: float = 30.0,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Serve ``app`` with uvicorn on a loopback port and yield a client pointed at it.
+
+    The server is a task in the *current* event loop, so this works both at the top level of a
+    Jupyter cell (where the kernel's loop is already running) and under ``asyncio.run``. The
+    order of events:
+
+    1. bind a socket on ``host:port`` (port 0 lets the OS pick a free one);
+    2. run the app's lifespan startup;
+    3. start uvicorn on the socket and wait until it accepts connections;
+    4. yield an ``httpx.AsyncClient`` with ``base_url="http://127.0.0.1:<port>"``;
+    5. on exit: close the client, let uvicorn finish running requests and background tasks,
+       run the lifespan shutdown and release the port.
+
+    uvicorn normally installs its own Ctrl+C handler; here the kernel (or ``asyncio.run``)
+    keeps its own, so interrupting a cell still works as usual.
+
+    The client is an ordinary ``httpx.AsyncClient``: at most 100 connections at a time and a
+    ``timeout`` of 30 s per request unless you pass another one.
+
+    Args:
+        app: the ASGI application, e.g. a ``FastAPI()`` instance.
+        host: a loopback address (``127.0.0.1``, ``localhost`` or ``::1``); the lab never
+            listens on a network interface.
+        port: the TCP port; 0 (the default) picks a free one.
+        lifespan: run the app's startup/shutdown around the block.
+        timeout: the client's timeout in seconds for each request.
+    """
+    _check_app(app)
+    address = _loopback_address(host)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int from 0 to 65535 (0 = any free port), got {port!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+    with _bound_socket(address, port) as sock:
+        bound_port = sock.getsockname()[1]
+        netloc = f"[{address}]" if ":" in address else address
+        async with _running_lifespan(app, enabled=lifespan) as running_app:
+            config = uvicorn.Config(
+                running_app,
+                lifespan="off",  # _running_lifespan already runs it
+                log_level="warning",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT,
+            )
+            server = _SignalFreeServer(config)
+            serving = asyncio.create_task(server.serve([sock]), name=f"uvicorn:{bound_port}")
+            try:
+                await _wait_until_started(server, serving)
+                async with httpx.AsyncClient(
+                    base_url=f"http://{netloc}:{bound_port}",
+                    timeout=timeout,
+                    trust_env=False,  # a proxy from the environment must not see loopback calls
+                ) as client:
+                    yield client
+            finally:
+                server.should_exit = True
+                if not server.started:
+                    serving.cancel()  # should_exit is only checked once uvicorn is serving
+                # Wait for the task even if it failed: nothing may outlive the block.
+                await asyncio.wait([serving])
+            serving.result()  # a crash while serving is raised here, after the cleanup
+
+
+class _SignalFreeServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGINT/SIGTERM to its host (Jupyter kernel, asyncio.run)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn would swap the kernel's SIGINT handler for its own while serving, so
+        # "interrupt kernel" would stop the server instead of the cell. We stop it ourselves.
+        yield
+
+
+async def _wait_until_started(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
+    """Return once uvicorn accepts connections; raise if it crashed or takes too long."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SERVER_START_TIMEOUT
+    while not server.started:
+        if serving.done():
+            serving.result()  # re-raises what stopped it
+            raise RuntimeError("uvicorn stopped before it started serving")
+        if loop.time() > deadline:
+            raise TimeoutError(f"uvicorn did not start within {SERVER_START_TIMEOUT} s")
+        await asyncio.wait([serving], timeout=0.005)
+
+
+@contextlib.contextmanager
+def _bound_socket(address: str, port: int) -> Iterator[socket.socket]:
+    """A TCP socket bound to ``address:port``, closed on exit.
+
+    Binding it ourselves turns "port already in use" into a plain ``OSError`` here, instead of
+    uvicorn logging it and calling ``sys.exit``.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
+    # whose proto says TCP. With proto 0 every response written in two parts (headers, body)
+    # would wait ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        # Lets a re-run cell bind the same port while old connections are still in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            message = f"cannot listen on {address}:{port}: {exc.strerror} (port=0 picks a free one)"
+            raise OSError(exc.errno, message) from exc
+        yield sock
+    finally:
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def _running_lifespan(app: ASGIApp, *, enabled: bool) -> AsyncIterator[ASGIApp]:
+    """Run the app's lifespan around the block and yield the app to send requests to.
+
+    The yielded app puts the lifespan state into each request's scope; a startup that raises
+    raises here, with the app's own exception.
+    """
+    if not enabled:
+        yield app
+        return
+    started = finished = False
+    try:
+        async with LifespanManager(
+            _copy_state_per_request(app),
+            startup_timeout=LIFESPAN_TIMEOUT,
+            shutdown_timeout=LIFESPAN_TIMEOUT,
+        ) as manager:
+            started = True
+            yield manager.app
+            finished = True
+    except TimeoutError as exc:
+        if started and not finished:
+            raise  # raised inside the block, not by the lifespan
+        phase = "shutdown" if finished else "startup"
+        raise TimeoutError(
+            f"the app's lifespan {phase} did not finish within {LIFESPAN_TIMEOUT} s"
+        ) from exc
+
+
+def _copy_state_per_request(app: ASGIApp) -> ASGIApp:
+    """Give each request a shallow copy of the lifespan state, as uvicorn does.
+
+    Without the copy, ``request.state.user = ...`` in one request would be visible in all the
+    others, because the lifespan state dict is shared.
+    """
+
+    async def app_with_request_state(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan" and "state" in scope:
+            scope["state"] = dict(scope["state"])
+        await app(scope, receive, send)
+
+    return app_with_request_state
+
+
+def _check_app(app: object) -> None:
+    if isinstance(app, type) or not callable(app):
+        raise TypeError(
+            "app must be an ASGI application such as a FastAPI() instance "
+            f"(an object called with scope, receive, send), got {app!r}"
+        )
+
+
+def _loopback_address(host: str) -> str:
+    """The IP address for ``host``, which must be a loopback address."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str such as '127.0.0.1', got {host!r}")
+    address = "127.0.0.1" if host == "localhost" else host
+    try:
+        is_loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        is_loopback = False
+    if not is_loopback:
+        raise ValueError(
+            f"host must be a loopback address ('127.0.0.1', 'localhost' or '::1'), got {host!r}: "
+            "the lab never listens on a network interface"
+        )
+    return address
