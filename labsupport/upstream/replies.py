@@ -39,7 +39,7 @@ def _words(text: str) -> frozenset[str]:
 
 _POSITIVE = _words(
     """
-    good great excellent love loved loving like liked happy glad amazing awesome fantastic
+    good great excellent love loved loving like liked happy glad amazing awesome fantastic fixed
     wonderful best better improve improved improving improves growth grow growing gain
     gains win wins success successful transforming transform innovative investing invest
     benefit benefits efficient fast faster reliable delighted enjoy enjoyed helpful

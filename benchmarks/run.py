@@ -1,0 +1,210 @@
+"""Benchmarks of the offline upstream: its cost, and how faithfully the demos show their lesson.
+
+Not part of the test suite: timings belong here, measured as ratios within one run, so that a
+busy machine moves both sides of each ratio together.
+
+1. **Cost.** 1,000 calls through `AsyncOpenAI` to the mock, against the SDK's own floor: the
+   same SDK, the same calls, over a transport that answers at once with a prepared body. Then the
+   same through a FastAPI endpoint served in process. Target: mock ≤ 1.25 × floor.
+2. **Fidelity.** Each demo's wall time over its ideal: N blocked requests ≈ N × latency;
+   N concurrent ≈ 1 × latency; the seed's three gathered calls ≈ 1 × latency; a semaphore of k
+   over N calls ≈ ⌈N/k⌉ × latency. Target: measured / ideal ≤ 1.15.
+
+Run: `make bench` (or `.venv/bin/python benchmarks/run.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx2
+from fastapi import FastAPI
+from openai import AsyncOpenAI, OpenAI
+from pydantic import BaseModel
+
+import labsupport as lab
+
+CALLS = 1_000
+ROUNDS = 5
+MESSAGES: Any = [{"role": "user", "content": "Summarize in 5 words: The loop runs one task."}]
+TARGET_COST = 1.25
+TARGET_FIDELITY = 1.15
+
+
+class ChatRequest(BaseModel):
+    message: str
+
+
+def _floor_client() -> AsyncOpenAI:
+    """The SDK over a transport that answers every request at once with a prepared body."""
+    body = json.dumps(
+        {
+            "id": "chatcmpl-floor",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "The loop runs one task."},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 6, "total_tokens": 26},
+        }
+    ).encode()
+    headers = {"content-type": "application/json"}
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(200, headers=headers, content=body))
+    return AsyncOpenAI(api_key="bench", http_client=httpx2.AsyncClient(transport=transport))
+
+
+async def _sdk_calls(client: AsyncOpenAI) -> float:
+    start = time.perf_counter()
+    for _ in range(CALLS):
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    return time.perf_counter() - start
+
+
+async def _endpoint_calls(client: AsyncOpenAI) -> float:
+    app = FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        reply = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
+        )
+        return {"response": reply.choices[0].message.content}
+
+    async with lab.asgi_client(app) as http:
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            await http.post("/chat", json={"message": "Summarize in 5 words: one task."})
+        return time.perf_counter() - start
+
+
+def _best(measure: Callable[[], Awaitable[float]]) -> float:
+    """The fastest of ROUNDS runs: the least disturbed by whatever else the machine does."""
+    return min(asyncio.run(measure()) for _ in range(ROUNDS))
+
+
+def cost() -> list[tuple[str, float, float]]:
+    """(name, µs per call with the mock, µs per call at the SDK's floor)."""
+    rows = []
+    for name, runner in (("AsyncOpenAI", _sdk_calls), ("FastAPI + AsyncOpenAI", _endpoint_calls)):
+        floor = _best(lambda runner=runner: runner(_floor_client()))  # type: ignore[misc]
+        with lab.mock_openai(latency=0.0):
+            mocked = _best(lambda runner=runner: runner(AsyncOpenAI(api_key="bench")))  # type: ignore[misc]
+        rows.append((name, mocked / CALLS * 1e6, floor / CALLS * 1e6))
+    return rows
+
+
+async def _blocked_demo(n: int) -> float:
+    sync_client, app = OpenAI(api_key="bench"), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        reply = sync_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        return {"response": reply.choices[0].message.content}
+
+    async with lab.asgi_client(app) as client:
+        return (await lab.fire(client, "POST", "/chat", json={"message": "hi"}, n=n)).wall
+
+
+async def _concurrent_demo(n: int) -> float:
+    aclient, app = AsyncOpenAI(api_key="bench"), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        reply = await aclient.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        return {"response": reply.choices[0].message.content}
+
+    async with lab.asgi_client(app) as client:
+        return (await lab.fire(client, "POST", "/chat", json={"message": "hi"}, n=n)).wall
+
+
+async def _gather_demo() -> float:
+    aclient, text = AsyncOpenAI(api_key="bench"), "Machine learning is transforming business."
+    prompts = [
+        f"Sentiment (one word): {text}",
+        f"List 3 topics (comma-separated): {text}",
+        f"Summarize in one sentence: {text}",
+    ]
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(
+            aclient.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": p}]
+            )
+            for p in prompts
+        )
+    )
+    return time.perf_counter() - start
+
+
+async def _semaphore_demo(n: int, k: int) -> float:
+    aclient, semaphore = AsyncOpenAI(api_key="bench"), asyncio.Semaphore(k)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            await aclient.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"Summarize: {i}."}]
+            )
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return time.perf_counter() - start
+
+
+def fidelity(latency: float = 0.1) -> list[tuple[str, float, float]]:
+    """(demo, measured seconds (median of 3), ideal seconds)."""
+    demos: list[tuple[str, Callable[[], Awaitable[float]], float]] = [
+        ("20 requests, sync client in async def", lambda: _blocked_demo(20), 20 * latency),
+        ("20 requests, AsyncOpenAI awaited", lambda: _concurrent_demo(20), latency),
+        ("parallel_analysis: 3 gathered calls", _gather_demo, latency),
+        (
+            "Semaphore(5) over 100 calls",
+            lambda: _semaphore_demo(100, 5),
+            math.ceil(100 / 5) * latency,
+        ),
+    ]
+    rows = []
+    with lab.mock_openai(latency=latency):
+        asyncio.run(_concurrent_demo(2))  # warm up imports and validators outside the timing
+        for name, demo, ideal in demos:
+            rows.append((name, statistics.median(asyncio.run(demo()) for _ in range(3)), ideal))
+    return rows
+
+
+def main() -> int:
+    print(f"Mock cost per call ({CALLS} sequential calls, best of {ROUNDS})")
+    print(f"{'path':<24}{'mock µs':>10}{'floor µs':>10}{'calls/s':>10}{'ratio':>8}  target")
+    failures = 0
+    for name, mocked, floor in cost():
+        ratio = mocked / floor
+        failures += ratio > TARGET_COST
+        verdict = "ok" if ratio <= TARGET_COST else "MISSED"
+        print(
+            f"{name:<24}{mocked:>10.0f}{floor:>10.0f}{1e6 / mocked:>10.0f}{ratio:>8.2f}"
+            f"  ≤ {TARGET_COST} {verdict}"
+        )
+    print("\nDemo fidelity at 0.1 s latency (median of 3)")
+    print(f"{'demo':<40}{'measured':>10}{'ideal':>8}{'ratio':>8}  target")
+    for name, measured, ideal in fidelity():
+        ratio = measured / ideal
+        failures += ratio > TARGET_FIDELITY
+        verdict = "ok" if ratio <= TARGET_FIDELITY else "MISSED"
+        print(
+            f"{name:<40}{measured:>9.3f}s{ideal:>7.2f}s{ratio:>8.3f}  ≤ {TARGET_FIDELITY} {verdict}"
+        )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
