@@ -6,23 +6,42 @@ keeps everything else on this machine, and a placeholder API key lets learner co
 
 Live (`LAB_MODE=live`): nothing is mocked. The SDK reads `OPENAI_API_KEY` and, if set,
 `OPENAI_BASE_URL` (any OpenAI-compatible server) from the environment, as in production.
+`setup()` returns an `ObservedUpstream` instead: it records the real calls with the same
+`stats`, `reset()` and `latency` (measured with one tiny call), so the same notebooks run
+unchanged and print real evidence. Scripted faults are skipped there, with a note.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 
 from .guard import install_guard, uninstall_guard
 from .upstream import OPENAI_API_BASE, Fault, MockUpstream, RateLimit
+from .upstream.observed import ObservedUpstream
 
-__all__ = ["MODE_VARIABLE", "PLACEHOLDER_KEY", "current_upstream", "lab_mode", "setup", "teardown"]
+__all__ = [
+    "MODE_VARIABLE",
+    "PLACEHOLDER_KEY",
+    "LabUpstream",
+    "current_upstream",
+    "lab_mode",
+    "setup",
+    "teardown",
+]
 
 MODE_VARIABLE = "LAB_MODE"
 MODES = ("offline", "live")
 #: Given to the SDK offline when no key is set. Not a secret, and not shaped like one.
 PLACEHOLDER_KEY = "offline-lab-placeholder-key"
 
+#: What `setup()` returns: the offline mock, or live mode's observer of the real API. Both have
+#: `latency`, `stats`, `reset()` and `configure()`.
+LabUpstream = MockUpstream | ObservedUpstream
+
 _upstream: MockUpstream | None = None
+_observer: ObservedUpstream | None = None
 
 
 def lab_mode() -> str:
@@ -40,13 +59,15 @@ def setup(
     seed: int = 0,
     faults: tuple[Fault, ...] = (),
     rate_limit: RateLimit | None = None,
-) -> MockUpstream | None:
+) -> LabUpstream:
     """Set up the lab for one notebook and say which mode it is in.
 
     Offline, returns the running mock upstream (configured with `latency` seconds per call and
-    freshly reset), so the lesson can read its counters. Live, returns None.
+    freshly reset), so the lesson can read its counters. Live, returns an `ObservedUpstream`
+    recording the calls to the real API, its `latency` measured with one tiny call (the
+    `latency` argument is ignored; `faults` and `rate_limit` are skipped with a note).
     """
-    global _upstream
+    global _upstream, _observer
     mode = lab_mode()
     if mode == "live":
         teardown()
@@ -56,17 +77,37 @@ def setup(
                 "notebook). Unset LAB_MODE to work offline."
             )
         base = os.environ.get("OPENAI_BASE_URL") or OPENAI_API_BASE
-        print(f"Live mode: calls go to {base} (API key: set, from OPENAI_API_KEY).")
-        return None
+        observer = ObservedUpstream(base).start()
+        try:
+            observer.measure_latency()
+        except Exception as error:
+            observer.stop()
+            raise RuntimeError(
+                f"Live mode: a test call to {base} failed ({type(error).__name__}). Check "
+                "OPENAI_API_KEY and OPENAI_BASE_URL, or unset LAB_MODE to work offline."
+            ) from error
+        _observer = observer
+        print(
+            f"Live mode: calls go to {base} (API key: set, from OPENAI_API_KEY); "
+            f"one call takes {observer.latency:.2f} s. Nothing is simulated."
+        )
+        if faults or rate_limit is not None:
+            observer.configure(faults=faults, rate_limit=rate_limit)
+        return observer
 
+    if _observer is not None:
+        _observer.stop()
+        _observer = None
     if _upstream is None:
         _upstream = MockUpstream()
-    _upstream.configure(
-        latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
-    )
+    _upstream.configure(latency=0.0, jitter=0.0, faults=(), rate_limit=None)
     _upstream.start()
     install_guard()
     os.environ.setdefault("OPENAI_API_KEY", PLACEHOLDER_KEY)
+    _warm_up()
+    _upstream.configure(
+        latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
+    )
     print(
         f"Offline lab: a simulated OpenAI API answers in this kernel ({latency:g} s per call). "
         "Nothing leaves this machine."
@@ -74,15 +115,58 @@ def setup(
     return _upstream
 
 
-def current_upstream() -> MockUpstream | None:
-    """The running offline upstream, or None (live mode, or before `setup()`)."""
+def _warm_up() -> None:
+    """Run one request through the SDK (both clients) and a FastAPI app, then reset the counters.
+
+    Run with the upstream at zero latency and no faults. The first call in a process pays for
+    lazy imports and for building pydantic validators, tens of milliseconds that would otherwise
+    land inside the lesson's first measurement. It runs in a thread with its own event loop,
+    because a notebook's loop is already running.
+    """
+    from fastapi import FastAPI
+    from openai import AsyncOpenAI, OpenAI
+    from pydantic import BaseModel
+
+    from .serving import asgi_client
+
+    class Message(BaseModel):
+        message: str
+
+    app = FastAPI()
+    messages = [{"role": "user", "content": "warm-up"}]
+
+    @app.post("/warm-up")
+    async def warm(request: Message) -> dict[str, str]:
+        return {"response": request.message}
+
+    async def exercise() -> None:
+        async with AsyncOpenAI(api_key=PLACEHOLDER_KEY) as aclient:
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+        async with asgi_client(app) as client:
+            await client.post("/warm-up", json={"message": "hi"})
+
+    with OpenAI(api_key=PLACEHOLDER_KEY) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+    worker = threading.Thread(target=asyncio.run, args=(exercise(),), name="lab warm-up")
+    worker.start()
+    worker.join()
+
+
+def current_upstream() -> LabUpstream | None:
+    """The running upstream: the offline mock, live mode's observer, or None (before `setup()`)."""
+    if _observer is not None and _observer.active:
+        return _observer
     return _upstream if _upstream is not None and _upstream.active else None
 
 
 def teardown() -> None:
-    """Turn the offline upstream and the socket guard off (tests and live mode use this)."""
+    """Turn the lab off: the offline upstream, the socket guard, and live mode's observer."""
+    global _observer
     if _upstream is not None:
         _upstream.stop()
+    if _observer is not None:
+        _observer.stop()
+        _observer = None
     uninstall_guard()
     if os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_KEY:
         del os.environ["OPENAI_API_KEY"]

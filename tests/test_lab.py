@@ -55,16 +55,7 @@ def test_a_real_key_is_kept_and_never_printed(
     assert "secret" not in capsys.readouterr().out
 
 
-def test_live_mode_mocks_nothing_and_names_the_base_url_not_the_key(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("LAB_MODE", "live")
-    monkeypatch.setenv("OPENAI_API_KEY", "real-looking-secret-123")
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8100/v1")
-    assert labsupport.setup() is None
-    out = capsys.readouterr().out
-    assert "Live mode" in out and "http://127.0.0.1:8100/v1" in out and "secret" not in out
-    assert not labsupport.guard_active() and labsupport.current_upstream() is None
+# Live mode's setup (with a server to measure) is tested in test_observed.py.
 
 
 def test_live_mode_without_a_key_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:

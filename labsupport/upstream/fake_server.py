@@ -10,7 +10,7 @@ loop (the lesson of notebook 01) cannot stall the upstream too.
 
 Run it as a process for live-mode tests:
 
-    python -m labsupport.fake_server --port 8100 --latency 0.1
+    python -m labsupport fake-server --port 8100 --latency 0.1
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class FakeServer(Upstream):
 def main(argv: list[str] | None = None) -> None:
     """Serve the fake upstream in the foreground until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m labsupport.fake_server",
+        prog="python -m labsupport fake-server",
         description="An OpenAI-compatible offline upstream on 127.0.0.1, for live-mode tests.",
     )
     parser.add_argument("--port", type=int, default=8100, help="port on 127.0.0.1 (default 8100)")

@@ -1,0 +1,319 @@
+"""Live mode's upstream: it answers nothing, it watches the real traffic.
+
+Offline, the mock upstream both answers the SDK and counts what it saw; the lessons print those
+counts as evidence ("20 calls, max 20 in flight", "3 × 429"). In live mode a real server answers
+(the OpenAI API, or any OpenAI-compatible server at `OPENAI_BASE_URL`), so `ObservedUpstream`
+keeps only the second job: it records every call the process sends to that API, with the same
+`UpstreamStats` and `UpstreamCall` types, so the same notebook cells print real evidence.
+
+How it sees the calls: every HTTP client the SDK (httpx2 → httpcore2) or a learner (httpx →
+httpcore) builds sends its requests through a connection pool's `handle_request` (sync) or
+`handle_async_request` (async). While the observer is on, those two methods of both libraries
+are wrapped: a call starts when the request enters the pool, and ends when the client closes the
+response body, which is when the answer has been read (or abandoned). The status is the one the
+server sent; None when no answer came (a timeout, a refused connection, a cancelled task).
+
+Only POSTs to `BASE/chat/completions` and `BASE/responses` are counted, as the mock counts them;
+everything else (the lab's own servers on 127.0.0.1, `GET /models`) passes by unrecorded.
+
+A real API cannot be scripted: `configure(faults=…, rate_limit=…, latency=…)` says so in one line
+and changes nothing, so a notebook's fault demos run through against the real upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import httpcore
+import httpcore2
+import httpx
+import httpx2
+from openai import OpenAI
+
+from .core import _check_faults, _text_of
+from .faults import Fault, RateLimit, _check_seconds
+from .stats import UpstreamCall, UpstreamStats
+
+__all__ = ["LIVE_CONFIGURE_NOTE", "ObservedUpstream"]
+
+#: Printed when a notebook asks the live upstream for behaviour only the offline one can script.
+LIVE_CONFIGURE_NOTE = (
+    "Live mode: a real API cannot be scripted (faults, rate limits, latency), so this demo runs "
+    "against it unchanged."
+)
+
+_ENDPOINTS = ("chat/completions", "responses")
+# Request bodies the observer may read to learn the prompt: in-memory bytes, re-iterable. Any
+# other body (a generator, a file) is left untouched, since reading it would consume it.
+_BYTE_STREAMS = (httpx.ByteStream, httpx2.ByteStream)
+# (class, method name, client kind) for every connection pool the observer wraps.
+_POOL_METHODS: tuple[tuple[type, str, str], ...] = (
+    (httpcore2.ConnectionPool, "handle_request", "sync"),
+    (httpcore2.AsyncConnectionPool, "handle_async_request", "async"),
+    (httpcore.ConnectionPool, "handle_request", "sync"),
+    (httpcore.AsyncConnectionPool, "handle_async_request", "async"),
+)
+
+
+def _origin_and_path(url: str) -> tuple[str, str]:
+    parsed = httpx.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"{parsed.scheme}://{parsed.host}:{port}", parsed.path.rstrip("/")
+
+
+def _prompt_of(stream: object) -> str:
+    """The last user message of a chat or Responses request body ("" if it cannot be read)."""
+    if not isinstance(stream, _BYTE_STREAMS):
+        return ""
+    try:
+        request = json.loads(b"".join(stream))
+    except ValueError:
+        return ""
+    if not isinstance(request, dict):
+        return ""
+    source = request.get("messages", request.get("input", ""))
+    if isinstance(source, str):
+        return source
+    return _text_of(source) if isinstance(source, list) else ""
+
+
+class ObservedUpstream:
+    """Records the calls this process makes to a real OpenAI-compatible API at `base_url`.
+
+    It has the offline upstream's reading side, `stats`, `reset()` and `latency`, plus a
+    `configure()` that explains why it does nothing. `latency` is whatever the caller measured
+    (`labsupport.setup()` times one tiny call), since a real API's latency cannot be set.
+
+        with ObservedUpstream("http://127.0.0.1:8100/v1") as upstream:
+            await AsyncOpenAI(base_url=...).chat.completions.create(...)
+        print(upstream.stats)  # upstream: 1 calls (1 × 200), max 1 in flight
+    """
+
+    def __init__(self, base_url: str, *, latency: float = 0.0) -> None:
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL; got {base_url!r}")
+        _check_seconds("latency", latency)
+        self.base_url = base_url
+        self.latency = float(latency)
+        self._origin, self._path = _origin_and_path(base_url)
+        self._lock = threading.Lock()
+        self._originals: list[tuple[type, str, Any]] = []
+        self.reset()
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def stats(self) -> UpstreamStats:
+        """A snapshot of the calls seen since the last reset."""
+        with self._lock:
+            return UpstreamStats(
+                calls=len(self._timeline),
+                in_flight=self._in_flight,
+                max_in_flight=self._max_in_flight,
+                status_counts=dict(self._status_counts),
+                timeline=tuple(self._timeline),
+            )
+
+    def reset(self) -> None:
+        """Forget all calls. A call still in flight is not counted when it ends."""
+        with self._lock:
+            self._generation = getattr(self, "_generation", 0) + 1
+            self._in_flight = 0
+            self._max_in_flight = 0
+            self._status_counts: dict[int | None, int] = {}
+            self._timeline: list[UpstreamCall] = []
+
+    def configure(
+        self,
+        *,
+        latency: float | None = None,
+        jitter: float | None = None,
+        seed: int | None = None,
+        faults: Iterable[Fault] | None = None,
+        rate_limit: RateLimit | bool | None = False,
+    ) -> None:
+        """Accept the offline upstream's arguments, change nothing, and reset the counters.
+
+        When the arguments ask for something only the offline upstream can do (a latency, faults,
+        a rate limit), print `LIVE_CONFIGURE_NOTE` once for this call, so the reader knows the
+        demo's evidence comes from the real API as it is. Clearing (`faults=[]`,
+        `rate_limit=None`) asks for nothing and prints nothing. Bad arguments raise as offline.
+        """
+        for name, seconds in (("latency", latency), ("jitter", jitter)):
+            if seconds is not None:
+                _check_seconds(name, seconds)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int; got {seed!r}")
+        fault_list = () if faults is None else _check_faults(faults)
+        if not (rate_limit is None or isinstance(rate_limit, bool | RateLimit)):
+            raise TypeError(
+                f"rate_limit must be a labsupport.RateLimit or None; got {rate_limit!r}"
+            )
+        if fault_list or isinstance(rate_limit, RateLimit) or latency is not None or jitter:
+            print(LIVE_CONFIGURE_NOTE)
+        self.reset()
+
+    def measure_latency(self, *, model: str = "gpt-4o-mini") -> float:
+        """Time one tiny call (`max_tokens=1`) to the API, store it as `latency`, and return it.
+
+        A first, untimed call pays for the connection (TCP, TLS) and the SDK's lazy setup, which
+        a lesson's calls on a warm client do not pay. The key and base URL come from the
+        environment, as for any SDK client. The counters are reset afterwards.
+        """
+        with OpenAI(base_url=self.base_url) as client:
+            for _ in range(2):
+                start = time.perf_counter()
+                client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "Say OK."}], max_tokens=1
+                )
+                self.latency = time.perf_counter() - start
+        self.reset()
+        return self.latency
+
+    # -- switching on and off --------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return bool(self._originals)
+
+    def start(self) -> ObservedUpstream:
+        """Start recording (wrap the connection pools). Idempotent."""
+        if self.active:
+            return self
+        for pool_class, name, kind in _POOL_METHODS:
+            original = getattr(pool_class, name)
+            wrapper = (
+                self._sync_wrapper(original) if kind == "sync" else self._async_wrapper(original)
+            )
+            self._originals.append((pool_class, name, original))
+            setattr(pool_class, name, wrapper)
+        return self
+
+    def stop(self) -> None:
+        """Stop recording and put the connection pools back. Idempotent."""
+        while self._originals:
+            pool_class, name, original = self._originals.pop()
+            setattr(pool_class, name, original)
+
+    def __enter__(self) -> ObservedUpstream:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- recording -------------------------------------------------------------------------
+    def _begin(self, request: Any, client: str) -> Callable[[int | None], None] | None:
+        """Record the start of `request` if it is an API call; return what ends it, or None."""
+        url = request.url
+        scheme, host = url.scheme.decode(), url.host.decode()
+        port = url.port or (443 if scheme == "https" else 80)
+        path = url.target.decode().split("?", 1)[0]
+        if request.method != b"POST" or f"{scheme}://{host}:{port}" != self._origin:
+            return None
+        if path.removeprefix(self._path + "/") not in _ENDPOINTS:
+            return None
+        prompt = _prompt_of(request.stream)
+        start = time.perf_counter()
+        with self._lock:
+            generation = self._generation
+            index = len(self._timeline) + 1
+            self._timeline.append(UpstreamCall(index, start, start, None, client, prompt))
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        ended = False
+
+        def end(status: int | None) -> None:
+            nonlocal ended
+            finish = time.perf_counter()
+            with self._lock:
+                if ended or generation != self._generation:
+                    return
+                ended = True
+                call = self._timeline[index - 1]
+                self._timeline[index - 1] = call.ended(finish, status, client)
+                self._status_counts[status] = self._status_counts.get(status, 0) + 1
+                self._in_flight -= 1
+
+        return end
+
+    def _sync_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        observer = self
+
+        def handle_request(pool: Any, request: Any) -> Any:
+            end = observer._begin(request, "sync")
+            if end is None:
+                return original(pool, request)
+            try:
+                response = original(pool, request)
+            except BaseException:
+                end(None)
+                raise
+            response.stream = _ObservedStream(response.stream, response.status, end)
+            return response
+
+        return handle_request
+
+    def _async_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        observer = self
+
+        async def handle_async_request(pool: Any, request: Any) -> Any:
+            end = observer._begin(request, "async")
+            if end is None:
+                return await original(pool, request)
+            try:
+                response = await original(pool, request)
+            except BaseException:
+                end(None)
+                raise
+            response.stream = _ObservedStream(response.stream, response.status, end)
+            return response
+
+        return handle_async_request
+
+
+class _ObservedStream:
+    """A response body that reports when it is closed: with the status if it was read to the
+    end without error, with None if reading failed (a timeout, a dropped connection)."""
+
+    def __init__(self, inner: Any, status: int, end: Callable[[int | None], None]) -> None:
+        self._inner = inner
+        self._status: int | None = status
+        self._end = end
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._inner
+        except BaseException:
+            self._status = None
+            raise
+
+    def close(self) -> None:
+        try:
+            if hasattr(self._inner, "close"):
+                self._inner.close()
+        finally:
+            self._end(self._status)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        inner: AsyncIterable[bytes] = self._inner
+        try:
+            async for part in inner:
+                yield part
+        except BaseException:
+            self._status = None
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            if hasattr(self._inner, "aclose"):
+                await self._inner.aclose()
+        finally:
+            self._end(self._status)
