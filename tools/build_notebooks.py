@@ -34,22 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import ipykernel.kernelspec
 import jupytext
 import nbformat
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellControlSignal, DeadKernelError
 from nbformat import NotebookNode
-from traitlets import default
+
+from labsupport.check_notebooks import (
+    CELL_TIMEOUT_SECONDS,
+    KERNEL_NAME,
+    CurrentEnvKernelManager,
+)
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 SOURCE_PATTERN: Final = re.compile(r"^(?P<number>\d{2})_[a-z0-9_]+\.py$")
 EXERCISE_TAG: Final = "exercise"
 SOLUTION_TAG: Final = "solution"
-CELL_TIMEOUT_SECONDS: Final = 120
-KERNEL_NAME: Final = "python3"
 METADATA_KEY: Final = "async_llm_lab"
 
 Variant = Literal["learner", "solution"]
@@ -87,29 +87,6 @@ class Target:
     source: Path
     variant: Variant
     notebook: Path
-
-
-class CurrentEnvKernelSpecManager(KernelSpecManager):
-    """Resolve ``python3`` to *this* interpreter's ipykernel.
-
-    A user-wide ``python3`` kernelspec may point at some other Python; the course must run in the
-    environment that has ``labsupport`` and the locked dependencies installed.
-    """
-
-    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-        if kernel_name != KERNEL_NAME:
-            return super().get_kernel_spec(kernel_name)
-        return self.kernel_spec_class(
-            resource_dir=ipykernel.kernelspec.RESOURCES, **ipykernel.kernelspec.get_kernel_dict()
-        )
-
-
-class CurrentEnvKernelManager(AsyncKernelManager):
-    """An ``AsyncKernelManager`` that looks kernels up with `CurrentEnvKernelSpecManager`."""
-
-    @default("kernel_spec_manager")
-    def _kernel_spec_manager_default(self) -> KernelSpecManager:
-        return CurrentEnvKernelSpecManager(data_dir=self.data_dir)
 
 
 def find_sources(root: Path = REPO_ROOT, only: Iterable[str] = ()) -> list[Path]:

@@ -1,0 +1,288 @@
+# %% [markdown]
+# # 01 · The async client: don't block the event loop
+#
+# **Objective.** See, in numbers, why a synchronous OpenAI client inside an `async def` FastAPI
+# endpoint makes every request wait in line, and fix it with one shared `AsyncOpenAI` client.
+#
+# **You will:** measure the trap under 20 concurrent requests · measure the fix · compare them on
+# a timeline · meet two more sync traps (a missing `await`, calls awaited one by one) and the
+# other valid fix (`def` endpoints) · fix an endpoint yourself and get it checked.
+#
+# The first cell sets up the lab. Offline (the default), a simulated OpenAI API answers in this
+# kernel, and each call takes `latency` seconds, as a real network call would.
+
+# %%
+import labsupport as lab
+
+upstream = lab.setup(latency=0.1)
+LATENCY = upstream.latency
+
+# %% [markdown]
+# ## The service
+#
+# A chat endpoint, as in the course's seed note. The request model is shared by every version
+# below.
+
+# %%
+import os
+
+from fastapi import FastAPI
+from openai import AsyncOpenAI, OpenAI
+from pydantic import BaseModel
+
+
+class ChatRequest(BaseModel):
+    message: str
+    temperature: float = 0.0
+
+
+# %% [markdown]
+# ## The trap: a sync client inside `async def`
+#
+# `OpenAI` (the sync client) waits for the answer by blocking its thread. Inside an `async def`
+# endpoint, that thread is the event loop's thread: while one request waits for OpenAI, **no
+# other request can run at all**.
+
+# %%
+sync_client = OpenAI(api_key=os.getenv("OPENAI_API_KEY"))
+blocking_app = FastAPI()
+
+
+@blocking_app.post("/chat")
+async def blocking_chat(request: ChatRequest):
+    # ✗ A blocking call inside `async def`: the event loop stops until OpenAI answers.
+    response = sync_client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": request.message}],
+        temperature=request.temperature,
+    )
+    return {"response": response.choices[0].message.content}
+
+
+# %% [markdown]
+# Fire 20 requests at once, in process (`lab.asgi_client` talks to the app in memory), while a
+# loop-lag monitor (`lab.loop_lag`) measures how long the event loop could not run anything else.
+
+# %%
+N = 20
+body = {"message": "Summarize in 5 words: The event loop runs one task at a time."}
+
+async with lab.asgi_client(blocking_app) as client, lab.loop_lag() as lag:
+    blocked_run = await lab.fire(client, "POST", "/chat", json=body, n=N)
+blocked_calls = upstream.stats.timeline
+
+print(blocked_run.summary(latency=LATENCY))
+print(lag)
+print(upstream.stats)
+
+# %% [markdown]
+# How to read it:
+#
+# * **wall** — the time for all 20 requests: about **20 ×** the latency of one call, as if they
+#   had been sent one after another. Which they were.
+# * **event loop blocked** — almost the whole wall time: the loop sat inside `create()`.
+# * **max 1 in flight** — the upstream never saw two calls at once.
+
+# %% [markdown]
+# ## The fix: one shared `AsyncOpenAI`, awaited
+#
+# The async client *awaits* the answer: while a request waits for OpenAI, the event loop serves
+# the others. Create it **once** (it pools connections) and share it across requests.
+
+# %%
+aclient = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
+app = FastAPI()
+
+
+@app.post("/chat")
+async def chat(request: ChatRequest):
+    # ✓ Awaited: the event loop runs other requests while this one waits.
+    response = await aclient.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": request.message}],
+        temperature=request.temperature,
+    )
+    return {"response": response.choices[0].message.content}
+
+
+# %%
+upstream.reset()
+async with lab.asgi_client(app) as client, lab.loop_lag() as lag:
+    async_run = await lab.fire(client, "POST", "/chat", json=body, n=N)
+async_calls = upstream.stats.timeline
+
+print(async_run.summary(latency=LATENCY))
+print(lag)
+print(upstream.stats)
+print(async_run.bodies[0])
+
+# %% [markdown]
+# Same 20 requests, now in about **1 ×** the latency: all 20 calls were in flight together, and
+# the event loop was never blocked. Each reply is a real answer to the prompt.
+#
+# ## Side by side
+#
+# Each bar is one request, from sent to answered; the thin bars under them are the upstream
+# calls. On the left, a staircase: each request starts only when the previous one is done. On
+# the right, one block: everything at once.
+
+# %%
+lab.plot_timeline(
+    {"sync client in async def": blocked_run, "AsyncOpenAI, awaited": async_run},
+    upstream={"sync client in async def": blocked_calls, "AsyncOpenAI, awaited": async_calls},
+    latency=LATENCY,
+)
+
+# %% [markdown]
+# ## Two more sync traps
+#
+# **1. Forgetting `await`.** Calling an async method without `await` gives you a *coroutine*: a
+# description of work that has not run. Nothing is sent.
+
+# %%
+upstream.reset()
+reply = aclient.chat.completions.create(
+    model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}]
+)
+print(type(reply).__name__, "— calls the upstream received:", upstream.stats.calls)
+
+# %% [markdown]
+# When that coroutine is thrown away, Python warns (on stderr) that it was never awaited. Inside
+# an endpoint, the next line (`reply.choices[0]…`) fails with
+# `AttributeError: 'coroutine' object has no attribute 'choices'`, and the client gets a 500.
+
+# %%
+del reply
+
+# %% [markdown]
+# **2. Awaiting independent calls one by one.** Each `await` waits for its answer before the
+# next call starts, so two independent calls take two latencies. `asyncio.gather` starts both,
+# then waits once (notebook 02 goes further).
+
+# %%
+import asyncio
+import time
+
+text = "The new release fixed the crash and made startup twice as fast."
+
+
+def ask(prompt):
+    return aclient.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+    )
+
+
+start = time.perf_counter()
+sentiment = await ask(f"Sentiment (one word): {text}")
+summary = await ask(f"Summarize in 5 words: {text}")
+one_by_one = time.perf_counter() - start
+
+start = time.perf_counter()
+sentiment, summary = await asyncio.gather(
+    ask(f"Sentiment (one word): {text}"), ask(f"Summarize in 5 words: {text}")
+)
+together = time.perf_counter() - start
+
+print(f"one by one: {one_by_one:.2f} s ≈ {one_by_one / LATENCY:.1f}× latency")
+print(f"gathered:   {together:.2f} s ≈ {together / LATENCY:.1f}× latency")
+print(sentiment.choices[0].message.content, "|", summary.choices[0].message.content)
+
+# %% [markdown]
+# ## The other valid fix: a `def` endpoint
+#
+# If you must use a sync library, declare the endpoint with plain `def`. FastAPI then runs it in
+# a **thread pool**, so a blocking call blocks one worker thread, not the event loop.
+
+# %%
+threaded_app = FastAPI()
+
+
+@threaded_app.post("/chat")
+def threaded_chat(request: ChatRequest):
+    # ✓ Plain `def`: FastAPI runs this in a worker thread; blocking here is allowed.
+    response = sync_client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
+    )
+    return {"response": response.choices[0].message.content}
+
+
+upstream.reset()
+async with lab.asgi_client(threaded_app) as client, lab.loop_lag() as lag:
+    threaded_run = await lab.fire(client, "POST", "/chat", json=body, n=N)
+print(threaded_run.summary(latency=LATENCY))
+print(lag)
+
+# %% [markdown]
+# Also ≈ 1 × latency. But threads are a limited resource: FastAPI's pool has **40** worker
+# threads by default. Send 100 requests, and they run in waves of 40.
+
+# %%
+import anyio.to_thread
+
+pool_size = anyio.to_thread.current_default_thread_limiter().total_tokens
+upstream.reset()
+async with lab.asgi_client(threaded_app) as client:
+    crowd = await lab.fire(client, "POST", "/chat", json=body, n=100)
+print("thread pool size:", pool_size)
+print(crowd.summary(latency=LATENCY))
+print("calls in flight never exceeded the pool size:", upstream.stats.max_in_flight <= pool_size)
+
+# %% [markdown]
+# The upstream never had more than **40** calls in flight: 100 requests went through in waves, so
+# the wall time is at least ⌈100 / 40⌉ = 3 × the latency, plus the cost of switching between 40
+# threads. The async client has no such ceiling: a waiting request costs a few kilobytes, not a
+# thread. That is why `AsyncOpenAI` is the first choice in `async def` code.
+
+# %% [markdown]
+# ## Your turn
+#
+# Below is a ticket summarizer with the trap in it. Rewrite it so that it does not block the
+# event loop: keep the route (`POST /chat`), the request model and the reply shape
+# (`{"response": …}`). Then run the check.
+
+# %% tags=["exercise"]
+ticket_client = OpenAI(api_key=os.getenv("OPENAI_API_KEY"))
+exercise_app = FastAPI()
+
+
+@exercise_app.post("/chat")
+async def summarize_ticket(request: ChatRequest):
+    # TODO: this blocks the event loop. Fix it.
+    response = ticket_client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": f"Summarize in one sentence: {request.message}"}],
+    )
+    return {"response": response.choices[0].message.content}
+
+
+# %% tags=["solution"]
+ticket_client = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
+exercise_app = FastAPI()
+
+
+@exercise_app.post("/chat")
+async def summarize_ticket(request: ChatRequest):
+    response = await ticket_client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": f"Summarize in one sentence: {request.message}"}],
+    )
+    return {"response": response.choices[0].message.content}
+
+
+# %% [markdown]
+# The check sends 20 concurrent requests to your app and tells you what it measured.
+
+# %%
+await lab.checks.check_async_endpoint(exercise_app)
+
+# %% [markdown]
+# ## Recap
+#
+# * A sync call inside `async def` blocks the **event loop**: N concurrent requests take about
+#   N × the upstream latency, and nothing else runs meanwhile.
+# * Use **one shared `AsyncOpenAI`** and `await` its calls: N requests take about 1 × latency.
+# * A call without `await` does nothing but return a coroutine (and a warning).
+# * Independent calls awaited one by one add up their latencies; `asyncio.gather` overlaps them.
+# * A plain `def` endpoint is the other valid fix for sync code, up to the thread pool's size.
+#
+# Next: **02 · gather** — many calls in parallel, and surviving the ones that fail.
