@@ -1,0 +1,315 @@
+"""The capstone service (notebooks/capstone_service.py) under load, faults and bad input.
+
+Every figure the capstone notebook shows is asserted here at full size: 1,000 requests over real
+HTTP (uvicorn on 127.0.0.1), against the offline upstream. Assertions are on counts, which a
+slow machine cannot change, never on wall-clock thresholds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import random
+import socket
+import sqlite3
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+import labsupport as lab
+from labsupport import Fault, MockUpstream, RateLimit
+
+SERVICE_FILE = Path(__file__).resolve().parents[1] / "notebooks" / "capstone_service.py"
+LATENCY = 0.02
+BOUND = 20
+N = 1_000
+# The client from lab.serve() has 100 connections; more requests than that in flight would only
+# queue inside httpx's pool, whose bookkeeping grows with the queue.
+CLIENT_CONCURRENCY = 100
+
+pytestmark = pytest.mark.anyio
+
+
+def _load_service() -> ModuleType:
+    """Import the notebook's module by path: it lives with the notebooks, not in a package."""
+    spec = importlib.util.spec_from_file_location("capstone_service", SERVICE_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pydantic look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+service = _load_service()
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockUpstream]:
+    monkeypatch.setenv("OPENAI_API_KEY", lab.PLACEHOLDER_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with lab.mock_openai(latency=LATENCY) as mock:
+        yield mock
+
+
+def audit_rows(path: Path) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(path)) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute("SELECT * FROM audit ORDER BY id")]
+
+
+def ticket(i: int) -> dict[str, str]:
+    return {"message": f"Summarize in 5 words: ticket {i} says the export button is broken."}
+
+
+def expected_fraction_hits(seed: int, calls: int, rate: float) -> int:
+    """How many of the first `calls` calls a seeded `Fault.fraction(rate)` fails (one draw each)."""
+    draws = random.Random(seed)
+    return sum(draws.random() < rate for _ in range(calls))
+
+
+# --------------------------------------------------------------------------------------- load
+
+
+async def test_1000_requests_all_answered_audited_and_bounded(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    app = service.create_app(audit_path=tmp_path / "audit.sqlite3", max_upstream_calls=BOUND)
+    async with lab.serve(app) as client:
+        report = await lab.fire(
+            client, "POST", "/chat", json=ticket, n=N, concurrency=CLIENT_CONCURRENCY
+        )
+    stats = upstream.stats
+    rows = audit_rows(tmp_path / "audit.sqlite3")
+
+    assert report.status_counts == {200: N}
+    assert all(body["response"] for body in report.bodies)
+    assert stats.calls == N and stats.count(200) == N
+    assert 1 < stats.max_in_flight <= BOUND
+    assert report.in_flight_max > BOUND  # the bound held although far more requests overlapped
+    # One row per request, all on disk once the service has shut down.
+    assert len(rows) == N
+    assert Counter(row["status"] for row in rows) == {200: N}
+    assert all(row["reply"] and row["prompt"] and row["error"] is None for row in rows)
+    assert report.p50 <= report.p95
+
+
+async def test_batch_bound_is_shared_across_requests(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    app = service.create_app(audit_path=tmp_path / "audit.sqlite3", max_upstream_calls=5)
+    batch = {"messages": [f"Sentiment (one word): item {i} is great" for i in range(12)]}
+    async with lab.serve(app) as client:
+        report = await lab.fire(client, "POST", "/batch", json=batch, n=3)
+    assert report.status_counts == {200: 3}
+    assert all(
+        [item["response"] for item in body["results"]] == ["Positive"] * 12
+        for body in report.bodies
+    )
+    assert upstream.stats.calls == 36
+    assert upstream.stats.max_in_flight == 5  # 36 calls from 3 requests, never more than 5
+
+
+# ------------------------------------------------------------------------------------- faults
+
+
+async def test_1000_requests_with_faults_get_clean_json_errors(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    quota = 900
+    upstream.configure(
+        faults=[Fault.fraction(0.1, status=500)],
+        rate_limit=RateLimit(max_per_window=quota, window=600.0, retry_after=2.0),
+    )
+    app = service.create_app(
+        audit_path=tmp_path / "audit.sqlite3", max_upstream_calls=BOUND, max_retries=0
+    )
+    async with lab.serve(app) as client:
+        report = await lab.fire(
+            client, "POST", "/chat", json=ticket, n=N, concurrency=CLIENT_CONCURRENCY
+        )
+        limited = await client.post("/chat", json=ticket(N))
+    failures = expected_fraction_hits(upstream.seed, quota, 0.1)
+    expected = {200: quota - failures, 429: N - quota, 502: failures}
+
+    assert failures > 0
+    assert report.status_counts == expected  # every request answered: no exception, no hang
+    assert upstream.stats.count(500) == failures and upstream.stats.count(429) == N - quota + 1
+    for record in report.requests:
+        if record.status == 200:
+            continue
+        error = record.body["error"]
+        assert set(error) == {"type", "message"} and error["message"]
+        assert error["type"] == {429: "rate_limited", 502: "upstream_error"}[record.status]
+        assert "Traceback" not in json.dumps(record.body)
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "2"
+    assert limited.headers["content-type"] == "application/json"
+
+    rows = audit_rows(tmp_path / "audit.sqlite3")
+    assert len(rows) == N + 1
+    assert Counter(row["status"] for row in rows) == {**expected, 429: N - quota + 1}
+    assert all(
+        row["error"].startswith("InternalServerError") for row in rows if row["status"] == 502
+    )
+    assert all(row["error"].startswith("RateLimitError") for row in rows if row["status"] == 429)
+
+
+async def test_timeout_partial_fan_out_and_unreachable_upstream(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    upstream.configure(
+        faults=[Fault.matching(r"^List 3 topics", status=500), Fault.matching("slow", delay=5)]
+    )
+    app = service.create_app(
+        audit_path=tmp_path / "audit.sqlite3", upstream_timeout=0.2, max_retries=0
+    )
+    async with lab.serve(app) as client:
+        slow = await client.post("/chat", json={"message": "a slow question"})
+        partial = await client.post("/analyze", json={"text": "The update made it faster."})
+        upstream.configure(faults=[Fault.matching(".", status=503)])
+        all_failed = await client.post("/analyze", json={"text": "x"})
+
+    assert slow.status_code == 504
+    assert slow.json()["error"]["type"] == "upstream_timeout"
+    assert partial.status_code == 200
+    body = partial.json()
+    assert body["sentiment"] == "Positive" and body["summary"] and body["topics"] is None
+    assert body["errors"]["topics"]["type"] == "upstream_error"
+    assert all_failed.status_code == 502  # nothing to show: the error itself
+
+    with socket.socket() as closed_port:  # bound, not listening: a connection is refused
+        closed_port.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed_port.getsockname()[1]}/v1"
+        app = service.create_app(
+            audit_path=tmp_path / "unreachable.sqlite3", base_url=nowhere, max_retries=0
+        )
+        async with lab.serve(app) as client:
+            unreachable = await client.post("/chat", json={"message": "hello"})
+    assert unreachable.status_code == 503
+    assert unreachable.headers["retry-after"] == "1"
+    assert unreachable.json()["error"]["type"] == "upstream_unavailable"
+    statuses = [row["status"] for row in audit_rows(tmp_path / "audit.sqlite3")]
+    assert statuses == [504, 200, 502]
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+BAD_INPUT: dict[str, tuple[dict[str, Any], int, str]] = {
+    "malformed JSON": ({"content": b'{"message": "hi",}'}, 422, "body: not valid JSON"),
+    "no body": ({}, 422, "body: Field required"),
+    "missing message": ({"json": {"temperature": 0.5}}, 422, "message: Field required"),
+    "wrong type": ({"json": {"message": 42}}, 422, "message: Input should be a valid string"),
+    "empty message": ({"json": {"message": " \n "}}, 422, "message: String should have at least"),
+    "message too long": ({"json": {"message": "x" * 4_001}}, 422, "at most 4000 characters"),
+    "absurd temperature": ({"json": {"message": "hi", "temperature": 7}}, 422, "temperature:"),
+    "negative temperature": ({"json": {"message": "hi", "temperature": -1}}, 422, "temperature"),
+    "temperature as text": ({"json": {"message": "hi", "temperature": "hot"}}, 422, "number"),
+    "typo in a field": ({"json": {"message": "hi", "temprature": 1}}, 422, "temprature: Extra"),
+    "bad user id": ({"json": {"message": "hi", "user_id": "a b"}}, 422, "user_id:"),
+    "JSON array": ({"json": ["hi"]}, 422, "body:"),
+    "body over limit": ({"content": b'{"message": "' + b"x" * 70_000 + b'"}'}, 413, "larger"),
+}
+
+
+async def test_bad_input_is_refused_before_the_upstream(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    app = service.create_app(audit_path=tmp_path / "audit.sqlite3")
+    headers = {"content-type": "application/json"}
+    async with lab.serve(app) as client:
+        responses = {
+            label: await client.post("/chat", headers=headers, **request)
+            for label, (request, _, _) in BAD_INPUT.items()
+        }
+        batch = await client.post("/batch", json={"messages": ["ok"] * 51})
+        empty_item = await client.post("/batch", json={"messages": ["ok", ""]})
+
+        async def chunks() -> Any:  # no Content-Length: the limit counts what arrives
+            for _ in range(10):
+                yield b"x" * 10_000
+
+        chunked = await client.post("/chat", headers=headers, content=chunks())
+
+    for label, (_, status, fragment) in BAD_INPUT.items():
+        response = responses[label]
+        assert response.status_code == status, label
+        error = response.json()["error"]
+        assert fragment in error["message"], (label, error)
+        assert error["type"] == ("too_large" if status == 413 else "invalid_request")
+    assert batch.status_code == 422 and "at most 50 items" in batch.json()["error"]["message"]
+    assert empty_item.status_code == 422
+    assert empty_item.json()["error"]["message"].startswith("messages[1]:")
+    assert chunked.status_code == 413 and chunked.json()["error"]["type"] == "too_large"
+    assert upstream.stats.calls == 0
+    rows = audit_rows(tmp_path / "audit.sqlite3")
+    assert len(rows) == len(BAD_INPUT) + 3
+    assert all(row["error"] for row in rows)
+
+
+async def test_unexpected_bug_is_a_json_500_and_audited(
+    upstream: MockUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: Any, prompt: str, **options: Any) -> str:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(service.Resources, "ask", broken)
+    app = service.create_app(audit_path=tmp_path / "audit.sqlite3")
+    async with lab.asgi_client(app) as client:
+        with pytest.raises(KeyError):  # in process, the app's exception reaches the caller...
+            await client.post("/chat", json={"message": "hi"})
+    # ...after the handler produced the JSON a real server sends, and the row was recorded.
+    assert [row["status"] for row in audit_rows(tmp_path / "audit.sqlite3")] == [500]
+
+
+# --------------------------------------------------------------------------------- lifecycle
+
+
+async def test_shutdown_closes_client_and_drains_audit(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    app = service.create_app(audit_path=tmp_path / "audit.sqlite3")
+    tasks_before = asyncio.all_tasks()
+    async with lab.asgi_client(app) as client:
+        await asyncio.gather(*(client.post("/chat", json=ticket(i)) for i in range(30)))
+    assert len(audit_rows(tmp_path / "audit.sqlite3")) == 30
+    # Neither the audit writer nor anything else of the service outlives the shutdown.
+    assert asyncio.all_tasks() - tasks_before == set()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("max_upstream_calls", 0, ValueError),
+        ("max_upstream_calls", 2.5, TypeError),
+        ("max_retries", -1, ValueError),
+        ("max_body_bytes", True, TypeError),
+        ("upstream_timeout", 0, ValueError),
+        ("upstream_timeout", "1", TypeError),
+    ],
+)
+def test_create_app_rejects_bad_settings(
+    tmp_path: Path, option: str, value: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=option):
+        service.create_app(audit_path=tmp_path / "audit.sqlite3", **{option: value})
+
+
+def test_create_app_needs_an_audit_path() -> None:
+    with pytest.raises(TypeError, match="audit_path"):
+        service.create_app(audit_path=42)
+
+
+def test_retry_after_parsing() -> None:
+    parse = service._retry_after_seconds
+    assert parse(httpx.Headers({"retry-after-ms": "1500"})) == 2
+    assert parse(httpx.Headers({"retry-after": "3"})) == 3
+    assert parse(httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 1
+    assert parse(httpx.Headers({})) == 1
