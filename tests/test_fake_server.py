@@ -105,3 +105,17 @@ def test_bad_ports_are_rejected(port: object) -> None:
 def test_base_url_before_start_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="not running"):
         _ = FakeServer().base_url
+
+
+def test_open_connections_counts_what_is_still_open() -> None:
+    with FakeServer(latency=0.0) as server:
+        client = OpenAI(api_key="test-key", base_url=server.base_url)
+        client.models.list()
+        assert server.open_connections == 1
+        client.close()
+        for _ in range(100):  # the server thread notices the close a moment later
+            if server.open_connections == 0:
+                break
+            threading.Event().wait(0.01)
+        assert server.open_connections == 0
+    assert server.open_connections == 0

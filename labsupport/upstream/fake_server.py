@@ -83,6 +83,12 @@ class FakeServer(Upstream):
         with self._lock:
             return len(self._clients)
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open right now (a closed client leaves none behind)."""
+        server = self._server
+        return len(server.server_state.connections) if server is not None else 0
+
     def reset(self) -> None:
         super().reset()
         with self._lock:

@@ -1,0 +1,365 @@
+# %% [markdown]
+# # 05 · Lifespan: one client for the whole app
+#
+# **Objective.** Create shared resources (the `AsyncOpenAI` client, the audit database) once at
+# startup and close them at shutdown, hand them to endpoints in a way tests can replace, and see
+# in TCP connections what a shared client saves and what an unclosed one leaks.
+#
+# **You will:** watch the lifespan's order of events · compare four places to keep the client,
+# and override one in a test · count connections for a client per request versus one shared
+# client · set the pool's limits · find a leak · refactor an app that builds a client per request.
+
+# %%
+import labsupport as lab
+
+upstream = lab.setup(latency=0.05)
+LATENCY = upstream.latency
+
+# %% [markdown]
+# ## The lifespan: startup, serving, shutdown
+#
+# A lifespan is an async context manager that FastAPI enters before the first request and leaves
+# after the last one. Code before `yield` is startup, code after it is shutdown. Whatever it
+# yields as a dict becomes the **lifespan state**: every request sees it as `request.state`.
+#
+# The seed note's lifespan stores the client in a global; this one yields it, with the audit
+# database from notebook 04, and prints each step.
+
+# %%
+import os
+import tempfile
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import aiosqlite
+from fastapi import Depends, FastAPI, Request
+from openai import AsyncOpenAI
+from pydantic import BaseModel
+
+workdir = tempfile.TemporaryDirectory()  # removed in the last cell
+AUDIT_DB = os.path.join(workdir.name, "audit.sqlite3")
+
+
+class ChatRequest(BaseModel):
+    message: str
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    openai_client = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
+    print("startup:  OpenAI client created")
+    audit_db = await aiosqlite.connect(AUDIT_DB)
+    await audit_db.execute("CREATE TABLE IF NOT EXISTS audit (message TEXT, reply TEXT)")
+    print("startup:  audit database open")
+    try:
+        yield {"openai": openai_client, "audit_db": audit_db}
+    finally:  # runs at shutdown, and also if startup fails after this point
+        await audit_db.close()
+        print("shutdown: audit database closed")
+        await openai_client.close()
+        print(f"shutdown: OpenAI client closed (is_closed() = {openai_client.is_closed()})")
+
+
+# %% [markdown]
+# Endpoints get the client through a **dependency**: a function FastAPI calls for each request,
+# whose result it passes in. `OpenAIClient` is that function's type, to reuse in every endpoint.
+
+
+# %%
+def get_openai(request: Request) -> AsyncOpenAI:
+    return request.state.openai
+
+
+OpenAIClient = Annotated[AsyncOpenAI, Depends(get_openai)]
+app = FastAPI(lifespan=lifespan)
+
+
+@app.post("/chat")
+async def chat(request: ChatRequest, openai_client: OpenAIClient, http: Request):
+    response = await openai_client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
+    )
+    reply = response.choices[0].message.content
+    await http.state.audit_db.execute("INSERT INTO audit VALUES (?, ?)", (request.message, reply))
+    await http.state.audit_db.commit()
+    print(f"request:  {request.message!r} → {reply!r}")
+    return {"response": reply}
+
+
+# %%
+async with lab.asgi_client(app) as client:
+    print("-- serving --")
+    for text in ("The build is green again.", "The deploy failed twice."):
+        await client.post("/chat", json={"message": f"Sentiment (one word): {text}"})
+    print("-- stopping --")
+
+# %% [markdown]
+# The order is guaranteed: startup completes before the first request, and shutdown starts after
+# the last one. Resources are closed in the reverse order of opening, and the `finally` makes
+# sure they are closed even if something fails. (`async with AsyncOpenAI(...) as client:`
+# around the `yield` does the same for one resource; `contextlib.AsyncExitStack` for many.)
+#
+# ## Where to keep the client
+#
+# Four common places, and what each means for tests:
+#
+# * **A module-level global** (`aclient = AsyncOpenAI()` at import): simple, but it is created
+#   at import time, before the app or a test has any say, and nothing closes it. A test can only
+#   monkeypatch the module.
+# * **`app.state.openai`**, set in the lifespan: one per app, closed in the lifespan. Endpoints
+#   reach it as `request.app.state.openai`; a test can assign a stand-in before requests run.
+# * **Lifespan state** (`yield {"openai": client}` → `request.state.openai`): one per app run,
+#   created and closed in one place, never visible outside a running app.
+# * **A dependency** (`Depends(get_openai)`), on top of either of the last two: endpoints declare
+#   what they need, and a test replaces it with `app.dependency_overrides`, no patching at all.
+#
+# The override, demonstrated: a stand-in with the same call shape, a canned reply, and a counter.
+
+# %%
+from types import SimpleNamespace
+
+
+class CannedOpenAI:
+    """A test double for AsyncOpenAI: `chat.completions.create(...)` with a fixed reply."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.calls = 0
+        self.chat = SimpleNamespace(completions=self)
+
+    async def create(self, **request) -> SimpleNamespace:
+        self.calls += 1
+        message = SimpleNamespace(content=self.reply)
+        return SimpleNamespace(choices=[SimpleNamespace(message=message)])
+
+
+canned = CannedOpenAI("Positive")
+app.dependency_overrides[get_openai] = lambda: canned
+upstream.reset()
+try:
+    async with lab.asgi_client(app) as client:
+        response = await client.post("/chat", json={"message": "Sentiment (one word): tests"})
+finally:
+    app.dependency_overrides.clear()
+
+print(response.json(), "· stand-in calls:", canned.calls, "· upstream calls:", upstream.stats.calls)
+
+# %% [markdown]
+# The endpoint ran unchanged with the stand-in, and the upstream got no call. The lifespan still
+# ran (its lines are printed), because the override replaces what the endpoint *receives*, not
+# the app's startup.
+#
+# ## Connection pooling, in TCP connections
+#
+# Why one client? Each `AsyncOpenAI` owns a **connection pool**: after a call, the TCP (and, in
+# production, TLS) connection stays open, idle, ready for the next call. A new client starts with
+# an empty pool, so its first call pays for a new connection, and building the client itself
+# costs time too (the SDK sets up an HTTP client with its TLS settings).
+#
+# To count real connections we point the SDK at `lab.FakeServer`: the same simulated API, but
+# over TCP on 127.0.0.1, in its own thread. It counts the distinct connections its clients
+# opened. We also ask the operating system (through `psutil`) how many sockets this process
+# still has open to it.
+
+# %%
+import asyncio
+import time
+
+import psutil
+
+N = 10
+
+
+def open_sockets(server: lab.FakeServer) -> int:
+    """Sockets of this process connected to `server`, as the operating system reports them."""
+    connections = psutil.Process().net_connections(kind="tcp")
+    return sum(1 for c in connections if c.raddr and c.raddr.port == server.port)
+
+
+async def ask(openai_client: AsyncOpenAI, i: int) -> str:
+    response = await openai_client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"Summarize in 5 words: #{i}"}]
+    )
+    return response.choices[0].message.content
+
+
+async def measure(server, label: str, call, modes=("sequential", "concurrent")) -> None:
+    """Run `call(i)` for N requests one by one, then all at once; print new connections."""
+    for mode in modes:
+        opened_before = server.connections
+        start = time.perf_counter()
+        if mode == "sequential":
+            for i in range(N):
+                await call(i)
+        else:
+            await asyncio.gather(*(call(i) for i in range(N)))
+        wall = time.perf_counter() - start
+        await asyncio.sleep(0.05)  # let closed sockets finish closing before we count
+        print(
+            f"{label:19} {N} {mode:10}  new connections: {server.connections - opened_before:2}"
+            f" · open after: {open_sockets(server):2} · wall {wall:.2f} s"
+        )
+
+
+with lab.FakeServer(latency=LATENCY) as server:
+
+    async def client_per_request(i: int) -> str:
+        async with AsyncOpenAI(base_url=server.base_url) as openai_client:
+            return await ask(openai_client, i)
+
+    await measure(server, "client per request", client_per_request)
+    async with AsyncOpenAI(base_url=server.base_url) as shared:
+        await measure(server, "one shared client", lambda i: ask(shared, i))
+        await measure(server, "  … and again", lambda i: ask(shared, i), modes=["concurrent"])
+    print("sockets open after the shared client was closed:", open_sockets(server))
+
+# %% [markdown]
+# How to read it:
+#
+# * **Sequential**, a client per request opens 10 connections and closes each right away; the
+#   shared client opens **1** and reuses it for all 10 calls. The per-request version is also
+#   slower: every request pays for building a client and connecting.
+# * **Concurrent**, even the shared client opens more connections: a pool reuses only **idle**
+#   connections, and one HTTP/1.1 connection carries one request at a time. It kept them open
+#   afterwards (`open after: 10`), so the next burst (`… and again`) opened **none**.
+# * Closing the client closed every pooled connection.
+#
+# ## The pool's limits
+#
+# The SDK's own defaults (`openai/_constants.py` in the installed SDK): at most **1000**
+# connections, at most **100** kept idle, each idle one for **5 s** (`keepalive_expiry`). To
+# change them, give the SDK an HTTP client. Use `openai.DefaultAsyncHttpxClient`: it keeps the
+# SDK's other defaults (a plain `httpx2.AsyncClient` would bring a 5 s timeout instead of the
+# SDK's 10 minutes). With at most 3 connections, 10 concurrent calls run 3 at a time:
+
+# %%
+import httpx2
+from openai import DefaultAsyncHttpxClient
+
+limits = httpx2.Limits(max_connections=3, max_keepalive_connections=3, keepalive_expiry=30)
+with lab.FakeServer(latency=LATENCY) as server:
+    http_client = DefaultAsyncHttpxClient(limits=limits)
+    async with AsyncOpenAI(base_url=server.base_url, http_client=http_client) as limited:
+        start = time.perf_counter()
+        await asyncio.gather(*(ask(limited, i) for i in range(N)))
+        wall = time.perf_counter() - start
+    print(f"connections: {server.connections} · {server.stats}")
+    print(f"wall {wall:.2f} s for {N} calls of {LATENCY:.2f} s, 3 at a time (4 rounds)")
+
+# %% [markdown]
+# `max_connections` is a concurrency limit too: the other calls wait for a free connection (up to
+# the pool timeout). Closing the `AsyncOpenAI` closes the HTTP client you gave it.
+#
+# ## What a leak looks like
+#
+# A lifespan that creates the client and never closes it. The app stops; its connection does not:
+
+# %%
+server = lab.FakeServer(latency=LATENCY).start()  # stopped in the next cell
+leaked: list[AsyncOpenAI] = []
+
+
+@asynccontextmanager
+async def leaky_lifespan(app: FastAPI):
+    leaked.append(AsyncOpenAI(base_url=server.base_url))
+    yield {"openai": leaked[-1]}
+    # ✗ no close()
+
+
+leaky_app = FastAPI(lifespan=leaky_lifespan)
+
+
+@leaky_app.post("/chat")
+async def leaky_chat(request: ChatRequest, openai_client: OpenAIClient):
+    return {"response": await ask(openai_client, 0)}
+
+
+async with lab.asgi_client(leaky_app) as client:
+    for _ in range(3):
+        await client.post("/chat", json={"message": "Summarize in 5 words: a leak"})
+await asyncio.sleep(0.05)
+print("app stopped; sockets still open to the upstream:", open_sockets(server))
+
+# %% [markdown]
+# One socket, the client's pooled connection, stays open after the app has stopped, until the
+# garbage collector happens to find the client (it then closes the socket with a
+# `ResourceWarning: unclosed transport`, hidden by default, shown under `python -X dev`, and an
+# error in this course's pytest settings). A worker that leaks a client per restart, or per
+# request, runs out of file descriptors: `OSError: [Errno 24] Too many open files`.
+#
+# **The fix** is `close()`, which is what the first lifespan of this notebook does at shutdown
+# (in a `finally`; or use `async with AsyncOpenAI(...) as client:` around the `yield`):
+
+# %%
+await leaked.pop().close()
+await asyncio.sleep(0.05)
+print("after close(): sockets open to the upstream:", open_sockets(server))
+server.stop()
+
+
+# %% [markdown]
+# ## Your turn
+#
+# This endpoint builds a new client for every request (and closes it, at least). Refactor it:
+# one `AsyncOpenAI`, created in a lifespan, handed to the endpoint, closed at shutdown. Keep the
+# route (`POST /chat`), the request model and the reply shape (`{"response": …}`). Create the
+# client as usual, `AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))`: the check points it at
+# its own server through `OPENAI_BASE_URL`, which the SDK reads when the client is created.
+
+# %% tags=["exercise"]
+exercise_app = FastAPI()
+
+
+@exercise_app.post("/chat")
+async def summarize(request: ChatRequest):
+    # TODO: a new client, and a new connection, for every request. Use one from a lifespan.
+    async with AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY")) as openai_client:
+        response = await openai_client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"Summarize in 5 words: {request.message}"}],
+        )
+    return {"response": response.choices[0].message.content}
+
+
+# %% tags=["solution"]
+@asynccontextmanager
+async def exercise_lifespan(app: FastAPI):
+    async with AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY")) as openai_client:
+        yield {"openai": openai_client}
+
+
+exercise_app = FastAPI(lifespan=exercise_lifespan)
+
+
+@exercise_app.post("/chat")
+async def summarize(request: ChatRequest, openai_client: OpenAIClient):
+    response = await openai_client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": f"Summarize in 5 words: {request.message}"}],
+    )
+    return {"response": response.choices[0].message.content}
+
+
+# %% [markdown]
+# The check runs your app with its lifespan, sends 5 requests one after another to its own
+# server, stops the app, and looks at the connections.
+
+# %%
+await lab.checks.check_lifespan_client(exercise_app)
+
+# %% [markdown]
+# ## Recap
+#
+# * A lifespan opens shared resources before the first request and closes them after the last:
+#   one `AsyncOpenAI`, one database connection, in a `try`/`finally` or `async with`.
+# * Hand the client to endpoints through lifespan state or `app.state`, via a dependency: tests
+#   replace it with `app.dependency_overrides`.
+# * One client reuses its idle connections: 1 connection for 10 sequential calls instead of 10.
+#   Concurrent calls still need one connection each; `httpx2.Limits` caps them.
+# * A client that is never closed keeps its sockets open until the garbage collector finds it.
+
+# %%
+workdir.cleanup()
+
+# %% [markdown]
+# Next: **06 · Capstone** — one service, every pattern, under load and faults.
