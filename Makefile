@@ -28,8 +28,8 @@ $(BIN)/uv:
 	$(BIN)/python -m pip install --quiet "$$(grep -m1 '^uv==' requirements.lock 2>/dev/null || echo uv)"
 
 $(INSTALLED): requirements.lock pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python --no-deps -e .
 	touch $@
 
 # Headless-friendly: no browser, loopback only, and no calls home for news or update checks.

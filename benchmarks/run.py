@@ -61,7 +61,9 @@ def _floor_client() -> AsyncOpenAI:
         }
     ).encode()
     headers = {"content-type": "application/json"}
-    transport = httpx2.MockTransport(lambda request: httpx2.Response(200, headers=headers, content=body))
+    transport = httpx2.MockTransport(
+        lambda request: httpx2.Response(200, headers=headers, content=body)
+    )
     return AsyncOpenAI(api_key="bench", http_client=httpx2.AsyncClient(transport=transport))
 
 

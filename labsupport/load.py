@@ -23,7 +23,7 @@ import json as jsonlib
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,6 +95,19 @@ class LoadReport:
             raise ValueError("requests must be a non-empty tuple of RequestRecord")
         if not self.wall >= 0:
             raise ValueError(f"wall must be a duration in seconds >= 0, got {self.wall!r}")
+
+    @classmethod
+    def from_calls(cls, calls: Sequence[Any]) -> LoadReport:
+        """A report with one record per upstream call (objects with ``start``, ``end``,
+        ``status`` and ``prompt``, such as ``upstream.stats.timeline``), so that
+        ``plot_timeline`` can draw what the upstream saw when no HTTP requests were fired."""
+        if not calls:
+            raise ValueError("calls must be a non-empty sequence of upstream calls")
+        records = tuple(
+            RequestRecord(i, c.start, c.end, c.status, getattr(c, "prompt", None))
+            for i, c in enumerate(calls)
+        )
+        return cls(records, max(c.end for c in calls) - min(c.start for c in calls))
 
     @property
     def latencies(self) -> tuple[float, ...]:

@@ -12,7 +12,9 @@ import pytest
 from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
 from IPython.lib.pretty import pretty
+from openai import OpenAI
 
+import labsupport
 from labsupport.load import LoadReport, RequestRecord, fire, in_flight_steps
 from labsupport.serving import asgi_client, serve
 
@@ -196,3 +198,18 @@ def test_ratio_and_construction_reject_bad_values() -> None:
 def test_pretty_repr_in_a_notebook_is_the_summary() -> None:
     report = LoadReport((record(0, 0.0, 0.1),), wall=0.1)
     assert pretty(report) == report.summary()
+
+
+def test_from_calls_turns_upstream_calls_into_a_plottable_run() -> None:
+    with labsupport.mock_openai(latency=0.0) as upstream:
+        client = OpenAI(api_key="test-key")
+        for prompt in ("one", "two"):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+            )
+    report = LoadReport.from_calls(upstream.stats.timeline)
+    assert [r.status for r in report.requests] == [200, 200]
+    assert [r.body for r in report.requests] == ["one", "two"]
+    assert report.wall >= 0
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        LoadReport.from_calls([])

@@ -45,7 +45,7 @@ async def check_async_endpoint(app: Any, *, path: str = "/chat", n: int = 20) ->
         kinds = " and ".join(sorted(clients)) or "no"
         evidence.append(
             f"The upstream saw {stats.calls} calls from the {kinds} client, "
-            f"{'all at once' if stats.max_in_flight >= n else 'not all at once'}."
+            f"{'one at a time' if stats.max_in_flight <= 1 else 'overlapping in time'}."
         )
 
     if never_awaited(caught) or _mentions_coroutine(report):
