@@ -9,6 +9,7 @@ So both forms reply, fail and count in exactly the same way.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import threading
@@ -325,6 +326,21 @@ def _models_body() -> bytes:
 
 
 def _chat_body(number: int, model: str, text: str, finish: str, usage: tuple[int, int]) -> bytes:
+    before, after = _chat_body_around_number(model, text, finish, usage)
+    return before + str(number).encode() + after
+
+
+@functools.lru_cache(maxsize=1024)
+def _chat_body_around_number(
+    model: str, text: str, finish: str, usage: tuple[int, int]
+) -> tuple[bytes, bytes]:
+    """The JSON of a completion, split where its id's call number goes: a load test asks the
+    same questions many times, and only the id differs between their answers."""
+    before, _, after = _chat_json(0, model, text, finish, usage).partition(b"chatcmpl-offline-0")
+    return before + b"chatcmpl-offline-", after
+
+
+def _chat_json(number: int, model: str, text: str, finish: str, usage: tuple[int, int]) -> bytes:
     return json.dumps(
         {
             "id": f"chatcmpl-offline-{number}",

@@ -3,11 +3,12 @@
 How the interception works, and why it cannot leak:
 
 * The SDK (3.x) sends HTTP through httpx2 → httpcore2; plain httpx goes through httpcore. respx
-  patches the connection pools of *both* (`using="httpcore2"` with a small mocker registered here,
-  and a second router for httpcore), so every client the SDK builds, or a learner builds, is seen.
-* One route catches every request. It answers requests to the OpenAI API base (and to whatever
-  `OPENAI_BASE_URL` points at), lets loopback traffic (127.0.0.1, localhost, ::1) through to the
-  lab's own servers, and refuses anything else with `NetworkBlockedError`: fail closed.
+  patches the connection pools of *both* (its own "httpcore" mocker, and an "httpcore2" mocker
+  registered here unless pytest-httpx2 already did), so every client the SDK builds, or a
+  learner builds, is seen. The mock registers itself with both mockers and sees each request.
+* It answers requests to the OpenAI API base (and to whatever `OPENAI_BASE_URL` points at),
+  lets loopback traffic (127.0.0.1, localhost, ::1) through to the lab's own servers, and
+  refuses anything else with `NetworkBlockedError`: fail closed.
 * The answer's body is a stream that waits before it yields. The sync client reads it with a
   plain iterator, so `time.sleep` blocks its thread, as a real network read does; the async client
   reads it with an async iterator, so `asyncio.sleep` lets the event loop run other work. The same
@@ -19,6 +20,7 @@ How the interception works, and why it cannot leak:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import time
@@ -29,8 +31,9 @@ from typing import Any, ClassVar
 import httpcore
 import httpcore2
 import httpx
-import respx
 from respx.mocks import HTTPCoreMocker, Mocker
+from respx.models import PassThrough
+from respx.patterns import parse_url
 
 from .core import Answer, Upstream
 from .faults import Fault, RateLimit
@@ -68,6 +71,20 @@ def _register_httpcore2_mocker() -> None:
         ]
 
         @classmethod
+        def to_httpx_request(cls, **kwargs: Any) -> httpx.Request:
+            # respx parses the URL afresh for every request; the lab sends the same few URLs
+            # over and over, so remember them (this is most of the mock's cost per call).
+            request = kwargs["request"]
+            url = request.url
+            return httpx.Request(
+                request.method.decode("ascii"),
+                _parsed_url(url.scheme, url.host, url.port, url.target),
+                headers=request.headers,
+                stream=request.stream,
+                extensions=request.extensions,
+            )
+
+        @classmethod
         def from_sync_httpx_response(
             cls, httpx_response: httpx.Response, target: Any, **kwargs: Any
         ) -> httpcore2.Response:
@@ -77,6 +94,11 @@ def _register_httpcore2_mocker() -> None:
                 content=httpx_response.stream,
                 extensions=httpx_response.extensions,
             )
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_url(scheme: bytes, host: bytes, port: int | None, target: bytes) -> httpx.URL:
+    return parse_url((scheme, host, port, target))
 
 
 def _is_loopback(host: str) -> bool:
@@ -200,11 +222,11 @@ class MockUpstream(Upstream):
             raise TypeError("base_urls must be a list of URLs, not one string")
         self._extra_bases = tuple(base_urls)
         self._bases: tuple[tuple[str, str], ...] = ()
-        self._routers: list[respx.MockRouter] = []
+        self._mockers: list[type[Mocker]] = []
 
     @property
     def active(self) -> bool:
-        return bool(self._routers)
+        return bool(self._mockers)
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -224,17 +246,19 @@ class MockUpstream(Upstream):
                 raise ValueError(f"base URLs must be http(s) URLs; got {url!r}")
         self._bases = tuple(dict.fromkeys(_origin_and_path(url) for url in bases))
         _register_httpcore2_mocker()
-        for using in ("httpcore2", "httpcore"):
-            router = respx.MockRouter(using=using, assert_all_called=False, assert_all_mocked=True)
-            router.route().mock(side_effect=self._dispatch)
-            router.start()
-            self._routers.append(router)
+        for name in ("httpcore2", "httpcore"):
+            mocker = Mocker.registry[name]
+            mocker.register(self)  # type: ignore[arg-type]
+            mocker.start()
+            self._mockers.append(mocker)
         return self
 
     def stop(self) -> None:
         """Turn interception off. Idempotent."""
-        while self._routers:
-            self._routers.pop().stop(quiet=True)
+        while self._mockers:
+            mocker = self._mockers.pop()
+            mocker.unregister(self)  # type: ignore[arg-type]
+            mocker.stop()
 
     def __enter__(self) -> MockUpstream:
         return self.start()
@@ -247,13 +271,18 @@ class MockUpstream(Upstream):
     ) -> None:
         self.stop()
 
-    def reset(self) -> None:
-        super().reset()
-        for router in getattr(self, "_routers", ()):
-            router.calls.clear()  # respx keeps every request; don't let that grow without end
-
     # -- routing ---------------------------------------------------------------------------
-    def _dispatch(self, request: httpx.Request) -> httpx.Response | httpx.Request:
+    # respx's mockers patch the connection pools and hand each request, as an httpx.Request,
+    # to the "routers" registered with them. The mock registers itself as one: it answers every
+    # request directly instead of going through a respx Router's route matching and call
+    # recording, which cost more than the answer itself and would grow a list of every request.
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        return self._dispatch(request)
+
+    async def async_handler(self, request: httpx.Request) -> httpx.Response:
+        return self._dispatch(request)
+
+    def _dispatch(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         port = url.port or (443 if url.scheme == "https" else 80)
         origin = f"{url.scheme}://{url.host}:{port}"
@@ -262,7 +291,8 @@ class MockUpstream(Upstream):
             if origin == base_origin and path.startswith(base_path + "/"):
                 return self._respond(request, path[len(base_path) + 1 :])
         if _is_loopback(url.host):
-            return request  # respx: returning the request means "pass through"
+            # respx sends the request on to the real connection pool: the lab's own servers.
+            raise PassThrough(f"loopback: {url}", request=request, origin=None)  # type: ignore[arg-type]
         raise NetworkBlockedError(
             f"The offline lab blocked a request to {url.scheme}://{url.host}{path}: while the "
             "mock upstream is on, nothing leaves this machine. To reach a real server, set "

@@ -11,6 +11,7 @@ make `usage` plausible, and cheap, because the mock's own cost per call must sta
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ class Reply:
     finish_reason: str  # "stop", or "length" when max_tokens cut the reply short
 
 
+@functools.lru_cache(maxsize=4096)
 def count_tokens(text: str) -> int:
     """Estimate tokens: one per word or punctuation mark."""
     return len(_TOKEN.findall(text))
@@ -87,8 +89,10 @@ def truncate_to_tokens(text: str, max_tokens: int) -> str:
     return text[: matches[max_tokens - 1].end()] if max_tokens > 0 else ""
 
 
+@functools.lru_cache(maxsize=1024)
 def reply_to(prompt: str, max_tokens: int | None = None) -> Reply:
-    """The offline model's answer to `prompt`, cut to `max_tokens` if given."""
+    """The offline model's answer to `prompt`, cut to `max_tokens` if given. Answers are pure
+    functions of their arguments, so repeated prompts (load tests) are answered from a cache."""
     text = _answer(prompt)
     if max_tokens is not None and count_tokens(text) > max_tokens:
         return Reply(truncate_to_tokens(text, max_tokens), "length")
