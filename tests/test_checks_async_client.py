@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ from fastapi import FastAPI
 from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel
 
-import labsupport
 from labsupport.checks import CheckResult, check_async_endpoint
 
 
@@ -24,12 +22,7 @@ def messages(request: ChatRequest) -> list[Any]:
     return [{"role": "user", "content": request.message}]
 
 
-@pytest.fixture(autouse=True)
-def offline_lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("LAB_MODE", raising=False)
-    labsupport.setup(latency=0.05)
-    yield
-    labsupport.teardown()
+pytestmark = pytest.mark.usefixtures("offline_lab")
 
 
 def check(app: FastAPI) -> CheckResult:

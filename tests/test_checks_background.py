@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,7 +14,6 @@ from fastapi import BackgroundTasks, FastAPI, Request
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
-import labsupport
 from labsupport.checks import CheckResult, check_background_audit
 
 AUDIT_SECONDS = 0.2
@@ -25,12 +24,7 @@ class ChatRequest(BaseModel):
     user_id: str = "anonymous"
 
 
-@pytest.fixture(autouse=True)
-def offline_lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("LAB_MODE", raising=False)
-    labsupport.setup(latency=0.05)
-    yield
-    labsupport.teardown()
+pytestmark = pytest.mark.usefixtures("offline_lab")
 
 
 def audited_app(

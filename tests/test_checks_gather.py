@@ -5,7 +5,6 @@ and `return_exceptions=True` without turning the exception into an entry."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,13 +17,9 @@ aclient: AsyncOpenAI
 
 
 @pytest.fixture(autouse=True)
-def offline_lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def shared_client(offline_lab: labsupport.MockUpstream) -> None:
     global aclient
-    monkeypatch.delenv("LAB_MODE", raising=False)
-    labsupport.setup(latency=0.05)
     aclient = AsyncOpenAI()
-    yield
-    labsupport.teardown()
 
 
 async def summarize(text: str) -> str:

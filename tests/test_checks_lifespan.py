@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -14,7 +14,6 @@ from fastapi import Depends, FastAPI, Request
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
-import labsupport
 from labsupport.checks import CheckResult, check_lifespan_client
 
 
@@ -22,13 +21,7 @@ class ChatRequest(BaseModel):
     message: str
 
 
-@pytest.fixture(autouse=True)
-def offline_lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("LAB_MODE", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    labsupport.setup(latency=0.05)
-    yield
-    labsupport.teardown()
+pytestmark = pytest.mark.usefixtures("offline_lab")
 
 
 async def reply(client: AsyncOpenAI, request: ChatRequest) -> dict[str, Any]:

@@ -5,7 +5,6 @@ limit, and results out of order."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,14 +16,15 @@ from labsupport.checks import CheckResult, check_bounded_batch
 aclient: AsyncOpenAI
 
 
+@pytest.fixture
+def lab_latency() -> float:
+    return 0.03
+
+
 @pytest.fixture(autouse=True)
-def offline_lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def shared_client(offline_lab: labsupport.MockUpstream) -> None:
     global aclient
-    monkeypatch.delenv("LAB_MODE", raising=False)
-    labsupport.setup(latency=0.03)
     aclient = AsyncOpenAI()
-    yield
-    labsupport.teardown()
 
 
 async def summarize(text: str) -> str:

@@ -20,13 +20,13 @@ import asyncio
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
 from .core import Upstream
 from .faults import Fault, RateLimit
+from .switch import Switch
 
 __all__ = ["FakeServer", "main"]
 
@@ -36,7 +36,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class FakeServer(Upstream):
+class FakeServer(Upstream, Switch):
     """An OpenAI-compatible upstream on `http://127.0.0.1:PORT/v1`, in a background thread.
 
     with FakeServer(latency=0.05) as server:
@@ -95,7 +95,7 @@ class FakeServer(Upstream):
             self._clients.clear()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> FakeServer:
+    def start(self) -> Self:
         """Bind 127.0.0.1 and serve in a background thread; returns once it accepts requests."""
         if self._server is not None:
             return self
@@ -144,17 +144,6 @@ class FakeServer(Upstream):
             server.should_exit = True
         if thread is not None:
             thread.join(timeout=10)
-
-    def __enter__(self) -> FakeServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- the ASGI app ----------------------------------------------------------------------
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:

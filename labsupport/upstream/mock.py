@@ -25,8 +25,7 @@ import ipaddress
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import httpcore
 import httpcore2
@@ -37,6 +36,7 @@ from respx.patterns import parse_url
 
 from .core import Answer, Upstream
 from .faults import Fault, RateLimit
+from .switch import Switch
 
 __all__ = ["OPENAI_API_BASE", "MockUpstream", "NetworkBlockedError", "mock_openai"]
 
@@ -198,7 +198,7 @@ class _AnswerStream:
         self._upstream.finish(self._answer, delivered=self._delivered, client="async")
 
 
-class MockUpstream(Upstream):
+class MockUpstream(Upstream, Switch):
     """The offline OpenAI upstream, intercepting the SDK in this process.
 
     Use it as a context manager (`with mock_openai(latency=0.1) as upstream: …`), or turn it on
@@ -233,7 +233,7 @@ class MockUpstream(Upstream):
         """The API bases this mock answers for (as origin + path)."""
         return tuple(origin + path for origin, path in self._bases)
 
-    def start(self) -> MockUpstream:
+    def start(self) -> Self:
         """Turn interception on. Idempotent. Reads `OPENAI_BASE_URL` now, so a base URL set in
         the environment is answered by the mock too instead of being reached."""
         if self.active:
@@ -259,17 +259,6 @@ class MockUpstream(Upstream):
             mocker = self._mockers.pop()
             mocker.unregister(self)  # type: ignore[arg-type]
             mocker.stop()
-
-    def __enter__(self) -> MockUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- routing ---------------------------------------------------------------------------
     # respx's mockers patch the connection pools and hand each request, as an httpx.Request,

@@ -26,8 +26,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpcore
 import httpcore2
@@ -38,6 +37,7 @@ from openai import OpenAI
 from .core import _check_faults, _text_of
 from .faults import Fault, RateLimit, _check_seconds
 from .stats import UpstreamCall, UpstreamStats
+from .switch import Switch
 
 __all__ = ["LIVE_CONFIGURE_NOTE", "ObservedUpstream"]
 
@@ -82,7 +82,7 @@ def _prompt_of(stream: object) -> str:
     return _text_of(source) if isinstance(source, list) else ""
 
 
-class ObservedUpstream:
+class ObservedUpstream(Switch):
     """Records the calls this process makes to a real OpenAI-compatible API at `base_url`.
 
     It has the offline upstream's reading side, `stats`, `reset()` and `latency`, plus a
@@ -179,7 +179,7 @@ class ObservedUpstream:
     def active(self) -> bool:
         return bool(self._originals)
 
-    def start(self) -> ObservedUpstream:
+    def start(self) -> Self:
         """Start recording (wrap the connection pools). Idempotent."""
         if self.active:
             return self
@@ -197,17 +197,6 @@ class ObservedUpstream:
         while self._originals:
             pool_class, name, original = self._originals.pop()
             setattr(pool_class, name, original)
-
-    def __enter__(self) -> ObservedUpstream:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- recording -------------------------------------------------------------------------
     def _begin(self, request: Any, client: str) -> Callable[[int | None], None] | None:
