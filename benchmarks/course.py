@@ -1,0 +1,48 @@
+"""How long the whole course takes under strict nbval: the time a CI run or an instructor waits.
+
+Runs `pytest notebooks/` (every learner and solution notebook, strict nbval with the project's
+sanitizer, as `make test` does) twice: with pytest's two workers (the project's setting) and
+in one process, and prints both wall times against the target. Not part of the test suite.
+Run: `python benchmarks/course.py`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_SECONDS = 60.0
+
+
+def timed_run(workers: int) -> tuple[float, str]:
+    """Wall seconds of one strict nbval run over notebooks/, and pytest's closing line."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "notebooks/",
+         f"--numprocesses={workers}"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    closing = lines[-1] if lines else "(no output)"
+    if done.returncode != 0:
+        raise SystemExit(f"pytest failed ({done.returncode}): {closing}\n{done.stdout[-2000:]}")
+    return wall, closing
+
+
+def main() -> int:
+    print(f"The course under strict nbval (target < {TARGET_SECONDS:.0f} s)")
+    missed = 0
+    for workers, label in ((2, "2 workers (make test)"), (0, "one process")):
+        wall, closing = timed_run(workers)
+        verdict = "ok" if wall < TARGET_SECONDS else "MISSED"
+        missed += workers == 2 and wall >= TARGET_SECONDS
+        print(f"{label:<24}{wall:>7.1f} s  {verdict:<7}{closing}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
