@@ -12,32 +12,35 @@ production-shaped code (`AsyncOpenAI`, FastAPI, asyncio), and labsupport provide
 
 from . import checks
 from .guard import guard_active, install_guard, uninstall_guard
-from .lab import PLACEHOLDER_KEY, current_upstream, lab_mode, setup, teardown
+from .lab import PLACEHOLDER_KEY, LabUpstream, current_upstream, lab_mode, setup, teardown
 from .load import LoadReport, RequestRecord, fire
 from .looplag import LoopLagMonitor, loop_lag
 from .plots import plot_in_flight, plot_latencies, plot_timeline
 from .serving import asgi_client, serve
 from .upstream import (
     OPENAI_API_BASE,
+    FakeServer,
     Fault,
     MockUpstream,
     NetworkBlockedError,
+    ObservedUpstream,
     RateLimit,
     UpstreamCall,
     UpstreamStats,
     mock_openai,
 )
-from .upstream.fake_server import FakeServer
 
 __all__ = [
     "OPENAI_API_BASE",
     "PLACEHOLDER_KEY",
     "FakeServer",
     "Fault",
+    "LabUpstream",
     "LoadReport",
     "LoopLagMonitor",
     "MockUpstream",
     "NetworkBlockedError",
+    "ObservedUpstream",
     "RateLimit",
     "RequestRecord",
     "UpstreamCall",
