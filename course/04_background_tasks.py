@@ -331,13 +331,16 @@ print(f"rows with a latency and token counts: {count_rows('latency_ms > 0 AND to
 # may still be waiting to happen. What becomes of them depends on **who knows about them**.
 #
 # To make the pending work easy to see, the audit sink is slow today: every write first waits
-# `AUDIT_DELAY` seconds. We send 20 requests and stop the server as soon as the last response is
-# in.
+# `PENDING_DELAY` seconds, longer than a server takes to shut down. We send 20 requests and stop
+# the server as soon as the last response is in.
 
 
 # %%
+PENDING_DELAY = 0.6  # seconds per audit write in this section
+
+
 async def slow_write_audit_row(db: aiosqlite.Connection, row: tuple) -> None:
-    await asyncio.sleep(AUDIT_DELAY)  # a slow disk, a busy database
+    await asyncio.sleep(PENDING_DELAY)  # a slow disk, a busy database
     await write_audit_row(db, row)
 
 
@@ -406,7 +409,7 @@ async def chat_forgetful(request: ChatRequest, http: Request):
 
 
 await shutdown_with_pending_work(forgetful_app)
-await asyncio.sleep(AUDIT_DELAY + 0.2)  # the forgotten writes wake up, to a closed database
+await asyncio.sleep(PENDING_DELAY + 0.2)  # the forgotten writes wake up, to a closed database
 print("writes that failed afterwards:", len(failed_writes), sorted(set(failed_writes)))
 
 # %% [markdown]

@@ -131,7 +131,9 @@ def test_entries_lost_at_shutdown_are_counted() -> None:
         state["open"] = False
 
     async def write(user_id: str) -> None:
-        await asyncio.sleep(AUDIT_SECONDS)
+        # Far slower than any shutdown, even on a loaded machine: the database is always closed
+        # first. (Nobody awaits these tasks, so their length costs the test nothing.)
+        await asyncio.sleep(10 * AUDIT_SECONDS)
         if state["open"]:
             rows.append(user_id)
 
