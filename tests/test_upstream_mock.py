@@ -484,3 +484,9 @@ def test_the_mock_is_thread_safe_under_concurrent_sync_calls(
 def test_bad_arguments_are_named_in_the_error(make: object, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         make()  # type: ignore[operator]
+
+
+def test_streaming_the_responses_api_is_refused_clearly(upstream: labsupport.MockUpstream) -> None:
+    with pytest.raises(openai.BadRequestError, match="does not stream the Responses API"):
+        OpenAI(api_key="test-key").responses.create(model="gpt-4o-mini", input="hi", stream=True)
+    assert upstream.stats.status_counts == {400: 1}

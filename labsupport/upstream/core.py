@@ -285,6 +285,15 @@ def _parse(body: bytes, *, chat: bool) -> tuple[dict[str, Any], str, str | None]
         return request, _text_of(messages), None
     if "input" not in request:
         return request, "", "You must provide an 'input' parameter."
+    if request.get("stream"):
+        return (
+            request,
+            "",
+            (
+                "The offline lab upstream does not stream the Responses API; stream Chat "
+                "Completions instead, or call responses.create without stream=True."
+            ),
+        )
     source = request["input"]
     return request, (source if isinstance(source, str) else _text_of(source)), None
 
