@@ -9,12 +9,12 @@ Jupyter kernel keep working. A refused attempt raises `NetworkBlockedError` and 
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from .upstream.addresses import is_loopback
 from .upstream.mock import NetworkBlockedError
 
 __all__ = ["guard_active", "install_guard", "uninstall_guard"]
@@ -24,17 +24,10 @@ _originals: dict[str, Callable[..., Any]] = {}
 
 
 def _loopback_host(host: object) -> bool:
-    if (
-        host is None
-        or host in ("", "localhost")
-        or (isinstance(host, str) and host.endswith(".localhost"))
-    ):
+    # No host (None, "") means this machine to getaddrinfo: binding, not reaching out.
+    if host is None or host in ("", b""):
         return True
-    text = host.decode() if isinstance(host, bytes) else str(host)
-    try:
-        return ipaddress.ip_address(text.split("%")[0]).is_loopback
-    except ValueError:
-        return False
+    return isinstance(host, str | bytes) and is_loopback(host)
 
 
 def _refuse(what: str, host: object) -> NetworkBlockedError:

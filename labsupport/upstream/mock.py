@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -34,6 +33,7 @@ from respx.mocks import HTTPCoreMocker, Mocker
 from respx.models import PassThrough
 from respx.patterns import parse_url
 
+from .addresses import is_loopback, origin, origin_and_path
 from .core import Answer, Upstream
 from .faults import Fault, RateLimit
 from .switch import Switch
@@ -99,21 +99,6 @@ def _register_httpcore2_mocker() -> None:
 @functools.lru_cache(maxsize=256)
 def _parsed_url(scheme: bytes, host: bytes, port: int | None, target: bytes) -> httpx.URL:
     return parse_url((scheme, host, port, target))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _origin_and_path(url: str) -> tuple[str, str]:
-    parsed = httpx.URL(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return f"{parsed.scheme}://{parsed.host}:{port}", parsed.path.rstrip("/")
 
 
 class _AnswerStream:
@@ -244,7 +229,7 @@ class MockUpstream(Upstream, Switch):
         for url in bases:
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ValueError(f"base URLs must be http(s) URLs; got {url!r}")
-        self._bases = tuple(dict.fromkeys(_origin_and_path(url) for url in bases))
+        self._bases = tuple(dict.fromkeys(origin_and_path(url) for url in bases))
         _register_httpcore2_mocker()
         for name in ("httpcore2", "httpcore"):
             mocker = Mocker.registry[name]
@@ -273,13 +258,12 @@ class MockUpstream(Upstream, Switch):
 
     def _dispatch(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        port = url.port or (443 if url.scheme == "https" else 80)
-        origin = f"{url.scheme}://{url.host}:{port}"
+        request_origin = origin(url.scheme, url.host, url.port)
         path = url.path
         for base_origin, base_path in self._bases:
-            if origin == base_origin and path.startswith(base_path + "/"):
+            if request_origin == base_origin and path.startswith(base_path + "/"):
                 return self._respond(request, path[len(base_path) + 1 :])
-        if _is_loopback(url.host):
+        if is_loopback(url.host):
             # respx sends the request on to the real connection pool: the lab's own servers.
             raise PassThrough(f"loopback: {url}", request=request, origin=None)  # type: ignore[arg-type]
         raise NetworkBlockedError(

@@ -34,6 +34,7 @@ import httpx
 import httpx2
 from openai import OpenAI
 
+from .addresses import origin, origin_and_path
 from .core import _check_faults, _text_of
 from .faults import Fault, RateLimit, _check_seconds
 from .stats import UpstreamCall, UpstreamStats
@@ -58,12 +59,6 @@ _POOL_METHODS: tuple[tuple[type, str, str], ...] = (
     (httpcore.ConnectionPool, "handle_request", "sync"),
     (httpcore.AsyncConnectionPool, "handle_async_request", "async"),
 )
-
-
-def _origin_and_path(url: str) -> tuple[str, str]:
-    parsed = httpx.URL(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return f"{parsed.scheme}://{parsed.host}:{port}", parsed.path.rstrip("/")
 
 
 def _prompt_of(stream: object) -> str:
@@ -100,7 +95,7 @@ class ObservedUpstream(Switch):
         _check_seconds("latency", latency)
         self.base_url = base_url
         self.latency = float(latency)
-        self._origin, self._path = _origin_and_path(base_url)
+        self._origin, self._path = origin_and_path(base_url)
         self._lock = threading.Lock()
         self._originals: list[tuple[type, str, Any]] = []
         self.reset()
@@ -202,10 +197,9 @@ class ObservedUpstream(Switch):
     def _begin(self, request: Any, client: str) -> Callable[[int | None], None] | None:
         """Record the start of `request` if it is an API call; return what ends it, or None."""
         url = request.url
-        scheme, host = url.scheme.decode(), url.host.decode()
-        port = url.port or (443 if scheme == "https" else 80)
+        request_origin = origin(url.scheme.decode(), url.host.decode(), url.port)
         path = url.target.decode().split("?", 1)[0]
-        if request.method != b"POST" or f"{scheme}://{host}:{port}" != self._origin:
+        if request.method != b"POST" or request_origin != self._origin:
             return None
         if path.removeprefix(self._path + "/") not in _ENDPOINTS:
             return None
