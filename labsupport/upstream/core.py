@@ -88,17 +88,9 @@ class Upstream:
 
         Arguments left out keep their value; `rate_limit=None` removes the rate limit.
         """
-        if latency is not None:
-            _check_seconds("latency", latency)
-        if jitter is not None:
-            _check_seconds("jitter", jitter)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int; got {seed!r}")
-        fault_list = None if faults is None else _check_faults(faults)
-        if not (rate_limit is None or rate_limit is False or isinstance(rate_limit, RateLimit)):
-            raise TypeError(
-                f"rate_limit must be a labsupport.RateLimit or None; got {rate_limit!r}"
-            )
+        fault_list = validate_configuration(
+            latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
+        )
         with self._lock:
             if latency is not None:
                 self.latency = float(latency)
@@ -252,6 +244,28 @@ _ERROR_TYPES = {
     409: "conflict",
     422: "invalid_request_error",
 }
+
+
+def validate_configuration(
+    *,
+    latency: float | None,
+    jitter: float | None,
+    seed: int | None,
+    faults: Iterable[Fault] | None,
+    rate_limit: RateLimit | bool | None,
+) -> tuple[Fault, ...] | None:
+    """Check `configure()`'s arguments (None, or False for `rate_limit`: left as they are),
+    raising a clear error for a bad one; return the faults as a tuple (None if left out)."""
+    if latency is not None:
+        _check_seconds("latency", latency)
+    if jitter is not None:
+        _check_seconds("jitter", jitter)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int; got {seed!r}")
+    fault_list = None if faults is None else _check_faults(faults)
+    if not (rate_limit is None or rate_limit is False or isinstance(rate_limit, RateLimit)):
+        raise TypeError(f"rate_limit must be a labsupport.RateLimit or None; got {rate_limit!r}")
+    return fault_list
 
 
 def _check_faults(faults: Iterable[Fault]) -> tuple[Fault, ...]:

@@ -35,7 +35,7 @@ import httpx2
 from openai import OpenAI
 
 from .addresses import origin, origin_and_path
-from .core import _check_faults, _text_of
+from .core import _text_of, validate_configuration
 from .faults import Fault, RateLimit, _check_seconds
 from .stats import UpstreamCall, UpstreamStats
 from .switch import Switch
@@ -138,16 +138,9 @@ class ObservedUpstream(Switch):
         demo's evidence comes from the real API as it is. Clearing (`faults=[]`,
         `rate_limit=None`) asks for nothing and prints nothing. Bad arguments raise as offline.
         """
-        for name, seconds in (("latency", latency), ("jitter", jitter)):
-            if seconds is not None:
-                _check_seconds(name, seconds)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int; got {seed!r}")
-        fault_list = () if faults is None else _check_faults(faults)
-        if not (rate_limit is None or isinstance(rate_limit, bool | RateLimit)):
-            raise TypeError(
-                f"rate_limit must be a labsupport.RateLimit or None; got {rate_limit!r}"
-            )
+        fault_list = validate_configuration(
+            latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
+        )
         if fault_list or isinstance(rate_limit, RateLimit) or latency is not None or jitter:
             print(LIVE_CONFIGURE_NOTE)
         self.reset()
