@@ -98,13 +98,15 @@ def setup(
     if _observer is not None:
         _observer.stop()
         _observer = None
+    first_setup = _upstream is None
     if _upstream is None:
         _upstream = MockUpstream()
-    _upstream.configure(latency=0.0, jitter=0.0, faults=(), rate_limit=None)
     _upstream.start()
     install_guard()
     os.environ.setdefault("OPENAI_API_KEY", PLACEHOLDER_KEY)
-    _warm_up()
+    if first_setup:
+        _upstream.configure(latency=0.0, jitter=0.0, faults=(), rate_limit=None)
+        _warm_up()
     _upstream.configure(
         latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
     )
@@ -116,12 +118,13 @@ def setup(
 
 
 def _warm_up() -> None:
-    """Run one request through the SDK (both clients) and a FastAPI app, then reset the counters.
+    """Run one request through the SDK (both clients) and a FastAPI app, once per process.
 
-    Run with the upstream at zero latency and no faults. The first call in a process pays for
-    lazy imports and for building pydantic validators, tens of milliseconds that would otherwise
-    land inside the lesson's first measurement. It runs in a thread with its own event loop,
-    because a notebook's loop is already running.
+    Run with the upstream at zero latency and no faults; `setup()` then configures (and so
+    resets) it. The first call in a process pays for lazy imports and for building pydantic
+    validators, tens of milliseconds that would otherwise land inside the lesson's first
+    measurement. It runs in a thread with its own event loop, because a notebook's loop is
+    already running.
     """
     from fastapi import FastAPI
     from openai import AsyncOpenAI, OpenAI
