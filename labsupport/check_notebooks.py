@@ -33,6 +33,8 @@ from nbformat import NotebookNode
 from tqdm import tqdm
 from traitlets import default
 
+from ._text import shorten
+
 __all__ = [
     "CurrentEnvKernelManager",
     "NotebookRun",
@@ -194,7 +196,7 @@ def format_runs(runs: Iterable[NotebookRun]) -> str:
             f"{run.ran}/{run.cells}",
             f"{run.seconds:.1f} s",
             "ok" if run.passed else "FAILED",
-            _short(run.error or ""),
+            shorten(run.error or "", 120),
         )
         for run in runs
     ]
@@ -203,11 +205,6 @@ def format_runs(runs: Iterable[NotebookRun]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
-
-
-def _short(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

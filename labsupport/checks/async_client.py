@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+from .._text import shorten
 from ..load import LoadReport, fire
 from ..looplag import loop_lag
 from ..serving import asgi_client
@@ -100,14 +101,9 @@ def _mentions_coroutine(report: LoadReport) -> bool:
 def _first_problem(report: LoadReport) -> str:
     for record in report.requests:
         if record.error:
-            return f"First error: {record.error_type}: {_short(record.error)}"
+            return f"First error: {record.error_type}: {shorten(record.error, 160)}"
         if record.status != 200 or not isinstance(record.body, dict):
-            return f"First bad reply: HTTP {record.status}: {_short(str(record.body))}"
+            return f"First bad reply: HTTP {record.status}: {shorten(str(record.body), 160)}"
         if not record.body.get("response"):
-            return f"First bad reply: {_short(str(record.body))}"
+            return f"First bad reply: {shorten(str(record.body), 160)}"
     return "Every reply looked fine."
-
-
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

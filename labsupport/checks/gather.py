@@ -6,6 +6,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._text import shorten
 from ..upstream import Fault, UpstreamStats
 from ._scenario import (
     Outcome,
@@ -191,6 +192,7 @@ def _run_problem(
     replies = expected_replies(TEXTS, stats.timeline)
     for index, entry in enumerate(results):
         label = f"the entry for text {index + 1}"
+        shown = shorten(repr(entry), 90)
         if isinstance(entry, BaseException):
             return (
                 f"{label} is the exception object itself ({type(entry).__name__})",
@@ -199,24 +201,24 @@ def _run_problem(
             )
         if not isinstance(entry, dict) or "error" not in entry:
             return (
-                f"{label} is {_short(entry)}, not a dict with an 'error' key",
+                f"{label} is {shown}, not a dict with an 'error' key",
                 'give every entry an "error" key: None when the call worked, else the error.',
             )
         if index == failing:
             if not entry["error"]:
                 return (
-                    f"{label}, whose call failed, has no error ({_short(entry)})",
+                    f"{label}, whose call failed, has no error ({shown})",
                     'put the failure into the entry: {"error": str(exc)}.',
                 )
             continue
         if entry["error"]:
             return (
-                f"{label} reports an error although its call worked ({_short(entry)})",
+                f"{label} reports an error although its call worked ({shown})",
                 'set "error" to None when the call worked.',
             )
         if not _answers(entry, TEXTS[index], replies[index]):
             return (
-                f"{label} does not hold the reply to text {index + 1} ({_short(entry)})",
+                f"{label} does not hold the reply to text {index + 1} ({shown})",
                 "return the entries in the texts' order, each with its text's reply.",
             )
     return None
@@ -228,8 +230,3 @@ def _answers(entry: dict[Any, Any], text: str, replies: set[str]) -> bool:
     if isinstance(quoted, str) and quoted.strip() and text.startswith(quoted.strip()):
         return True
     return any(reply_matches(value, replies) for value in entry.values())
-
-
-def _short(value: object, limit: int = 90) -> str:
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
