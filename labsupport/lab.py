@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from typing import Unpack
 
 from .guard import install_guard, uninstall_guard
-from .upstream import OPENAI_API_BASE, Fault, MockUpstream, RateLimit
+from .upstream import OPENAI_API_BASE, MockUpstream
 from .upstream.observed import ObservedUpstream
+from .upstream.settings import LabUpstream, SettingsChanges, UpstreamSettings
 
 __all__ = [
     "MODE_VARIABLE",
@@ -36,10 +38,6 @@ MODES = ("offline", "live")
 #: Given to the SDK offline when no key is set. Not a secret, and not shaped like one.
 PLACEHOLDER_KEY = "offline-lab-placeholder-key"
 
-#: What `setup()` returns: the offline mock, or live mode's observer of the real API. Both have
-#: `latency`, `stats`, `reset()` and `configure()`.
-LabUpstream = MockUpstream | ObservedUpstream
-
 _upstream: MockUpstream | None = None
 _observer: ObservedUpstream | None = None
 
@@ -52,22 +50,18 @@ def lab_mode() -> str:
     return mode
 
 
-def setup(
-    latency: float = 0.1,
-    *,
-    jitter: float = 0.0,
-    seed: int = 0,
-    faults: tuple[Fault, ...] = (),
-    rate_limit: RateLimit | None = None,
-) -> LabUpstream:
+def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUpstream:
     """Set up the lab for one notebook and say which mode it is in.
 
-    Offline, returns the running mock upstream (configured with `latency` seconds per call and
-    freshly reset), so the lesson can read its counters. Live, returns an `ObservedUpstream`
-    recording the calls to the real API, its `latency` measured with one tiny call (the
-    `latency` argument is ignored; `faults` and `rate_limit` are skipped with a note).
+    Offline, returns the running mock upstream, configured afresh: `latency` seconds per call
+    (by position or by name), the other `settings` (jitter, seed, faults, rate_limit; see
+    `labsupport.UpstreamSettings`) as given or at their defaults, counters reset. So running
+    the first cell again puts the lesson's upstream back as it started. Live, returns an `ObservedUpstream` recording the
+    calls to the real API, its `latency` measured with one tiny call (the `latency` argument is
+    ignored; faults and a rate limit are skipped with a note).
     """
     global _upstream, _observer
+    requested = UpstreamSettings(latency=latency).replace(**settings)
     mode = lab_mode()
     if mode == "live":
         teardown()
@@ -91,8 +85,8 @@ def setup(
             f"Live mode: calls go to {base} (API key: set, from OPENAI_API_KEY); "
             f"one call takes {observer.latency:.2f} s. Nothing is simulated."
         )
-        if faults or rate_limit is not None:
-            observer.configure(faults=faults, rate_limit=rate_limit)
+        if requested.scripted:
+            observer.configure(faults=requested.faults, rate_limit=requested.rate_limit)
         return observer
 
     if _observer is not None:
@@ -105,13 +99,11 @@ def setup(
     install_guard()
     os.environ.setdefault("OPENAI_API_KEY", PLACEHOLDER_KEY)
     if first_setup:
-        _upstream.configure(latency=0.0, jitter=0.0, faults=(), rate_limit=None)
+        _upstream.configure(UpstreamSettings(latency=0.0))
         _warm_up()
-    _upstream.configure(
-        latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
-    )
+    _upstream.configure(requested)
     print(
-        f"Offline lab: a simulated OpenAI API answers in this kernel ({latency:g} s per call). "
+        f"Offline lab: a simulated OpenAI API answers in this kernel ({requested.latency:g} s per call). "
         "Nothing leaves this machine."
     )
     return _upstream

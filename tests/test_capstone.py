@@ -136,7 +136,7 @@ async def test_1000_requests_with_faults_get_clean_json_errors(
             client, "POST", "/chat", json=ticket, n=N, concurrency=CLIENT_CONCURRENCY
         )
         limited = await client.post("/chat", json=ticket(N))
-    failures = expected_fraction_hits(upstream.seed, quota, 0.1)
+    failures = expected_fraction_hits(upstream.settings.seed, quota, 0.1)
     expected = {200: quota - failures, 429: N - quota, 502: failures}
 
     assert failures > 0
@@ -207,7 +207,14 @@ BAD_INPUT: dict[str, tuple[dict[str, Any], int, str]] = {
     "no body": ({}, 422, "body: Field required"),
     "missing message": ({"json": {"temperature": 0.5}}, 422, "message: Field required"),
     "wrong type": ({"json": {"message": 42}}, 422, "message: Input should be a valid string"),
-    "empty message": ({"json": {"message": " \n "}}, 422, "message: String should have at least"),
+    "empty message": ({"json": {"message": ""}}, 422, "message: String should have at least"),
+    "blank message": ({"json": {"message": " \n\u00a0"}}, 422, "message: needs at least one"),
+    "control characters only": ({"json": {"message": "\x01\x7f"}}, 422, "neither whitespace"),
+    "temperature false": ({"json": {"message": "hi", "temperature": False}}, 422, "number"),
+    "temperature as a string": ({"json": {"message": "hi", "temperature": "1.5"}}, 422, "number"),
+    "invalid UTF-8": ({"content": b'{"message": "\xff"}'}, 422, "body: not valid JSON (not UTF"),
+    "nested too deep": ({"content": b"[" * 60_000}, 422, "body: not valid JSON (nested"),
+    "number too long": ({"content": b'{"message": ' + b"1" * 5_000 + b"}"}, 422, "not valid JSON"),
     "message too long": ({"json": {"message": "x" * 4_001}}, 422, "at most 4000 characters"),
     "absurd temperature": ({"json": {"message": "hi", "temperature": 7}}, 422, "temperature:"),
     "negative temperature": ({"json": {"message": "hi", "temperature": -1}}, 422, "temperature"),

@@ -167,13 +167,13 @@ def test_the_upstream_configuration_is_restored() -> None:
     limit = labsupport.RateLimit(max_concurrent=50)
     upstream.configure(latency=0.02, faults=[labsupport.Fault.on_call(99, status=500)])
     upstream.configure(rate_limit=limit)
-    before = (upstream.latency, upstream.faults, upstream.rate_limit)
+    before = upstream.settings
 
     async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
         return await asyncio.gather(*(analyze_one(t) for t in texts))
 
     assert check(analyze_all).passed
-    assert (upstream.latency, upstream.faults, upstream.rate_limit) == before
+    assert upstream.settings == before
 
 
 def test_bad_arguments() -> None:

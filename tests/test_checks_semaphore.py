@@ -153,13 +153,13 @@ def test_the_upstream_configuration_is_restored() -> None:
     upstream = labsupport.current_upstream()
     assert isinstance(upstream, labsupport.MockUpstream)
     upstream.configure(latency=0.02, faults=[labsupport.Fault.on_call(999, status=500)])
-    before = (upstream.latency, upstream.faults, upstream.rate_limit)
+    before = upstream.settings
 
     async def summarize_all(texts: list[str]) -> list[str]:
         return await asyncio.gather(*(summarize(t) for t in texts))
 
     assert not check(summarize_all).passed
-    assert (upstream.latency, upstream.faults, upstream.rate_limit) == before
+    assert upstream.settings == before
 
 
 def test_bad_arguments() -> None:

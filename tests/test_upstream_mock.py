@@ -470,13 +470,16 @@ def test_the_mock_is_thread_safe_under_concurrent_sync_calls(
         (lambda: mock_openai(latency="fast"), "latency must be a number of seconds"),  # type: ignore[arg-type]
         (lambda: mock_openai(faults=["boom"]), "faults must be labsupport.Fault"),  # type: ignore[list-item]
         (lambda: mock_openai(rate_limit=5), "rate_limit must be a labsupport.RateLimit"),  # type: ignore[arg-type]
-        (lambda: Fault.on_call(0, status=500), "call numbers start at 1"),
+        (lambda: Fault.on_call(0, status=500), "call number must be an int ≥ 1"),
         (lambda: Fault.on_call(2), "exactly one of status="),
         (lambda: Fault.on_call(2, status=418), "status must be one of 400"),
         (lambda: Fault.matching("(", status=500), "not a valid regular expression"),
         (lambda: Fault.fraction(1.5, status=500), "rate must be a number in"),
         (lambda: RateLimit(), "needs max_concurrent"),
-        (lambda: RateLimit(max_concurrent=0), "max_concurrent must be a positive integer"),
+        (lambda: RateLimit(max_concurrent=0), "max_concurrent must be an int ≥ 1"),
+        (lambda: mock_openai(faults=None), "faults must be a list of labsupport.Fault"),  # type: ignore[arg-type]
+        (lambda: mock_openai(speed=2), "unknown upstream setting 'speed'"),  # type: ignore[call-arg]
+        (lambda: mock_openai(0.1), "settings must be a labsupport.UpstreamSettings"),  # type: ignore[arg-type]
         (lambda: mock_openai(base_urls="https://x/v1"), "base_urls must be a list"),
         (lambda: mock_openai(base_urls=["ftp://x"]).start(), "base URLs must be http"),
     ],

@@ -43,17 +43,10 @@ def scripted(
     faults: Iterable[Fault] = (),
     rate_limit: RateLimit | None = None,
 ) -> Iterator[MockUpstream]:
-    """Give `upstream` these faults and this rate limit (latency unchanged) inside the block,
-    then restore its previous configuration. Both ends reset its counters."""
-    saved = (upstream.latency, upstream.jitter, upstream.seed, upstream.faults, upstream.rate_limit)
-    upstream.configure(jitter=0.0, faults=faults, rate_limit=rate_limit)
-    try:
+    """Give `upstream` these faults and this rate limit (latency unchanged, no jitter) inside
+    the block, then restore its previous settings, even when the block is interrupted."""
+    with upstream.configured(jitter=0.0, faults=faults, rate_limit=rate_limit):
         yield upstream
-    finally:
-        latency, jitter, seed, old_faults, old_limit = saved
-        upstream.configure(
-            latency=latency, jitter=jitter, seed=seed, faults=old_faults, rate_limit=old_limit
-        )
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ fast while retries stay on, give the fault a short `retry_after`.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
+
+from ..validation import check_int, check_seconds
 
 __all__ = ["ERROR_STATUSES", "Fault", "RateLimit"]
 
@@ -67,8 +68,7 @@ class Fault:
         if not numbers:
             raise ValueError("Fault.on_call needs at least one call number, e.g. Fault.on_call(3)")
         for number in numbers:
-            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                raise ValueError(f"call numbers start at 1; got {number!r}")
+            check_int("call number", number, minimum=1)
         return cls._make(calls=frozenset(numbers), status=status, delay=delay, retry=retry_after)
 
     @classmethod
@@ -124,9 +124,9 @@ class Fault:
             allowed = ", ".join(map(str, ERROR_STATUSES))
             raise ValueError(f"status must be one of {allowed}; got {status!r}")
         if delay is not None:
-            _check_seconds("delay", delay)
+            check_seconds("delay", delay)
         if retry is not None:
-            _check_seconds("retry_after", retry)
+            check_seconds("retry_after", retry)
         return cls(calls, pattern, rate, status, delay, retry)
 
     def selects(self, number: int, prompt: str, draw: float) -> bool:
@@ -153,19 +153,9 @@ class RateLimit:
     def __post_init__(self) -> None:
         for name in ("max_concurrent", "max_per_window"):
             value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
+            if value is not None:
+                check_int(name, value, minimum=1)
         if self.max_concurrent is None and self.max_per_window is None:
             raise ValueError("a RateLimit needs max_concurrent=… and/or max_per_window=…")
-        _check_seconds("window", self.window, allow_zero=False)
-        _check_seconds("retry_after", self.retry_after)
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds; got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "≥ 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}; got {value!r}")
+        check_seconds("window", self.window, allow_zero=False)
+        check_seconds("retry_after", self.retry_after)

@@ -24,7 +24,7 @@ import functools
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, Unpack
 
 import httpcore
 import httpcore2
@@ -35,7 +35,7 @@ from respx.patterns import parse_url
 
 from .addresses import is_loopback, origin, origin_and_path
 from .core import Answer, Upstream
-from .faults import Fault, RateLimit
+from .settings import SettingsChanges, UpstreamSettings
 from .switch import Switch
 
 __all__ = ["OPENAI_API_BASE", "MockUpstream", "NetworkBlockedError", "mock_openai"]
@@ -192,17 +192,13 @@ class MockUpstream(Upstream, Switch):
 
     def __init__(
         self,
+        settings: UpstreamSettings | None = None,
+        /,
         *,
-        latency: float = 0.1,
-        jitter: float = 0.0,
-        seed: int = 0,
-        faults: Iterable[Fault] = (),
-        rate_limit: RateLimit | None = None,
         base_urls: Iterable[str] = (),
+        **changes: Unpack[SettingsChanges],
     ) -> None:
-        super().__init__(
-            latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
-        )
+        super().__init__(settings, **changes)
         if isinstance(base_urls, str):
             raise TypeError("base_urls must be a list of URLs, not one string")
         self._extra_bases = tuple(base_urls)
@@ -283,29 +279,21 @@ class MockUpstream(Upstream, Switch):
 
 
 def mock_openai(
+    settings: UpstreamSettings | None = None,
+    /,
     *,
-    latency: float = 0.1,
-    jitter: float = 0.0,
-    seed: int = 0,
-    faults: Iterable[Fault] = (),
-    rate_limit: RateLimit | None = None,
     base_urls: Iterable[str] = (),
+    **changes: Unpack[SettingsChanges],
 ) -> MockUpstream:
     """An offline OpenAI upstream that the real SDK talks to, not yet started.
 
+    Its behaviour is `settings` with `changes` on top (see `labsupport.UpstreamSettings`):
     `latency` is how long each call takes (seconds); `jitter` adds a seeded random ± spread;
-    `faults` and `rate_limit` script failures (see `labsupport.Fault`, `labsupport.RateLimit`);
+    `faults` and `rate_limit` script failures (see `labsupport.Fault`, `labsupport.RateLimit`).
     `base_urls` adds API bases to answer for, besides the OpenAI API and `OPENAI_BASE_URL`.
 
         with mock_openai(latency=0.2) as upstream:
             reply = await AsyncOpenAI().chat.completions.create(...)
         print(upstream.stats)
     """
-    return MockUpstream(
-        latency=latency,
-        jitter=jitter,
-        seed=seed,
-        faults=faults,
-        rate_limit=rate_limit,
-        base_urls=base_urls,
-    )
+    return MockUpstream(settings, base_urls=base_urls, **changes)

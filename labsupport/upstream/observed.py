@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Self
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Self, Unpack
 
 import httpcore
 import httpcore2
@@ -34,11 +35,12 @@ import httpx
 import httpx2
 from openai import OpenAI
 
+from ..validation import check_seconds
 from .addresses import origin, origin_and_path
-from .core import _text_of, validate_configuration
-from .faults import Fault, RateLimit, _check_seconds
+from .settings import SettingsChanges, UpstreamSettings, combine
 from .stats import UpstreamCall, UpstreamStats
 from .switch import Switch
+from .wire import prompt_of
 
 __all__ = ["LIVE_CONFIGURE_NOTE", "ObservedUpstream"]
 
@@ -74,7 +76,7 @@ def _prompt_of(stream: object) -> str:
     source = request.get("messages", request.get("input", ""))
     if isinstance(source, str):
         return source
-    return _text_of(source) if isinstance(source, list) else ""
+    return prompt_of(source) if isinstance(source, list) else ""
 
 
 class ObservedUpstream(Switch):
@@ -92,9 +94,8 @@ class ObservedUpstream(Switch):
     def __init__(self, base_url: str, *, latency: float = 0.0) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL; got {base_url!r}")
-        _check_seconds("latency", latency)
         self.base_url = base_url
-        self.latency = float(latency)
+        self.latency = check_seconds("latency", latency)
         self._origin, self._path = origin_and_path(base_url)
         self._lock = threading.Lock()
         self._originals: list[tuple[type, str, Any]] = []
@@ -122,15 +123,14 @@ class ObservedUpstream(Switch):
             self._status_counts: dict[int | None, int] = {}
             self._timeline: list[UpstreamCall] = []
 
+    @property
+    def settings(self) -> UpstreamSettings:
+        """The real API's settings as far as they are known: its measured `latency`."""
+        return UpstreamSettings(latency=self.latency)
+
     def configure(
-        self,
-        *,
-        latency: float | None = None,
-        jitter: float | None = None,
-        seed: int | None = None,
-        faults: Iterable[Fault] | None = None,
-        rate_limit: RateLimit | bool | None = False,
-    ) -> None:
+        self, settings: UpstreamSettings | None = None, /, **changes: Unpack[SettingsChanges]
+    ) -> UpstreamSettings:
         """Accept the offline upstream's arguments, change nothing, and reset the counters.
 
         When the arguments ask for something only the offline upstream can do (a latency, faults,
@@ -138,12 +138,20 @@ class ObservedUpstream(Switch):
         demo's evidence comes from the real API as it is. Clearing (`faults=[]`,
         `rate_limit=None`) asks for nothing and prints nothing. Bad arguments raise as offline.
         """
-        fault_list = validate_configuration(
-            latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
-        )
-        if fault_list or isinstance(rate_limit, RateLimit) or latency is not None or jitter:
+        current = self.settings
+        requested = combine(current, settings, changes)
+        if requested.scripted or requested.jitter or requested.latency != current.latency:
             print(LIVE_CONFIGURE_NOTE)
         self.reset()
+        return current
+
+    @contextmanager
+    def configured(
+        self, settings: UpstreamSettings | None = None, /, **changes: Unpack[SettingsChanges]
+    ) -> Iterator[Self]:
+        """`configure()` for a `with` block: live, that is the note and a reset, nothing to undo."""
+        self.configure(settings, **changes)
+        yield self
 
     def measure_latency(self, *, model: str = "gpt-4o-mini") -> float:
         """Time one tiny call (`max_tokens=1`) to the API, store it as `latency`, and return it.
