@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..progress import record
+
 __all__ = ["CheckResult"]
 
 
@@ -27,6 +29,9 @@ class CheckResult:
     summary: str
     evidence: tuple[str, ...] = field(default_factory=tuple)
     hint: str | None = None
+
+    def __post_init__(self) -> None:
+        record(self)  # the learner's progress file (labsupport.progress); never raises
 
     def __str__(self) -> str:
         mark = "✅ PASSED" if self.passed else "❌ NOT YET"
