@@ -253,7 +253,7 @@ def learner_table(log: ProgressLog) -> str:
         rows.append((notebook, shorten(exercise, 44), status, str(len(mine)), last))
         if next_step is None and not passed:
             if mine:
-                why = mine[-1].cause or mine[-1].summary or "see the check's hint"
+                why = mine[-1].summary or mine[-1].cause or "see the check's hint"
                 next_step = (
                     f"back to notebooks/{notebook}.ipynb: your last check said: {shorten(why, 90)}"
                 )

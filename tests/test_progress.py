@@ -80,7 +80,7 @@ def _write(path: Path, *attempts: tuple[str, int, str, bool, str | None]) -> Non
                 "exercise": f"the {notebook} exercise",
                 "verdict": "passed" if passed else "not yet",
                 "cause": cause,
-                "summary": "what the check saw",
+                "summary": f"what the check saw ({cause or 'all good'})",
             }
             file.write(json.dumps(line) + "\n")
 
@@ -146,7 +146,7 @@ def test_progress_table_says_what_is_done_and_what_to_do_next(
         progress_path,
         ("ada", 0, "01_async_client", False, "blocking-call"),
         ("ada", 5, "01_async_client", True, None),
-        ("ada", 20, "02_gather", False, "one failure lost every result"),
+        ("ada", 20, "02_gather", False, "one_failure_lost_all"),
     )
     assert main(["progress"]) == 0
     out = capsys.readouterr().out
@@ -155,7 +155,7 @@ def test_progress_table_says_what_is_done_and_what_to_do_next(
     assert "not yet" in rows["02_gather"]
     assert "not tried" in rows["03_semaphore"]
     assert "Next: back to notebooks/02_gather.ipynb" in out
-    assert "one failure lost every result" in out
+    assert "your last check said: what the check saw (one_failure_lost_all)" in out
 
 
 def test_progress_without_a_file_points_to_the_first_notebook(
