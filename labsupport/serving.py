@@ -23,25 +23,21 @@ every request as ``request.state``, each request getting its own shallow copy, a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ipaddress
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Final
 
 import httpx
-import uvicorn
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .network import bound_tcp_socket, check_port, loopback_address, run_uvicorn
+from .validation import check_seconds
 
 __all__ = ["asgi_client", "serve"]
 
 LIFESPAN_TIMEOUT: Final = 10.0
 """Seconds the app's lifespan startup (and shutdown) may take before we give up."""
-
-SERVER_START_TIMEOUT: Final = 10.0
-"""Seconds uvicorn may take to start listening once the lifespan has started."""
 
 GRACEFUL_SHUTDOWN_TIMEOUT: Final = 5
 """Seconds uvicorn waits for running requests and background tasks before cancelling them."""
@@ -113,87 +109,23 @@ async def serve(
         timeout: the client's timeout in seconds for each request.
     """
     _check_app(app)
-    address = _loopback_address(host)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an int from 0 to 65535 (0 = any free port), got {port!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    address = loopback_address(host)
+    port = check_port(port)
+    timeout = check_seconds("timeout", timeout, allow_zero=False)
 
-    with _bound_socket(address, port) as sock:
+    with bound_tcp_socket(address, port) as sock:
         bound_port = sock.getsockname()[1]
         netloc = f"[{address}]" if ":" in address else address
-        async with _running_lifespan(app, enabled=lifespan) as running_app:
-            config = uvicorn.Config(
-                running_app,
-                lifespan="off",  # _running_lifespan already runs it
-                log_level="warning",
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT,
-            )
-            server = _SignalFreeServer(config)
-            serving = asyncio.create_task(server.serve([sock]), name=f"uvicorn:{bound_port}")
-            try:
-                await _wait_until_started(server, serving)
-                async with httpx.AsyncClient(
-                    base_url=f"http://{netloc}:{bound_port}",
-                    timeout=timeout,
-                    trust_env=False,  # a proxy from the environment must not see loopback calls
-                ) as client:
-                    yield client
-            finally:
-                server.should_exit = True
-                if not server.started:
-                    serving.cancel()  # should_exit is only checked once uvicorn is serving
-                # Wait for the task even if it failed: nothing may outlive the block.
-                await asyncio.wait([serving])
-            serving.result()  # a crash while serving is raised here, after the cleanup
-
-
-class _SignalFreeServer(uvicorn.Server):
-    """A uvicorn server that leaves SIGINT/SIGTERM to its host (Jupyter kernel, asyncio.run)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # uvicorn would swap the kernel's SIGINT handler for its own while serving, so
-        # "interrupt kernel" would stop the server instead of the cell. We stop it ourselves.
-        yield
-
-
-async def _wait_until_started(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
-    """Return once uvicorn accepts connections; raise if it crashed or takes too long."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SERVER_START_TIMEOUT
-    while not server.started:
-        if serving.done():
-            serving.result()  # re-raises what stopped it
-            raise RuntimeError("uvicorn stopped before it started serving")
-        if loop.time() > deadline:
-            raise TimeoutError(f"uvicorn did not start within {SERVER_START_TIMEOUT} s")
-        await asyncio.wait([serving], timeout=0.005)
-
-
-@contextlib.contextmanager
-def _bound_socket(address: str, port: int) -> Iterator[socket.socket]:
-    """A TCP socket bound to ``address:port``, closed on exit.
-
-    Binding it ourselves turns "port already in use" into a plain ``OSError`` here, instead of
-    uvicorn logging it and calling ``sys.exit``.
-    """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
-    # whose proto says TCP. With proto 0 every response written in two parts (headers, body)
-    # would wait ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        # Lets a re-run cell bind the same port while old connections are still in TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            message = f"cannot listen on {address}:{port}: {exc.strerror} (port=0 picks a free one)"
-            raise OSError(exc.errno, message) from exc
-        yield sock
-    finally:
-        sock.close()
+        async with (
+            _running_lifespan(app, enabled=lifespan) as running_app,
+            run_uvicorn(running_app, sock, graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT),
+            httpx.AsyncClient(
+                base_url=f"http://{netloc}:{bound_port}",
+                timeout=timeout,
+                trust_env=False,  # a proxy from the environment must not see loopback calls
+            ) as client,
+        ):
+            yield client
 
 
 @contextlib.asynccontextmanager
@@ -246,20 +178,3 @@ def _check_app(app: object) -> None:
             "app must be an ASGI application such as a FastAPI() instance "
             f"(an object called with scope, receive, send), got {app!r}"
         )
-
-
-def _loopback_address(host: str) -> str:
-    """The IP address for ``host``, which must be a loopback address."""
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str such as '127.0.0.1', got {host!r}")
-    address = "127.0.0.1" if host == "localhost" else host
-    try:
-        is_loopback = ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        is_loopback = False
-    if not is_loopback:
-        raise ValueError(
-            f"host must be a loopback address ('127.0.0.1', 'localhost' or '::1'), got {host!r}: "
-            "the lab never listens on a network interface"
-        )
-    return address

@@ -92,14 +92,52 @@ def test_a_taken_port_is_a_clear_error_not_an_exit() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(OSError, match=f"could not bind 127.0.0.1:{port}"):
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
             FakeServer(port=port).start()
 
 
-@pytest.mark.parametrize("port", [-1, 70000, "8000"])
-def test_bad_ports_are_rejected(port: object) -> None:
-    with pytest.raises(ValueError, match="port must be an int"):
+@pytest.mark.parametrize(
+    ("port", "error"), [(-1, ValueError), (70000, ValueError), ("8000", TypeError)]
+)
+def test_bad_ports_are_rejected(port: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="port must be an int"):
         FakeServer(port=port)  # type: ignore[arg-type]
+
+
+def test_wait_idle_returns_once_every_answered_call_is_recorded() -> None:
+    """A client has its response a moment before the server thread records the call; after
+    wait_idle() every answered call is counted as finished."""
+    with FakeServer(latency=0.05) as server:
+        client = OpenAI(api_key="test-key", base_url=server.base_url)
+        callers = [
+            threading.Thread(
+                target=client.chat.completions.create, kwargs={"model": "m", "messages": ask("hi")}
+            )
+            for _ in range(8)
+        ]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+        server.wait_idle()
+        recorded = server.stats
+        client.close()
+    assert recorded.calls == 8 and recorded.in_flight == 0 and recorded.count(200) == 8
+
+
+def test_wait_idle_gives_up_after_its_timeout() -> None:
+    with FakeServer(latency=0.5) as server:
+        client = OpenAI(api_key="test-key", base_url=server.base_url)
+        calling = threading.Thread(
+            target=client.chat.completions.create, kwargs={"model": "m", "messages": ask("hi")}
+        )
+        calling.start()
+        while server.stats.in_flight == 0:
+            threading.Event().wait(0.005)
+        with pytest.raises(TimeoutError, match=r"still busy after 0\.05 s"):
+            server.wait_idle(timeout=0.05)
+        calling.join()
+        client.close()
 
 
 def test_base_url_before_start_is_a_clear_error() -> None:

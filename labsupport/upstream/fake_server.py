@@ -17,23 +17,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Self
+import time
+from typing import Self, Unpack
 
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
+from ..network import bound_tcp_socket, check_port, client_kind, run_uvicorn
+from ..validation import check_seconds
 from .core import Upstream
-from .faults import Fault, RateLimit
+from .settings import SettingsChanges, UpstreamSettings
 from .switch import Switch
 
 __all__ = ["FakeServer", "main"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class FakeServer(Upstream, Switch):
@@ -47,24 +45,27 @@ class FakeServer(Upstream, Switch):
 
     def __init__(
         self,
+        settings: UpstreamSettings | None = None,
+        /,
         *,
-        latency: float = 0.1,
-        jitter: float = 0.0,
-        seed: int = 0,
-        faults: Iterable[Fault] = (),
-        rate_limit: RateLimit | None = None,
         port: int = 0,
+        **changes: Unpack[SettingsChanges],
     ) -> None:
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an int in 0–65535 (0: any free port); got {port!r}")
+        port = check_port(port)
         self._clients: set[tuple[str, int]] = set()
-        super().__init__(
-            latency=latency, jitter=jitter, seed=seed, faults=faults, rate_limit=rate_limit
-        )
+        super().__init__(settings, **changes)
         self._requested_port = port
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._handling = 0  # requests inside the app right now (answered, not yet recorded)
         self._port = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether the server is running."""
+        return self._server is not None
 
     @property
     def port(self) -> int:
@@ -96,63 +97,87 @@ class FakeServer(Upstream, Switch):
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Self:
-        """Bind 127.0.0.1 and serve in a background thread; returns once it accepts requests."""
-        if self._server is not None:
+        """Bind 127.0.0.1 and serve in a background thread; returns once it accepts requests.
+        Idempotent. A port in use raises `OSError`, here in the caller's thread."""
+        if self._thread is not None:
             return self
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
-        # and without it every response waits ~40 ms for a delayed ACK.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", self._requested_port))
-        except OSError as error:
-            sock.close()
-            raise OSError(
-                f"FakeServer could not bind 127.0.0.1:{self._requested_port}: {error.strerror}"
-            ) from error
+        listening = contextlib.ExitStack()
+        sock = listening.enter_context(bound_tcp_socket("127.0.0.1", self._requested_port))
         self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app, interface="asgi3", lifespan="off", log_level="warning", access_log=False
-        )
-        server = uvicorn.Server(config)
         ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def serve() -> None:
+            self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+            async with run_uvicorn(self._app, sock) as server:
+                self._server = server
+                ready.set()
+                await self._stopping.wait()
 
         def run() -> None:
-            async def serve() -> None:
-                task = asyncio.create_task(server.serve(sockets=[sock]))
-                while not server.started and not task.done():
-                    await asyncio.sleep(0.005)
+            try:
+                with listening:  # the socket is closed once uvicorn is done with it
+                    asyncio.run(serve())
+            except BaseException as error:  # start() raises it if serving never began
+                failure.append(error)
+            finally:
+                self._server = None
                 ready.set()
-                await task
 
-            asyncio.run(serve())
-
-        self._server = server
         self._thread = threading.Thread(target=run, name=f"FakeServer:{self._port}", daemon=True)
         self._thread.start()
-        ready.wait(timeout=10)
-        if not server.started:
+        ready.wait()
+        if self._server is None:
             self.stop()
-            raise RuntimeError("FakeServer did not start within 10 s")
-        return self  # uvicorn owns `sock` now and closes it at shutdown
+            raise RuntimeError("FakeServer did not start") from (failure[0] if failure else None)
+        return self
 
     def stop(self) -> None:
         """Stop serving, close every connection, and free the port. Idempotent."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.should_exit = True
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        self._thread = self._loop = self._stopping = None
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already finished
+                loop.call_soon_threadsafe(stopping.set)
         if thread is not None:
-            thread.join(timeout=10)
+            thread.join()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every request the server accepted has been answered and recorded, so
+        `stats` and `connections` include them. Raises `TimeoutError` after `timeout` s.
+
+        A client has its response a moment before the server records the call (the server
+        thread finishes the call after the last byte is sent), so counters read right after
+        the last response may lag by one without this."""
+        deadline = time.monotonic() + check_seconds("timeout", timeout)
+        while not self._is_idle():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"FakeServer still busy after {timeout:g} s")
+            time.sleep(0.002)
+
+    def _is_idle(self) -> bool:
+        server = self._server
+        # uvicorn's own tasks cover a request that arrived but has not reached the app yet.
+        accepted = server is not None and bool(server.server_state.tasks)
+        with self._lock:
+            return self._handling == 0 and not accepted
 
     # -- the ASGI app ----------------------------------------------------------------------
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         client = scope.get("client")
-        if client:
-            with self._lock:
+        with self._lock:
+            self._handling += 1
+            if client:
                 self._clients.add((client[0], client[1]))
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            with self._lock:
+                self._handling -= 1
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = b""
         while True:
             message = await receive()
@@ -161,9 +186,8 @@ class FakeServer(Upstream, Switch):
                 break
         path: str = scope["path"]
         endpoint = path[len("/v1/") :] if path.startswith("/v1/") else path.lstrip("/")
-        headers = dict((k.decode().lower(), v.decode()) for k, v in scope["headers"])
-        kind = "sync" if headers.get("x-stainless-async", "false") == "false" else "async"
-        answer = self.answer(scope["method"], endpoint, body, kind)
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        answer = self.answer(scope["method"], endpoint, body, client_kind(headers))
         raw_headers = [(k.encode(), v.encode()) for k, v in answer.headers.items()]
         delivered = False
         try:
