@@ -49,7 +49,7 @@ test: venv
 	$(BIN)/pytest
 
 lock: | $(BIN)/uv
-	$(BIN)/uv pip compile pyproject.toml --extra test --extra site --extra workshop --python-version 3.11 --universal \
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra site --extra workshop --extra clients --python-version 3.11 --universal \
 		--no-emit-index-url --custom-compile-command "make lock" $(LOCK_FLAGS) -o requirements.lock
 
 notebooks: venv
