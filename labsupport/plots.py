@@ -1,19 +1,29 @@
 """Pictures of what happened: request timelines, latency distributions, requests in flight.
 
-Every function returns a matplotlib ``Figure``. End a notebook cell with the call and the
-figure is shown once; assign it (``fig = plot_timeline(...)``) and it is not shown until you
-display it. No figure stays open in pyplot, so repeated calls do not pile up.
+Every function returns a `DescribedFigure`: a matplotlib ``Figure`` that carries a one-line text
+summary of what it shows (``fig.summary``). End a notebook cell with the call and the figure is
+shown once, with the summary stored beside the image as its plain-text form and as the image's
+alt text (the course site reads it from there); assign it (``fig = plot_timeline(...)``) and it
+is not shown until you display it. No figure stays open in pyplot, so repeated calls do not
+pile up.
+
+Every reader can read them: colours come from the Okabe–Ito palette (distinct under the common
+colour-vision deficiencies), no meaning rests on colour alone (failed requests are hatched as
+well as coloured, lines differ in dash pattern, and every panel says in words how many failed),
+and figures are opaque white, so they read the same in JupyterLab's light and dark themes.
 
 Times are ``time.perf_counter()`` seconds, shared by ``fire``'s requests and the upstream's
-calls; the plots draw them as seconds since the first request.
+calls; the plots draw them as seconds since the first request. The summaries print durations as
+``1.23 s``, a form the notebooks' output sanitizer masks, so stored outputs stay comparable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias, cast
 
 import matplotlib.pyplot as plt
+from cycler import cycler
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -23,7 +33,16 @@ from matplotlib.ticker import MaxNLocator
 
 from .load import LoadReport, Span, in_flight_steps
 
-__all__ = ["Calls", "Runs", "TimedCall", "plot_in_flight", "plot_latencies", "plot_timeline"]
+__all__ = [
+    "OKABE_ITO",
+    "Calls",
+    "DescribedFigure",
+    "Runs",
+    "TimedCall",
+    "plot_in_flight",
+    "plot_latencies",
+    "plot_timeline",
+]
 
 
 class TimedCall(Span, Protocol):
@@ -49,15 +68,62 @@ Calls: TypeAlias = Sequence[TimedCall] | HasTimeline
 Runs: TypeAlias = LoadReport | Mapping[str, LoadReport]
 """One ``fire`` result, or several by label (``{"sequential": r1, "concurrent": r2}``)."""
 
-# Colors of the request bars by outcome, in legend order (matplotlib's default palette).
-OUTCOME_COLORS: dict[str, str] = {
-    "2xx": "tab:blue",
-    "429 rate limited": "tab:orange",
-    "5xx server error": "tab:red",
-    "other status": "tab:olive",
-    "no response (exception)": "tab:gray",
+
+class DescribedFigure(Figure):
+    """A ``Figure`` with a one-line text summary of what it shows, for readers who cannot see it.
+
+    In a notebook the summary is the figure's ``text/plain`` form (what a text-only view shows)
+    and the ``alt`` text of its PNG in the output's metadata (what the course site puts on the
+    image). ``print(fig.summary)`` reads it.
+    """
+
+    summary: str = ""
+
+    def _repr_mimebundle_(
+        self, include: object = None, exclude: object = None
+    ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        # IPython adds the PNG from matplotlib's inline formatter; this adds the words.
+        return {"text/plain": self.summary}, {"image/png": {"alt": self.summary}}
+
+
+#: Okabe & Ito's palette (2008): eight colours that stay distinct under protanopia,
+#: deuteranopia and tritanopia.
+OKABE_ITO: dict[str, str] = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky blue": "#56B4E9",
+    "bluish green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish purple": "#CC79A7",
 }
-UPSTREAM_COLOR = "tab:purple"
+
+
+class BarStyle(NamedTuple):
+    """How the bars of one outcome look: a colour and a hatch (``""``: solid)."""
+
+    color: str
+    hatch: str
+
+
+#: The request bars by outcome, in legend order. Every failure is hatched, so it stands out
+#: without colour (in greyscale, for a colour-blind reader, on a projector).
+OUTCOME_STYLES: dict[str, BarStyle] = {
+    "2xx": BarStyle(OKABE_ITO["blue"], ""),
+    "429 rate limited": BarStyle(OKABE_ITO["orange"], "///"),
+    "5xx server error": BarStyle(OKABE_ITO["vermillion"], "xxx"),
+    "other status": BarStyle(OKABE_ITO["yellow"], "..."),
+    "no response (exception)": BarStyle(OKABE_ITO["reddish purple"], "\\\\\\"),
+}
+UPSTREAM_STYLE = BarStyle(OKABE_ITO["bluish green"], "")
+#: Lines of several series differ in colour and in dash pattern; "--" in black is kept for the
+#: reference lines (one upstream call, a limit).
+SERIES_CYCLE = cycler(
+    color=[OKABE_ITO[name] for name in ("blue", "orange", "bluish green", "reddish purple")],
+    linestyle=["-", ":", "-.", (0, (5, 1, 1, 1, 1, 1))],
+)
+REFERENCE_LINE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1}
 PANEL_WIDTH = 5.0  # inches per side-by-side panel
 PANEL_HEIGHT = 3.5
 
@@ -68,17 +134,18 @@ def plot_timeline(
     upstream: Calls | Mapping[str, Calls] | None = None,
     latency: float | None = None,
     title: str | None = None,
-) -> Figure:
+) -> DescribedFigure:
     """Draw each request as a bar from its start to its end; one panel per run.
 
-    Bars are colored by outcome (2xx, 429, 5xx, other, exception). Panels share the x axis,
-    seconds since each run's first request, so a sequential run and a concurrent one can be
-    compared at a glance: a staircase versus a block.
+    Bars are coloured and hatched by outcome (2xx solid; 429, 5xx, other, exception hatched),
+    and each panel's title counts the failures. Panels share the x axis, seconds since each
+    run's first request, so a sequential run and a concurrent one can be compared at a glance:
+    a staircase versus a block.
 
     Args:
         runs: a ``LoadReport`` from ``fire``, or a mapping ``{label: LoadReport}``.
         upstream: the upstream calls made meanwhile, drawn below the requests in another
-            color: ``upstream.stats`` (or its ``.timeline``) for a single run, or a mapping
+            colour: ``upstream.stats`` (or its ``.timeline``) for a single run, or a mapping
             ``{label: calls}`` with labels of ``runs``.
         latency: the latency of one upstream call, in seconds, drawn as a dashed line.
         title: a title above all panels.
@@ -88,9 +155,10 @@ def plot_timeline(
     latency = _optional_seconds(latency, "latency")
 
     fig, axes = _figure(len(panels), sharex=True)
+    described = []
     for ax, (label, report) in zip(axes, panels.items(), strict=True):
         origin = min(r.start for r in report.requests)
-        for outcome, color in OUTCOME_COLORS.items():
+        for outcome, style in OUTCOME_STYLES.items():
             group = [r for r in report.requests if _outcome(r.status) == outcome]
             if group:
                 ax.barh(
@@ -98,7 +166,7 @@ def plot_timeline(
                     [r.end - r.start for r in group],
                     left=[r.start - origin for r in group],
                     height=0.8,
-                    color=color,
+                    **_bar(style),
                 )
         rows = max(r.index for r in report.requests) + 1
         ticks = _integer_ticks(rows)
@@ -114,44 +182,51 @@ def plot_timeline(
                 [c.end - c.start for c in ordered],
                 left=[c.start - origin for c in ordered],
                 height=0.8,
-                color=UPSTREAM_COLOR,
+                **_bar(UPSTREAM_STYLE),
             )
-            ax.axhline(rows, color="0.7", linewidth=0.8)
+            ax.axhline(rows, color="0.6", linewidth=0.8)
             ticks.append((first_row + last_row) / 2)
             labels.append("upstream")
         if latency is not None:
-            ax.axvline(latency, color="black", linestyle="--", linewidth=1)
+            ax.axvline(latency, **REFERENCE_LINE)
         ax.set_ylim(last_row + 0.5, -0.5)  # request 0 at the top, like a log read downwards
         ax.set_yticks(ticks, labels)
-        ax.set_title(
-            f"{label} · wall {report.wall:.2f} s" if label else f"wall {report.wall:.2f} s"
-        )
+        failed = sum(_outcome(r.status) != "2xx" for r in report.requests)
+        heading = [label] if label else []
+        heading.append(f"wall {report.wall:.2f} s")
+        if failed:
+            heading.append(f"{failed} of {len(report.requests)} failed")
+        ax.set_title(" · ".join(heading))
         ax.set_xlabel("seconds since first request")
+        described.append(_describe_run(label, report, len(calls) if calls else None))
     axes[0].set_ylabel("request #")
     axes[0].set_xlim(left=0)
 
     handles: list[Artist] = [
-        Patch(color=color, label=outcome)
-        for outcome, color in OUTCOME_COLORS.items()
+        Patch(label=outcome, **_bar(style))
+        for outcome, style in OUTCOME_STYLES.items()
         if any(_outcome(r.status) == outcome for report in panels.values() for r in report.requests)
     ]
     if any(upstream_by_label.values()):
-        handles.append(Patch(color=UPSTREAM_COLOR, label="upstream call"))
+        handles.append(Patch(label="upstream call", **_bar(UPSTREAM_STYLE)))
     if latency is not None:
         handles.append(
-            Line2D(
-                [], [], color="black", linestyle="--", label=f"one upstream call ({latency:.2f} s)"
-            )
+            Line2D([], [], **REFERENCE_LINE, label=f"one upstream call ({latency:.2f} s)")
         )
     fig.legend(
         handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False
     )
     if title is not None:
         fig.suptitle(title)
+    fig.summary = _sentence(
+        title, "Request timeline, one bar per request from start to end", described, latency
+    )
     return fig
 
 
-def plot_latencies(runs: Runs, *, latency: float | None = None, title: str | None = None) -> Figure:
+def plot_latencies(
+    runs: Runs, *, latency: float | None = None, title: str | None = None
+) -> DescribedFigure:
     """Latency distribution per run as an ECDF: x = latency, y = share of requests at most x.
 
     A vertical line means every request took the same time; a long slope to the right means
@@ -165,12 +240,17 @@ def plot_latencies(runs: Runs, *, latency: float | None = None, title: str | Non
     panels = _runs_by_label(runs)
     latency = _optional_seconds(latency, "latency")
     fig, (ax,) = _figure(1)
+    described = []
     for label, report in panels.items():
         latencies = sorted(report.latencies)
         shares = [(i + 1) / len(latencies) for i in range(len(latencies))]
-        ax.step([0.0, *latencies], [0.0, *shares], where="post", label=label or None)
+        ax.step([0.0, *latencies], [0.0, *shares], where="post", linewidth=2, label=label or None)
+        described.append(
+            f"{_labelled(label)}{_count(len(latencies), 'request')}, median {report.p50:.2f} s, "
+            f"slowest {report.max_latency:.2f} s"
+        )
     if latency is not None:
-        ax.axvline(latency, color="black", linestyle="--", linewidth=1, label="one upstream call")
+        ax.axvline(latency, **REFERENCE_LINE, label="one upstream call")
     ax.set_xlim(left=0)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("latency (seconds)")
@@ -179,6 +259,9 @@ def plot_latencies(runs: Runs, *, latency: float | None = None, title: str | Non
         ax.legend(loc="lower right")
     if title is not None:
         ax.set_title(title)
+    fig.summary = _sentence(
+        title, "Latency distribution, share of requests at most x seconds", described, latency
+    )
     return fig
 
 
@@ -187,7 +270,7 @@ def plot_in_flight(
     *,
     limit: int | None = None,
     title: str | None = None,
-) -> Figure:
+) -> DescribedFigure:
     """How many requests (or upstream calls) were running at each moment, as a step line.
 
     Several series share one time axis, starting at the earliest start among them, so
@@ -211,15 +294,17 @@ def plot_in_flight(
         raise ValueError("spans has nothing to draw: every series is empty")
     origin = min(starts)
     fig, (ax,) = _figure(1)
+    described = []
     for label, items in by_label.items():
         steps = in_flight_steps(items)
         if not steps:
             continue
         times = [0.0] + [moment - origin for moment, _ in steps]
         counts = [0] + [count for _, count in steps]
-        ax.step(times, counts, where="post", label=label or None)
+        ax.step(times, counts, where="post", linewidth=2, label=label or None)
+        described.append(f"{_labelled(label)}{_peak(max(counts), limit)}")
     if limit is not None:
-        ax.axhline(limit, color="black", linestyle="--", linewidth=1, label=f"limit {limit}")
+        ax.axhline(limit, **REFERENCE_LINE, label=f"limit {limit}")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -229,22 +314,105 @@ def plot_in_flight(
         ax.legend(loc="upper right")
     if title is not None:
         ax.set_title(title)
+    reference = f"Dashed line: the limit of {limit}." if limit is not None else ""
+    fig.summary = " ".join(
+        part
+        for part in (
+            _lead(title, "How many were in flight over time") + "; ".join(described) + ".",
+            reference,
+        )
+        if part
+    )
     return fig
 
 
-def _figure(panels: int, *, sharex: bool = False) -> tuple[Figure, list[Axes]]:
-    """A figure with ``panels`` axes side by side, already closed in pyplot.
+# ------------------------------------------------------------------------------ summaries
+
+
+def _lead(title: str | None, kind: str) -> str:
+    return f"{title}. {kind}: " if title else f"{kind}: "
+
+
+def _labelled(label: str) -> str:
+    return f"{label}: " if label else ""
+
+
+def _sentence(title: str | None, kind: str, described: Sequence[str], latency: float | None) -> str:
+    """One line: what kind of plot, what each run shows, what the reference line is."""
+    text = _lead(title, kind) + "; ".join(described) + "."
+    if latency is not None:
+        text += f" Dashed line: one upstream call ({latency:.2f} s)."
+    return text
+
+
+def _describe_run(label: str, report: LoadReport, upstream_calls: int | None) -> str:
+    outcomes: dict[str, int] = {}
+    for record in report.requests:
+        outcome = _outcome(record.status)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if list(outcomes) == ["2xx"]:
+        counted = "all 2xx"
+    else:
+        counted = ", ".join(
+            f"{outcomes[name]} × {name}" for name in OUTCOME_STYLES if name in outcomes
+        )
+    shape = "overlapping" if report.in_flight_max > 1 else "one at a time"
+    text = (
+        f"{_labelled(label)}{_count(len(report.requests), 'request')} ({counted}), {shape}, "
+        f"wall {report.wall:.2f} s"
+    )
+    if upstream_calls is not None:
+        text += f", {_count(upstream_calls, 'upstream call')} below them"
+    return text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _peak(peak: int, limit: int | None) -> str:
+    """A peak in words; next to a limit, only how it compares (stable from run to run)."""
+    if limit is None:
+        return f"peak {peak}"
+    if peak < limit:
+        return f"stays below the limit of {limit}"
+    if peak == limit:
+        return f"reaches the limit of {limit}, never above it"
+    return f"rises above the limit of {limit}"
+
+
+def _figure(panels: int, *, sharex: bool = False) -> tuple[DescribedFigure, list[Axes]]:
+    """A white figure with ``panels`` axes side by side, already closed in pyplot.
 
     Creating it through pyplot loads the notebook's inline backend, which is what displays a
     Figure returned by a cell (a bare ``Figure()`` shows only as text in a fresh kernel).
     Closing it right away means pyplot does not show it a second time at the end of the cell.
+    The face is opaque white, whatever the backend's default: a transparent PNG would put black
+    text on JupyterLab's dark background.
     """
     width = min(max(PANEL_WIDTH * panels, 6.0), 15.0)
     fig, axes = plt.subplots(
-        1, panels, figsize=(width, PANEL_HEIGHT), sharex=sharex, squeeze=False, layout="constrained"
+        1,
+        panels,
+        figsize=(width, PANEL_HEIGHT),
+        sharex=sharex,
+        squeeze=False,
+        layout="constrained",
+        FigureClass=DescribedFigure,
+        facecolor="white",
     )
     plt.close(fig)
-    return fig, list(axes[0])
+    for ax in axes[0]:
+        ax.set_facecolor("white")
+        ax.set_prop_cycle(SERIES_CYCLE)
+    return cast(DescribedFigure, fig), list(axes[0])
+
+
+def _bar(style: BarStyle) -> dict[str, Any]:
+    """Bar (or legend patch) keywords: the colour, and a black hatch on white-edged bars."""
+    if not style.hatch:
+        return {"facecolor": style.color, "edgecolor": style.color, "linewidth": 0}
+    return {"facecolor": style.color, "hatch": style.hatch, "edgecolor": "black", "linewidth": 0}
 
 
 def _runs_by_label(runs: Runs) -> dict[str, LoadReport]:

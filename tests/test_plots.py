@@ -1,4 +1,5 @@
-"""Plots: the right panels and bars, nothing left open in pyplot, shown once in a notebook."""
+"""Plots: the right panels and bars, readable by everyone (palette, hatches, a white face, a text
+summary), nothing left open in pyplot, shown once in a notebook with the summary as alt text."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from labsupport.load import LoadReport, RequestRecord
-from labsupport.plots import Calls, plot_in_flight, plot_latencies, plot_timeline
+from labsupport.plots import (
+    OKABE_ITO,
+    OUTCOME_STYLES,
+    Calls,
+    DescribedFigure,
+    plot_in_flight,
+    plot_latencies,
+    plot_timeline,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,25 +66,94 @@ def legend_labels(fig: Figure) -> list[str]:
     return [text.get_text() for text in fig.legends[0].get_texts()]
 
 
-def test_timeline_draws_one_bar_per_request_colored_by_outcome() -> None:
+def bar_hatches(fig: Figure, panel: int = 0) -> list[str]:
+    return [patch.get_hatch() or "" for patch in fig.axes[panel].patches]
+
+
+def test_timeline_draws_one_bar_per_request_colored_and_hatched_by_outcome() -> None:
     fig = plot_timeline(report([200, 200, 429, 503, None]), title="five requests")
-    assert isinstance(fig, Figure)
+    assert isinstance(fig, DescribedFigure)
     assert len(fig.axes) == 1
     colors = bar_colors(fig)
     assert len(colors) == 5
-    assert colors.count(to_rgba("tab:blue")) == 2
-    assert colors.count(to_rgba("tab:orange")) == 1
-    assert colors.count(to_rgba("tab:red")) == 1
-    assert colors.count(to_rgba("tab:gray")) == 1
+    assert colors.count(to_rgba(OKABE_ITO["blue"])) == 2
+    assert colors.count(to_rgba(OKABE_ITO["orange"])) == 1
+    assert colors.count(to_rgba(OKABE_ITO["vermillion"])) == 1
+    assert colors.count(to_rgba(OKABE_ITO["reddish purple"])) == 1
+    # Not by colour alone: successes are solid, and each kind of failure has its own hatch.
+    hatches = bar_hatches(fig)
+    assert hatches.count("") == 2
+    assert len({hatch for hatch in hatches if hatch}) == 3
     assert legend_labels(fig) == [
         "2xx",
         "429 rate limited",
         "5xx server error",
         "no response (exception)",
     ]
+    assert [patch.get_hatch() or "" for patch in fig.legends[0].get_patches()] == [
+        OUTCOME_STYLES[label].hatch for label in legend_labels(fig)
+    ]
+    assert fig.axes[0].get_title() == "wall 0.10 s · 3 of 5 failed"  # in words, too
     assert fig.axes[0].get_xlabel() == "seconds since first request"
     assert fig.axes[0].get_ylabel() == "request #"
     assert fig.get_suptitle() == "five requests"
+
+
+def test_every_outcome_has_its_own_okabe_ito_colour_and_only_successes_are_solid() -> None:
+    styles = list(OUTCOME_STYLES.values())
+    assert len({style.color for style in styles}) == len(styles)
+    assert {style.color for style in styles} <= set(OKABE_ITO.values())
+    assert [bool(style.hatch) for style in styles] == [False, True, True, True, True]
+    assert len({style.hatch for style in styles}) == len(styles)
+
+
+def test_figures_are_opaque_white_for_dark_themes() -> None:
+    for fig in (
+        plot_timeline(report([200])),
+        plot_latencies(report([200])),
+        plot_in_flight(report([200])),
+    ):
+        assert to_rgba(fig.get_facecolor()) == (1.0, 1.0, 1.0, 1.0)
+        assert all(to_rgba(ax.get_facecolor()) == (1.0, 1.0, 1.0, 1.0) for ax in fig.axes)
+
+
+def test_series_lines_differ_in_dash_pattern_as_well_as_colour() -> None:
+    runs = {name: report([200] * 3) for name in ("a", "b", "c")}
+    lines = plot_latencies(runs).axes[0].get_lines()
+    assert len({line.get_color() for line in lines}) == 3
+    assert len({str(line.get_linestyle()) for line in lines}) == 3
+
+
+def test_every_figure_carries_a_one_line_summary_with_its_numbers() -> None:
+    sequential = report([200] * 4, overlapping=False)
+    mixed = report([200, 429, 503, None])
+    timeline = plot_timeline(
+        {"sequential": sequential, "mixed": mixed},
+        upstream={"sequential": [Call(100.0 + 0.1 * i, 100.1 + 0.1 * i, 200) for i in range(4)]},
+        latency=0.1,
+        title="Two runs",
+    )
+    assert timeline.summary == (
+        "Two runs. Request timeline, one bar per request from start to end: "
+        "sequential: 4 requests (all 2xx), one at a time, wall 0.40 s, 4 upstream calls below "
+        "them; mixed: 4 requests (1 × 2xx, 1 × 429 rate limited, 1 × 5xx server error, "
+        "1 × no response (exception)), overlapping, wall 0.10 s. "
+        "Dashed line: one upstream call (0.10 s)."
+    )
+    latencies = plot_latencies(sequential)
+    assert latencies.summary == (
+        "Latency distribution, share of requests at most x seconds: "
+        "4 requests, median 0.10 s, slowest 0.10 s."
+    )
+    upstream = Stats(tuple(Call(100.0 + 0.02 * i, 100.05 + 0.02 * i, 200) for i in range(3)))
+    in_flight = plot_in_flight({"requests": mixed, "upstream": upstream}, limit=3)
+    assert in_flight.summary == (
+        "How many were in flight over time: requests: rises above the limit of 3; "
+        "upstream: reaches the limit of 3, never above it. Dashed line: the limit of 3."
+    )
+    assert plot_in_flight(upstream).summary == "How many were in flight over time: peak 3."
+    for fig in (timeline, latencies, in_flight):
+        assert "\n" not in fig.summary
 
 
 def test_timeline_bars_start_at_zero_and_span_the_request() -> None:
@@ -100,7 +178,7 @@ def test_timeline_puts_runs_side_by_side_with_upstream_calls() -> None:
     assert len(fig.axes) == 2
     assert tuple(fig.get_size_inches()) == pytest.approx((10.0, 3.5))
     assert [len(ax.patches) for ax in fig.axes] == [4 + 4, 4 + 3]
-    assert bar_colors(fig, 1).count(to_rgba("tab:purple")) == 3
+    assert bar_colors(fig, 1).count(to_rgba(OKABE_ITO["bluish green"])) == 3
     assert fig.axes[1].get_title() == "concurrent · wall 0.10 s"
     assert fig.axes[0].get_xlim() == fig.axes[1].get_xlim()  # one time scale for both runs
     assert legend_labels(fig) == ["2xx", "upstream call", "one upstream call (0.10 s)"]
@@ -170,7 +248,7 @@ def test_plots_leave_no_figure_open_in_pyplot() -> None:
     assert plt.get_fignums() == []
 
 
-def test_a_returned_figure_is_shown_exactly_once_in_a_notebook() -> None:
+def test_a_returned_figure_is_shown_exactly_once_in_a_notebook_with_its_alt_text() -> None:
     cells = [
         "from labsupport.load import LoadReport, RequestRecord\n"
         "from labsupport.plots import plot_timeline\n"
@@ -187,3 +265,7 @@ def test_a_returned_figure_is_shown_exactly_once_in_a_notebook() -> None:
         for cell in notebook.cells
     ]
     assert [len(images) for images in shown] == [0, 1, 0]
+    (figure,) = shown[1]
+    summary = "Request timeline, one bar per request from start to end: 1 request (all 2xx), "
+    assert figure["data"]["text/plain"].startswith(summary)
+    assert figure["metadata"]["image/png"]["alt"] == figure["data"]["text/plain"]
