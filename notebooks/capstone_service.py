@@ -181,6 +181,7 @@ class UpstreamDeadline(Exception):
 
 
 UpstreamFailure = openai.APIError | UpstreamDeadline
+UPSTREAM_FAILURES: Final = (openai.APIError, UpstreamDeadline)  # for `except` and isinstance
 
 
 def client_error(error: UpstreamFailure) -> ClientError:
@@ -823,7 +824,7 @@ def create_app(
     @app.exception_handler(UpstreamDeadline)
     @app.exception_handler(openai.APIError)
     async def upstream_failed(request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, UpstreamFailure)
+        assert isinstance(error, UPSTREAM_FAILURES)
         note(request, error=f"{type(error).__name__}: {error}")
         return client_error(error).response()
 
@@ -873,7 +874,7 @@ def create_app(
         texts: dict[str, str] = {}
         failures: dict[str, UpstreamFailure] = {}
         for part, outcome in zip(prompts, outcomes, strict=True):
-            if isinstance(outcome, UpstreamFailure):
+            if isinstance(outcome, UPSTREAM_FAILURES):
                 failures[part] = outcome
             elif isinstance(outcome, BaseException):
                 raise outcome  # a bug, not an upstream failure: let it be a 500
@@ -900,7 +901,7 @@ def create_app(
         async def one(message: str) -> BatchItem:
             try:
                 reply = await shared.ask(message, deadline=deadline, temperature=body.temperature)
-            except UpstreamFailure as error:
+            except UPSTREAM_FAILURES as error:
                 return BatchItem(response=None, error=client_error(error).info)
             return BatchItem(response=reply, error=None)
 

@@ -320,3 +320,95 @@ def test_retry_after_parsing() -> None:
     assert parse(httpx.Headers({"retry-after": "3"})) == 3
     assert parse(httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 1
     assert parse(httpx.Headers({})) == 1
+
+
+# ---------------------------------------------------------------------------------- deadlines
+
+
+async def test_upstream_timeout_is_the_whole_wait_retries_included(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    upstream.configure(faults=[Fault.matching("slow", delay=5)])
+    app = service.create_app(
+        audit_path=tmp_path / "audit.sqlite3", upstream_timeout=0.3, max_retries=2
+    )
+    async with lab.serve(app) as client:
+        slow = await client.post("/chat", json={"message": "a slow question"})
+        both_slow = await client.post("/batch", json={"messages": ["slow 1", "slow 2"]})
+
+    # One attempt, not three: the deadline covers the retries, so none is left to make.
+    assert slow.status_code == 504
+    assert slow.json()["error"] == {
+        "type": "upstream_timeout",
+        "message": "The upstream part of this request did not finish within its 0.3 s deadline "
+        "(waiting for the model provider (attempt 1)).",
+    }
+    # A batch shares one deadline. With 20 slots both items were in flight at once.
+    assert [item["error"]["type"] for item in both_slow.json()["results"]] == [
+        "upstream_timeout"
+    ] * 2
+    assert upstream.stats.calls == 3
+
+
+async def test_no_request_waits_for_a_slot_past_its_deadline(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    upstream.configure(faults=[Fault.matching("slow", delay=5)])
+    app = service.create_app(
+        audit_path=tmp_path / "audit.sqlite3", upstream_timeout=0.3, max_upstream_calls=1
+    )
+    async with lab.serve(app) as client:
+        response = await client.post("/batch", json={"messages": ["slow 1", "slow 2"]})
+    messages = sorted(item["error"]["message"] for item in response.json()["results"])
+
+    assert response.status_code == 200
+    assert ["(waiting for a free upstream slot)" in m for m in messages] == [True, False]
+    assert upstream.stats.calls == 1  # the second item never reached the upstream
+
+
+async def test_a_failing_call_frees_its_slot_while_it_waits_to_retry(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    upstream.configure(latency=0.1, faults=[Fault.matching("^fail", status=500, retry_after=0.5)])
+    app = service.create_app(
+        audit_path=tmp_path / "audit.sqlite3", max_upstream_calls=1, max_retries=1
+    )
+    async with lab.serve(app) as client:
+        failing = asyncio.create_task(client.post("/chat", json={"message": "fail, twice"}))
+        for _ in range(200):  # until the failing call holds the only slot (bounded)
+            if upstream.stats.calls:
+                break
+            await asyncio.sleep(0.01)
+        healthy = await client.post("/chat", json={"message": "ok"})
+        failed = await failing
+
+    assert healthy.status_code == 200
+    assert failed.status_code == 502  # its retry failed too: the last error is the answer
+    # The healthy request was served during the failing one's backoff, not after its retry.
+    assert [call.prompt for call in upstream.stats.timeline] == ["fail, twice", "ok", "fail, twice"]
+
+
+# ----------------------------------------------------------------------------------- contract
+
+
+async def test_errors_outside_the_endpoints_have_the_same_shape(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    app = service.create_app(audit_path=tmp_path / "audit.sqlite3")
+    async with lab.serve(app) as client:
+        wrong_method = await client.get("/chat")
+        nowhere = await client.get("/nowhere")
+        latin1 = await client.post(
+            "/chat",
+            content='{"message": "café"}'.encode("latin-1"),
+            headers={"content-type": "application/json; charset=latin-1"},
+        )
+        healthy = await client.get("/health")
+
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"]["type"] == "method_not_allowed"
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["type"] == "not_found"
+    assert latin1.status_code == 422
+    assert latin1.json()["error"]["message"] == "body: not valid JSON (not UTF-8 at byte 16)"
+    assert healthy.status_code == 200 and healthy.json()["status"] == "ok"
+    assert upstream.stats.calls == 0
