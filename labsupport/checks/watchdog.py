@@ -1,0 +1,387 @@
+"""Run a check's scenario so that learner code cannot hang the kernel.
+
+A checker awaits the learner's code on the notebook's own event loop. If that code blocks the loop
+(`threading.Semaphore.acquire()` waiting for a slot only another task could free, `time.sleep(60)`,
+a busy loop), no `asyncio.timeout` can fire, because timeouts are callbacks of the very loop that
+is stuck, and the cell hangs until the kernel is restarted. `guarded()` adds what the loop cannot
+do for itself:
+
+* a **heartbeat** task notes, every few milliseconds, that the loop is running;
+* a **watchdog thread** notices when the heartbeat stops. It looks at what the main thread is
+  doing (`sys._current_frames()`), and when the same learner frame has held the loop for
+  `block_limit` seconds (or the whole scenario ran past `time_limit`), it names the blocking call,
+  cancels the scenario, and interrupts the main thread with a real signal (SIGUSR1), again and
+  again while the loop stays blocked: a hundred tasks may each block in turn;
+* during the scenario a SIGUSR1 handler raises a private `Exception` subclass, but only inside
+  learner code running in an event-loop callback, so the exception lands in the learner's task
+  (which records it and ends) and never in the loop's own machinery. PEP 475 makes blocking calls
+  (`time.sleep`, lock acquisitions, socket reads) return early when a handler raises.
+
+Counting blocks by the *same* frame keeps the verdicts of ordinary wrong answers intact: a sync
+client in `async def` blocks the loop for one latency per request, each in another request's
+frame, and the checker measures that as usual.
+
+The user's own interrupt (Jupyter's SIGINT) is untouched and raises `KeyboardInterrupt` as ever.
+Afterwards the previous SIGUSR1 handler is back. Whatever the scenario changed is restored by its
+own `with` blocks (the upstream's `configured(...)`), which unwind with the cancellation.
+
+Limits: signals reach only the main thread, so a scenario awaited in another thread's event loop
+(not the case in a notebook) only gets the time limit, which needs a loop that is not blocked.
+A call blocked inside C code that never checks for signals (a long C computation) is stopped only
+when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dis
+import inspect
+import linecache
+import os
+import signal
+import sys
+import sysconfig
+import threading
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Final, Generic, Literal, TypeVar
+
+__all__ = ["Blocked", "Guarded", "guarded", "is_learner_code"]
+
+T = TypeVar("T")
+
+HEARTBEAT: Final = 0.01
+"""Seconds between heartbeats, and between the watchdog's looks at the loop."""
+
+STALL: Final = 0.05
+"""Seconds without a heartbeat after which the watchdog looks at what blocks the loop."""
+
+RESIGNAL: Final = 0.005
+"""Seconds between interrupts while the loop stays blocked after the watchdog stepped in."""
+
+GIVE_UP: Final = 30.0
+"""Seconds after stepping in when the watchdog stops interrupting (code that ignores signals)."""
+
+BlockKind = Literal["threading", "sleep", "busy", "call"]
+"""What held the loop: a `threading` primitive, `time.sleep`, Python code that never waited (a
+busy loop), or another blocking call."""
+
+_LIBRARY_ROOTS: Final = tuple(
+    os.path.realpath(path) + os.sep
+    for path in {
+        *(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")),
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # labsupport itself
+    }
+)
+
+
+def is_learner_code(frame: FrameType) -> bool:
+    """Whether `frame` runs code outside the standard library, installed packages and labsupport:
+    a notebook cell, or the learner's own module."""
+    filename = frame.f_code.co_filename
+    if filename.startswith("<"):  # "<frozen …>", "<string>"
+        return False
+    return not os.path.realpath(filename).startswith(_LIBRARY_ROOTS)
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """What the watchdog found holding the event loop when it stepped in."""
+
+    seconds: float
+    """How long the loop had not run when the watchdog stepped in."""
+    call: str
+    """The blocking call, e.g. "threading.Semaphore.acquire()", or the line's code."""
+    where: str
+    """The learner's frame, e.g. "one_call (line 7: `with slots:`)"."""
+    kind: BlockKind
+
+    def describe(self) -> str:
+        """One sentence, e.g. "the event loop was blocked for 2.0 s inside
+        threading.Semaphore.acquire(), in one_call (line 7: `with slots:`)"."""
+        inside = "in a loop that never awaited" if self.kind == "busy" else f"inside {self.call}"
+        return f"the event loop was blocked for {self.seconds:.1f} s {inside}, in {self.where}"
+
+
+@dataclass(frozen=True)
+class Guarded(Generic[T]):
+    """How a guarded scenario ended: its value or error, and whether the watchdog stepped in."""
+
+    value: T | None
+    error: BaseException | None
+    blocked: Blocked | None
+    """Set when the watchdog stopped a blocked event loop."""
+    timed_out: bool
+    """Whether the scenario ran past its time limit (blocked or not)."""
+    interruptible: bool
+    """Whether a blocked loop could be interrupted (only on the main thread)."""
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the watchdog stopped the scenario (blocked, or out of time)."""
+        return self.blocked is not None or self.timed_out
+
+
+class _Interrupted(Exception):
+    """Raised inside learner code that blocked the event loop. An `Exception` (not a
+    `BaseException`), so the learner's task records it instead of crashing the loop."""
+
+
+async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: float) -> Guarded[T]:
+    """Await `scenario` as its own task, under the watchdog described in the module docstring.
+
+    Never raises what the scenario raises (it is returned as `error`); a cancellation of the
+    caller, or a `KeyboardInterrupt`, still propagates after the cleanup.
+    """
+    if not 0 < block_limit <= time_limit:
+        if inspect.iscoroutine(scenario):
+            scenario.close()  # never to run: spare the caller a "never awaited" warning
+        raise ValueError(f"need 0 < block_limit <= time_limit; got {block_limit}, {time_limit}")
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(scenario)
+    dog = _Watchdog(loop, task, block_limit=block_limit, time_limit=time_limit)
+    heartbeat = loop.create_task(dog.heartbeat(), name="labsupport watchdog heartbeat")
+    previous = dog.install_handler()
+    dog.start()
+    try:
+        await asyncio.wait([task])
+    finally:
+        dog.stop()  # joins the thread: no signal is on its way once it returns
+        dog.restore_handler(previous)
+        heartbeat.cancel()
+        if not task.done():  # we were cancelled (or interrupted) ourselves
+            task.cancel()
+        await asyncio.wait([heartbeat])
+    error: BaseException | None = None
+    value: T | None = None
+    if task.cancelled():
+        error = asyncio.CancelledError()
+    elif task.exception() is not None:
+        error = task.exception()
+    else:
+        value = task.result()
+    return Guarded(
+        value,
+        error,
+        blocked=dog.blocked,
+        timed_out=dog.timed_out,
+        interruptible=dog.interruptible,
+    )
+
+
+class _Watchdog:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        task: asyncio.Future[Any],
+        *,
+        block_limit: float,
+        time_limit: float,
+    ) -> None:
+        self.loop, self.task = loop, task
+        self.block_limit, self.time_limit = block_limit, time_limit
+        self.interruptible = threading.current_thread() is threading.main_thread()
+        self.blocked: Blocked | None = None
+        self.timed_out = False
+        self._main = threading.main_thread().ident or 0
+        self._start = self._beat = time.perf_counter()
+        self._stepped_in: float | None = None
+        self._signalled = 0.0
+        self._frame: FrameType | None = None
+        self._frame_since = 0.0
+        self._positions: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="labsupport watchdog", daemon=True)
+
+    # -- on the event loop's thread ---------------------------------------------------------
+    async def heartbeat(self) -> None:
+        while True:
+            self._beat = time.perf_counter()
+            await asyncio.sleep(HEARTBEAT)
+
+    def install_handler(self) -> Any:
+        if not self.interruptible:
+            return None
+        return signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def restore_handler(self, previous: Any) -> None:
+        if self.interruptible:
+            signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_DFL)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Still blocked (no heartbeat since the signal was sent), and inside learner code run by
+        # an event-loop callback: raise there, as if the blocking call had failed.
+        if (
+            self._stepped_in is not None
+            and self._beat < self._signalled
+            and frame is not None
+            and _in_learner_callback(frame)
+        ):
+            raise _Interrupted(self.blocked.describe() if self.blocked else "time limit reached")
+
+    # -- on the watchdog's thread -----------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._frame = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(HEARTBEAT if self._stepped_in is None else RESIGNAL):
+            now = time.perf_counter()
+            stalled = now - self._beat
+            if self._stepped_in is None:
+                self._look(now, stalled)
+            elif stalled >= STALL and now - self._signalled >= RESIGNAL:
+                if now - self._stepped_in > GIVE_UP:
+                    return
+                self._interrupt(now)
+
+    def _look(self, now: float, stalled: float) -> None:
+        over_time = now - self._start > self.time_limit
+        if stalled < STALL:
+            self._frame = None
+            if over_time:
+                self.timed_out = True
+                self._step_in(now)
+            return
+        frame = sys._current_frames().get(self._main)
+        learner = _innermost_learner_frame(frame)
+        if learner is None:  # the lab's own code (starting a server, say) is not judged
+            self._frame = None
+            if over_time:
+                self.timed_out = True
+                self._step_in(now)
+            return
+        if learner is not self._frame:  # held, so another call cannot reuse its identity
+            # The stall began with this frame, or (after another frame) about one look ago.
+            since = now - stalled if self._frame is None else now - HEARTBEAT
+            self._frame, self._frame_since = learner, since
+            self._positions = set()
+        self._positions.add(learner.f_lasti)
+        if now - self._frame_since >= self.block_limit or over_time:
+            self.timed_out = over_time
+            busy = len(self._positions) > 1  # the frame kept executing: it never waited
+            self.blocked = _describe(frame, learner, stalled, busy=busy)
+            self._step_in(now)
+
+    def _step_in(self, now: float) -> None:
+        self._stepped_in = now
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        if self.blocked is not None:
+            self._interrupt(now)
+
+    def _interrupt(self, now: float) -> None:
+        if not self.interruptible:
+            return
+        self._signalled = now
+        signal.pthread_kill(self._main, signal.SIGUSR1)
+
+
+_HANDLE_FILE: Final = os.path.join("asyncio", "events.py")
+
+
+def _callback_segment(frame: FrameType | None) -> list[FrameType]:
+    """The frames from `frame` outwards up to (not including) the event loop's `Handle._run`,
+    or [] when `frame` is not running inside an event-loop callback."""
+    frames: list[FrameType] = []
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_run" and code.co_filename.endswith(_HANDLE_FILE):
+            return frames
+        frames.append(frame)
+        frame = frame.f_back
+    return []
+
+
+def _in_learner_callback(frame: FrameType) -> bool:
+    return any(is_learner_code(f) for f in _callback_segment(frame))
+
+
+def _innermost_learner_frame(frame: FrameType | None) -> FrameType | None:
+    return next((f for f in _callback_segment(frame) if is_learner_code(f)), None)
+
+
+def _describe(
+    frame: FrameType | None, learner: FrameType, stalled: float, *, busy: bool
+) -> Blocked:
+    """Name the blocking call from the main thread's stack."""
+    segment = _callback_segment(frame)
+    line = linecache.getline(learner.f_code.co_filename, learner.f_lineno).strip()
+    where = f"{learner.f_code.co_qualname} (line {learner.f_lineno}: `{line}`)"
+    if busy:
+        return Blocked(stalled, f"`{line}`", where, "busy")
+    index = segment.index(learner)
+    if index > 0:  # a Python-level callee: the library function the learner called
+        call = f"{_qualified(segment[index - 1])}()"
+    else:
+        called = _called_object(learner)
+        if called is None:
+            return Blocked(stalled, f"`{line}`", where, "busy")
+        call = called
+    if call.startswith("threading."):
+        kind: BlockKind = "threading"
+    elif call == "time.sleep()":
+        kind = "sleep"
+    else:
+        kind = "call"
+    return Blocked(stalled, call, where, kind)
+
+
+def _qualified(frame: FrameType) -> str:
+    module = frame.f_globals.get("__name__", "?")
+    return f"{module}.{frame.f_code.co_qualname}"
+
+
+_THREADING_TYPES: Final = {"lock": "threading.Lock", "RLock": "threading.RLock"}
+
+
+def _called_object(frame: FrameType) -> str | None:
+    """The C-level call `frame` is executing (it has no frame of its own): the object its current
+    instruction calls or enters, found from the loads before it; None if it is not calling."""
+    instructions = list(dis.get_instructions(frame.f_code))
+    at = next((i for i, ins in enumerate(instructions) if ins.offset == frame.f_lasti), None)
+    if at is None or not instructions[at].opname.startswith(("CALL", "BEFORE_WITH", "PRECALL")):
+        return None
+    entering = instructions[at].opname == "BEFORE_WITH"
+    # Walk back over the arguments to the chain of loads that names the callee: a LOAD_GLOBAL,
+    # LOAD_NAME, LOAD_FAST or LOAD_DEREF, then LOAD_ATTR / LOAD_METHOD names.
+    chain: list[str] = []
+    for ins in reversed(instructions[:at]):
+        if ins.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+            chain.insert(0, str(ins.argval))
+        elif ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_FAST", "LOAD_DEREF"):
+            chain.insert(0, str(ins.argval))
+            if len(chain) > 1 or entering:
+                break
+            chain.clear()  # an argument, not the callee
+        elif chain:
+            break
+    if not chain:
+        return None
+    target: Any = _lookup(frame, chain[0])
+    for name in chain[1:]:
+        target = getattr(target, name, None)
+    if target is None:
+        return ".".join(chain) + "()"
+    if entering:
+        kind = type(target)
+        known = _THREADING_TYPES.get(kind.__qualname__) if kind.__module__ == "_thread" else None
+        return f"{known or kind.__module__ + '.' + kind.__qualname__}.__enter__()"
+    owner = getattr(target, "__self__", None)
+    if owner is not None and type(owner).__module__ == "_thread":
+        kind_name = _THREADING_TYPES.get(type(owner).__qualname__, "threading")
+        return f"{kind_name}.{getattr(target, '__name__', chain[-1])}()"
+    module = getattr(target, "__module__", None) or ".".join(chain[:-1])
+    return f"{module}.{getattr(target, '__qualname__', chain[-1])}()"
+
+
+def _lookup(frame: FrameType, name: str) -> Any:
+    for scope in (frame.f_locals, frame.f_globals, frame.f_builtins):
+        if name in scope:
+            return scope[name]
+    return None

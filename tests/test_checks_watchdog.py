@@ -1,0 +1,130 @@
+"""The watchdog stops learner code that blocks the event loop, names the blocking call, and
+leaves the process able to run the next check: the kernel answers the next cell."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+
+import pytest
+
+from labsupport.checks.watchdog import Guarded, guarded
+
+LIMIT = 0.3  # seconds the same learner frame may hold the loop
+
+
+async def one_slot(slots: threading.Semaphore) -> None:
+    with slots:  # a threading semaphore: the sixth task blocks the loop for good
+        await asyncio.sleep(0.01)
+
+
+async def hundred_tasks_on_a_threading_semaphore() -> None:
+    slots = threading.Semaphore(5)
+    await asyncio.gather(*(one_slot(slots) for _ in range(100)))
+
+
+async def threading_lock_across_an_await() -> None:
+    lock = threading.Lock()
+
+    async def one() -> None:
+        with lock:
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(one(), one())
+
+
+async def sleeps_a_minute() -> None:
+    time.sleep(60)
+
+
+async def busy_loop() -> None:
+    end = time.perf_counter() + 60
+    while time.perf_counter() < end:
+        pass
+
+
+async def swallows_everything() -> None:
+    for _ in range(3):
+        with contextlib.suppress(Exception):  # a broad except: the watchdog interrupts again
+            time.sleep(60)
+
+
+async def fine() -> int:
+    await asyncio.sleep(0.05)
+    return 42
+
+
+def run(scenario: object, *, time_limit: float = 20.0) -> Guarded[object]:
+    async def main() -> Guarded[object]:
+        return await guarded(scenario, block_limit=LIMIT, time_limit=time_limit)  # type: ignore[arg-type]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind", "call"),
+    [
+        (hundred_tasks_on_a_threading_semaphore, "threading", "threading.Semaphore.acquire()"),
+        (threading_lock_across_an_await, "threading", "threading.Lock.__enter__()"),
+        (sleeps_a_minute, "sleep", "time.sleep()"),
+        (busy_loop, "busy", "`while time.perf_counter() < end:`"),
+        (swallows_everything, "sleep", "time.sleep()"),
+    ],
+)
+def test_a_blocked_loop_is_stopped_and_named_then_the_next_scenario_runs(
+    scenario: object, kind: str, call: str
+) -> None:
+    handler = signal.getsignal(signal.SIGUSR1)
+    outcome = run(scenario())  # type: ignore[operator]
+    assert outcome.blocked is not None, outcome
+    assert (outcome.blocked.kind, outcome.blocked.call) == (kind, call)
+    assert outcome.blocked.seconds >= LIMIT
+    assert f"the event loop was blocked for {outcome.blocked.seconds:.1f} s" in (
+        outcome.blocked.describe()
+    )
+    assert outcome.stopped
+    assert signal.getsignal(signal.SIGUSR1) == handler  # put back
+    assert threading.active_count() == 1 or all(
+        t.name != "labsupport watchdog" for t in threading.enumerate()
+    )
+    after = run(fine())
+    assert (after.value, after.blocked, after.error) == (42, None, None)
+
+
+def test_a_free_loop_is_left_alone_even_when_it_is_blocked_briefly_many_times() -> None:
+    async def many_short_blocks() -> int:
+        async def one() -> None:
+            time.sleep(0.02)  # each task's own frame: 40 × 0.02 s is 0.8 s in a row
+            await asyncio.sleep(0)
+
+        await asyncio.gather(*(one() for _ in range(40)))
+        return 1
+
+    outcome = run(many_short_blocks())
+    assert (outcome.value, outcome.blocked, outcome.timed_out) == (1, None, False)
+
+
+def test_a_scenario_past_its_time_limit_is_cancelled() -> None:
+    outcome = run(asyncio.sleep(60), time_limit=LIMIT)
+    assert outcome.timed_out and outcome.blocked is None
+    assert isinstance(outcome.error, asyncio.CancelledError)
+
+
+def test_the_users_interrupt_is_still_a_keyboard_interrupt() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, signal.raise_signal, signal.SIGINT)
+        await guarded(asyncio.sleep(5), block_limit=LIMIT, time_limit=20)
+
+    handler = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+    assert signal.getsignal(signal.SIGUSR1) == handler
+
+
+def test_bad_limits() -> None:
+    with pytest.raises(ValueError, match="block_limit"):
+        run(fine(), time_limit=0.1)
