@@ -6,25 +6,45 @@ ask it for an `Answer` when a request arrives, wait `answer.wait` seconds the wa
 expects (blocking a thread for the sync SDK client, sleeping on the event loop for the async one),
 send the answer, and report back with `finish()`. So both forms reply, fail and count in exactly
 the same way.
+
+`answer()` routes each endpoint to what decides its content: plain chat to `replies` (the fast
+path: nothing else is read), tool calls and structured outputs to `turns`, embeddings to
+`embeddings`, moderations to `moderation`; stored Responses are kept here, the last
+`STORED_RESPONSES` of them, for `responses.retrieve`.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Self, Unpack
 
 from . import wire
+from .embeddings import DIMENSIONS, embed
+from .moderation import flagged_categories
 from .replies import count_tokens, reply_to
 from .settings import SettingsChanges, UpstreamSettings, combine
 from .stats import UpstreamCall, UpstreamStats
+from .turns import RequestError, Turn, take_turn
 
-__all__ = ["Answer", "Upstream"]
+__all__ = ["STORED_RESPONSES", "Answer", "Upstream"]
+
+STORED_RESPONSES = 1_000  # `responses.retrieve` finds the last this many stored responses
+
+# (method, endpoint) → what answers it; "responses/{id}" is matched separately.
+_ROUTES = {
+    ("POST", "chat/completions"): "chat",
+    ("POST", "responses"): "responses",
+    ("POST", "responses/input_tokens"): "input_tokens",
+    ("POST", "embeddings"): "embeddings",
+    ("POST", "moderations"): "moderations",
+}
 
 
 @dataclass(slots=True)
@@ -114,6 +134,8 @@ class Upstream:
             self._timeline: list[UpstreamCall] = []
             self._window: deque[float] = deque()
             self._epoch = time.perf_counter()
+            self._request_numbers = itertools.count(1)
+            self._stored: OrderedDict[str, bytes] = OrderedDict()
 
     @property
     def stats(self) -> UpstreamStats:
@@ -131,14 +153,20 @@ class Upstream:
     def answer(self, method: str, endpoint: str, body: bytes, client: str) -> Answer:
         """Plan the answer to one request. `endpoint` is the path after the API base, such as
         "chat/completions"; `client` is "sync" or "async". Call `finish()` once it is sent."""
+        request_id = wire.request_id(next(self._request_numbers))
         if method == "GET" and endpoint == "models":
-            return Answer(0, 200, {"content-type": wire.JSON}, wire.models_list(), finished=True)
-        if method != "POST" or endpoint not in ("chat/completions", "responses"):
+            headers = {"content-type": wire.JSON, "x-request-id": request_id}
+            return Answer(0, 200, headers, wire.models_list(), finished=True)
+        route = _ROUTES.get((method, endpoint))
+        if route is None and method == "GET" and endpoint.startswith("responses/"):
+            route = "retrieve"
+        if route is None:
             message = f"The offline lab upstream has no {method} /{endpoint}."
-            return _error_answer(404, "invalid_request_error", message, finished=True)
-        chat = endpoint == "chat/completions"
-        request = wire.parse_request(body, chat=chat)
-        problem, prompt = request.problem, request.prompt
+            answer = _error_answer(404, "invalid_request_error", message, finished=True)
+            answer.headers["x-request-id"] = request_id
+            return answer
+        request, problem, param, turn = self._read(route, body)
+        prompt = request.prompt
 
         now = time.perf_counter()
         with self._lock:
@@ -151,23 +179,29 @@ class Upstream:
                 wait = max(0.0, wait + self._random.uniform(-settings.jitter, settings.jitter))
             limited = None if problem else self._over_rate_limit(settings, now)
             fault = None
+            limit = settings.rate_limit
             if not (problem or limited):
                 fault = next((f for f in settings.faults if f.selects(number, prompt, draw)), None)
                 self._in_flight += 1
                 self._max_in_flight = max(self._max_in_flight, self._in_flight)
-                limit = settings.rate_limit
                 if limit is not None and limit.max_per_window is not None:
                     self._window.append(now)
+            headers = {"content-type": wire.JSON, "x-request-id": request_id}
+            if limit is not None and limit.max_per_window is not None:
+                reset = self._window[0] + limit.window - now if self._window else 0.0
+                remaining = limit.max_per_window - len(self._window)
+                headers.update(wire.rate_limit_headers(limit.max_per_window, remaining, reset))
             self._timeline.append(UpstreamCall(number, now, now, None, client, prompt))
 
         if problem or limited:
             # Refused at the door: answered at once, never in flight.
             if problem:
-                answer = _error_answer(400, "invalid_request_error", problem)
+                answer = _error_answer(400, "invalid_request_error", problem, param=param)
             else:
                 retry = None if settings.rate_limit is None else settings.rate_limit.retry_after
                 answer = _error_answer(429, "rate_limit_exceeded", limited or "", retry_after=retry)
             answer.call, answer.in_flight = number, False
+            answer.headers.update(headers)
             self.finish(answer)
             return answer
         if fault is not None and fault.status is not None:
@@ -175,27 +209,153 @@ class Upstream:
             message = f"Scripted fault on call {number}: HTTP {fault.status}."
             answer = _error_answer(fault.status, kind, message, retry_after=fault.retry_after)
             answer.call, answer.wait = number, wait
+            answer.headers.update(headers)
             return answer
         if fault is not None and fault.delay is not None:
             wait = fault.delay
 
-        model = request.model
-        reply = reply_to(prompt, request.token_limit(chat=chat))
-        usage = (count_tokens(prompt) + 8, count_tokens(reply.text))
-        if chat and request.streaming:
+        if route == "chat" and turn is None:  # the fast path: plain chat
+            model = request.model
+            reply = reply_to(prompt, request.token_limit(chat=True))
+            usage = (count_tokens(prompt) + 8, count_tokens(reply.text))
+            if request.streaming:
+                chunks = wire.chat_chunks(
+                    number,
+                    model,
+                    reply.text,
+                    reply.finish_reason,
+                    usage,
+                    include_usage=request.include_usage,
+                )
+                return _stream_answer(number, headers, chunks, wait)
+            body_bytes = wire.chat_completion(number, model, reply.text, reply.finish_reason, usage)
+            return Answer(number, 200, headers, body_bytes, wait=wait)
+        if route == "chat":
+            assert turn is not None
+            return self._chat_turn(number, request, turn, headers, wait)
+        if route == "responses":
+            return self._responses(number, request, turn, headers, wait)
+        return self._other(route, endpoint, number, request, headers, wait)
+
+    def _read(
+        self, route: str, body: bytes
+    ) -> tuple[wire.Request, str | None, str | None, Turn | None]:
+        """Read a request: (request, why it is refused or None, the field at fault, the turn for
+        chat and Responses beyond plain text)."""
+        if route in ("chat", "responses"):
+            request = wire.parse_request(body, chat=route == "chat")
+        elif route == "input_tokens":
+            request = wire.parse_request(body, chat=False, need_model=False)
+        elif route == "retrieve":
+            request = wire.Request({}, "")
+        else:  # embeddings need a model; moderations default to the latest one
+            request = wire.parse_inputs(body, need_model=route == "embeddings")
+        if request.problem:
+            return request, request.problem, None, None
+        try:
+            if route in ("chat", "responses") and not request.plain:
+                return request, None, None, take_turn(request, chat=route == "chat")
+            if route == "embeddings":
+                _embedding_size(request.fields)
+        except RequestError as error:
+            return request, str(error), error.param, None
+        return request, None, None, None
+
+    def _chat_turn(
+        self, number: int, request: wire.Request, turn: Turn, headers: dict[str, str], wait: float
+    ) -> Answer:
+        if request.streaming:
             chunks = wire.chat_chunks(
                 number,
-                model,
-                reply.text,
-                reply.finish_reason,
-                usage,
+                request.model,
+                turn.text,
+                turn.finish_reason,
+                turn.usage,
                 include_usage=request.include_usage,
+                tool_calls=turn.tool_calls,
+                n=turn.n,
             )
-            gap = 0.75 * wait / max(1, len(chunks) - 1)
-            return Answer(number, 200, {"content-type": wire.SSE}, b"", chunks, 0.25 * wait, gap)
-        build = wire.chat_completion if chat else wire.response
-        body_bytes = build(number, model, reply.text, reply.finish_reason, usage)
-        return Answer(number, 200, {"content-type": wire.JSON}, body_bytes, wait=wait)
+            return _stream_answer(number, headers, chunks, wait)
+        body = wire.chat_completion_choices(
+            number,
+            request.model,
+            turn.text,
+            turn.tool_calls,
+            turn.finish_reason,
+            turn.usage,
+            turn.n,
+        )
+        return Answer(number, 200, headers, body, wait=wait)
+
+    def _responses(
+        self,
+        number: int,
+        request: wire.Request,
+        turn: Turn | None,
+        headers: dict[str, str],
+        wait: float,
+    ) -> Answer:
+        if turn is None:
+            reply = reply_to(request.prompt, request.token_limit(chat=False))
+            usage = (count_tokens(request.prompt) + 8, count_tokens(reply.text))
+            turn = Turn(reply.text, (), reply.finish_reason, usage)
+        final = wire.response_object(
+            number,
+            request.model,
+            turn.text,
+            turn.tool_calls,
+            turn.finish_reason,
+            turn.usage,
+            request.fields,
+        )
+        body = wire.json_bytes(final)
+        if request.fields.get("store", True) is not False:
+            with self._lock:
+                self._stored[final["id"]] = body
+                if len(self._stored) > STORED_RESPONSES:
+                    self._stored.popitem(last=False)
+        if request.streaming:
+            return _stream_answer(number, headers, wire.response_events(final), wait)
+        return Answer(number, 200, headers, body, wait=wait)
+
+    def _other(
+        self,
+        route: str,
+        endpoint: str,
+        number: int,
+        request: wire.Request,
+        headers: dict[str, str],
+        wait: float,
+    ) -> Answer:
+        """Embeddings, moderations, token counts and stored responses."""
+        fields = request.fields
+        if route == "embeddings":
+            size = _embedding_size(fields)
+            texts = wire.input_texts(fields["input"]) or []
+            body = wire.embeddings(
+                request.model,
+                [embed(text, size) for text in texts],
+                sum(count_tokens(text) for text in texts),
+                base64_floats=fields.get("encoding_format") == "base64",
+            )
+        elif route == "moderations":
+            texts = wire.input_texts(fields["input"]) or []
+            model = str(fields.get("model") or "omni-moderation-latest")
+            body = wire.moderation(number, model, [flagged_categories(t) for t in texts])
+        elif route == "input_tokens":
+            body = wire.input_tokens(count_tokens(request.prompt) + 8)
+        else:  # retrieve
+            response_id = endpoint.removeprefix("responses/")
+            with self._lock:
+                stored = self._stored.get(response_id)
+            if stored is None:
+                message = f"Response with id '{response_id}' not found."
+                answer = _error_answer(404, "invalid_request_error", message)
+                answer.call, answer.wait = number, wait
+                answer.headers.update(headers)
+                return answer
+            body = stored
+        return Answer(number, 200, headers, body, wait=wait)
 
     def finish(self, answer: Answer, *, delivered: bool = True, client: str | None = None) -> None:
         """Record that `answer` was sent, or with `delivered=False` that the client gave up
@@ -251,7 +411,35 @@ def _error_answer(
     message: str,
     *,
     retry_after: float | None = None,
+    param: str | None = None,
     finished: bool = False,
 ) -> Answer:
-    headers, body = wire.error(status, kind, message, retry_after=retry_after)
+    headers, body = wire.error(status, kind, message, retry_after=retry_after, param=param)
     return Answer(0, status, headers, body, finished=finished)
+
+
+def _stream_answer(
+    number: int, headers: dict[str, str], chunks: list[bytes], wait: float
+) -> Answer:
+    """A streamed answer: the first chunk after a quarter of the latency, the rest spread
+    over the remaining three quarters."""
+    headers["content-type"] = wire.SSE
+    gap = 0.75 * wait / max(1, len(chunks) - 1)
+    return Answer(number, 200, headers, b"", chunks, 0.25 * wait, gap)
+
+
+def _embedding_size(fields: dict[str, object]) -> int:
+    """The vector size an embeddings request asks for; `RequestError` if it cannot have it."""
+    model = str(fields.get("model"))
+    native = DIMENSIONS.get(model, 1536)
+    size = fields.get("dimensions")
+    if size is None:
+        return native
+    if model == "text-embedding-ada-002":
+        raise RequestError("This model does not support specifying dimensions.", "dimensions")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= native:
+        raise RequestError(
+            f"'dimensions' must be an integer from 1 to {native} for {model}; got {size!r}.",
+            "dimensions",
+        )
+    return size

@@ -15,7 +15,17 @@ import functools
 import re
 from dataclasses import dataclass
 
-__all__ = ["Reply", "count_tokens", "reply_to", "truncate_to_tokens"]
+__all__ = [
+    "STOPWORDS",
+    "Reply",
+    "count_tokens",
+    "names_in",
+    "reply_to",
+    "sentiment",
+    "summary",
+    "topics",
+    "truncate_to_tokens",
+]
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
@@ -55,7 +65,7 @@ _NEGATIVE = _words(
     declining negative frustrating frustrated useless
     """
 )
-_STOPWORDS = _words(
+STOPWORDS = _words(
     """
     a an the and or but if then so of to in on at by for with from into onto over under
     about as is are was were be been being am do does did have has had having it its this
@@ -101,9 +111,9 @@ def reply_to(prompt: str, max_tokens: int | None = None) -> Reply:
 
 def _answer(prompt: str) -> str:
     if match := _SENTIMENT.match(prompt):
-        return _sentiment(match["text"])
+        return sentiment(match["text"])
     if match := _TOPICS.match(prompt):
-        return ", ".join(_topics(match["text"], int(match["n"])))
+        return ", ".join(topics(match["text"], int(match["n"])))
     if match := _SUMMARY.match(prompt):
         return _summary(match["text"], match["n"], match["unit"])
     words = _WORD.findall(prompt)
@@ -115,18 +125,19 @@ def _answer(prompt: str) -> str:
     )
 
 
-def _sentiment(text: str) -> str:
+def sentiment(text: str) -> str:
+    """ "Positive", "Negative" or "Neutral": positive words minus negative words in `text`."""
     words = [w.lower() for w in _WORD.findall(text)]
     score = sum(w in _POSITIVE for w in words) - sum(w in _NEGATIVE for w in words)
     return "Positive" if score > 0 else "Negative" if score < 0 else "Neutral"
 
 
-def _topics(text: str, n: int) -> list[str]:
+def topics(text: str, n: int) -> list[str]:
     """The first `n` distinct noun-like phrases: runs of up to two content words."""
     phrases: list[list[str]] = [[]]
     for token in _TOKEN.findall(text):
         word = token.lower()
-        is_content = token[0].isalpha() and word not in _STOPWORDS and not word.endswith("ly")
+        is_content = token[0].isalpha() and word not in STOPWORDS and not word.endswith("ly")
         if is_content and len(phrases[-1]) < 2:
             phrases[-1].append(token if token.isupper() else word)
         elif phrases[-1]:
@@ -143,6 +154,21 @@ def _topics(text: str, n: int) -> list[str]:
     return chosen or ["general"]
 
 
+def summary(text: str) -> str:
+    """The first sentence of `text`: what "Summarize in one sentence" answers."""
+    return _summary(text, None, None)
+
+
+def names_in(text: str) -> list[str]:
+    """Capitalised words that are not sentence words ("What", "The"): "Paris", "Alice"."""
+    names = []
+    for word in _WORD.findall(text):
+        bare = word.removesuffix("'s")
+        if bare[0].isupper() and bare.lower() not in STOPWORDS and bare not in names:
+            names.append(bare)
+    return names
+
+
 def _summary(text: str, amount: str | None, unit: str | None) -> str:
     sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
     if not sentences:
@@ -151,7 +177,7 @@ def _summary(text: str, amount: str | None, unit: str | None) -> str:
     if unit and unit.lower().startswith("word"):
         words = sentences[0].rstrip(".!?").split()[:count]
         # A summary that ends on "how" or "the" reads broken; end on a content word.
-        while len(words) > 1 and words[-1].lower() in _STOPWORDS:
+        while len(words) > 1 and words[-1].lower() in STOPWORDS:
             words.pop()
         return " ".join(words) + "."
     return " ".join(sentences[:count])
