@@ -11,7 +11,7 @@ production-shaped code (`AsyncOpenAI`, FastAPI, asyncio), and labsupport provide
 """
 
 from . import checks
-from .guard import guard_active, install_guard, uninstall_guard
+from .guard import NetworkGuard, guard_active
 from .lab import PLACEHOLDER_KEY, LabUpstream, current_upstream, lab_mode, setup, teardown
 from .load import LoadReport, RequestRecord, fire
 from .looplag import LoopLagMonitor, loop_lag
@@ -40,6 +40,7 @@ __all__ = [
     "LoopLagMonitor",
     "MockUpstream",
     "NetworkBlockedError",
+    "NetworkGuard",
     "ObservedUpstream",
     "RateLimit",
     "RequestRecord",
@@ -50,7 +51,6 @@ __all__ = [
     "current_upstream",
     "fire",
     "guard_active",
-    "install_guard",
     "lab_mode",
     "loop_lag",
     "mock_openai",
@@ -60,5 +60,4 @@ __all__ = [
     "serve",
     "setup",
     "teardown",
-    "uninstall_guard",
 ]

@@ -18,8 +18,8 @@ import os
 import threading
 from typing import Unpack
 
-from .guard import install_guard, uninstall_guard
 from .upstream import OPENAI_API_BASE, MockUpstream
+from .upstream.mock import PLACEHOLDER_KEY
 from .upstream.observed import ObservedUpstream
 from .upstream.settings import LabUpstream, SettingsChanges, UpstreamSettings
 
@@ -35,8 +35,6 @@ __all__ = [
 
 MODE_VARIABLE = "LAB_MODE"
 MODES = ("offline", "live")
-#: Given to the SDK offline when no key is set. Not a secret, and not shaped like one.
-PLACEHOLDER_KEY = "offline-lab-placeholder-key"
 
 _upstream: MockUpstream | None = None
 _observer: ObservedUpstream | None = None
@@ -56,9 +54,9 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
     Offline, returns the running mock upstream, configured afresh: `latency` seconds per call
     (by position or by name), the other `settings` (jitter, seed, faults, rate_limit; see
     `labsupport.UpstreamSettings`) as given or at their defaults, counters reset. So running
-    the first cell again puts the lesson's upstream back as it started. Live, returns an `ObservedUpstream` recording the
-    calls to the real API, its `latency` measured with one tiny call (the `latency` argument is
-    ignored; faults and a rate limit are skipped with a note).
+    the first cell again puts the lesson's upstream back as it started. Live, returns an
+    `ObservedUpstream` recording the calls to the real API, its `latency` measured with one tiny
+    call (the `latency` argument is ignored; faults and a rate limit are skipped with a note).
     """
     global _upstream, _observer
     requested = UpstreamSettings(latency=latency).replace(**settings)
@@ -95,16 +93,14 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
     first_setup = _upstream is None
     if _upstream is None:
         _upstream = MockUpstream()
-    _upstream.start()
-    install_guard()
-    os.environ.setdefault("OPENAI_API_KEY", PLACEHOLDER_KEY)
+    _upstream.start()  # with the socket guard, and the placeholder key if none is set
     if first_setup:
         _upstream.configure(UpstreamSettings(latency=0.0))
         _warm_up()
     _upstream.configure(requested)
     print(
-        f"Offline lab: a simulated OpenAI API answers in this kernel ({requested.latency:g} s per call). "
-        "Nothing leaves this machine."
+        "Offline lab: a simulated OpenAI API answers in this kernel "
+        f"({requested.latency:g} s per call). Nothing leaves this machine."
     )
     return _upstream
 
@@ -155,13 +151,11 @@ def current_upstream() -> LabUpstream | None:
 
 
 def teardown() -> None:
-    """Turn the lab off: the offline upstream, the socket guard, and live mode's observer."""
+    """Turn the lab off: the offline upstream (with its socket guard and placeholder key) and
+    live mode's observer."""
     global _observer
     if _upstream is not None:
         _upstream.stop()
     if _observer is not None:
         _observer.stop()
         _observer = None
-    uninstall_guard()
-    if os.environ.get("OPENAI_API_KEY") == PLACEHOLDER_KEY:
-        del os.environ["OPENAI_API_KEY"]

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import httpx2
 import pytest
 from openai import OpenAI
 
-from labsupport import NetworkBlockedError, guard_active, install_guard, uninstall_guard
+from labsupport import NetworkBlockedError, NetworkGuard, guard_active
 
 
 @pytest.fixture
@@ -36,11 +43,8 @@ def recorded_attempts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]
 
     monkeypatch.setattr(socket.socket, "connect", fake_connect)
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
-    install_guard()
-    try:
+    with NetworkGuard():
         yield attempts
-    finally:
-        uninstall_guard()
 
 
 def send_datagram(address: tuple[str, int]) -> None:
@@ -84,11 +88,98 @@ def test_loopback_stays_reachable(recorded_attempts: list[object]) -> None:
     assert recorded_attempts == ["127.0.0.1", ("127.0.0.1", 9)]
 
 
-def test_install_and_uninstall_are_idempotent_and_restore_the_originals() -> None:
-    connect = socket.socket.connect
-    install_guard()
-    install_guard()
-    assert guard_active() and socket.socket.connect is not connect
-    uninstall_guard()
-    uninstall_guard()
+def test_start_and_stop_are_idempotent_and_restore_the_originals() -> None:
+    connect, lookup = socket.socket.connect, socket.getaddrinfo
+    guard = NetworkGuard()
+    assert guard.start() is guard and guard.start() is guard
+    assert guard_active() and guard.active and socket.socket.connect is not connect
+    guard.stop()
+    guard.stop()
     assert not guard_active() and socket.socket.connect is connect
+    assert socket.getaddrinfo is lookup
+
+
+def test_the_sockets_stay_guarded_while_any_guard_is_on() -> None:
+    connect = socket.socket.connect
+    first, second = NetworkGuard().start(), NetworkGuard().start()
+    first.stop()
+    assert guard_active() and socket.socket.connect is not connect
+    with pytest.raises(NetworkBlockedError):
+        socket.getaddrinfo("example.org", 80)
+    second.stop()
+    assert not guard_active() and socket.socket.connect is connect
+
+
+def test_a_refused_api_host_says_websockets_are_not_available_offline() -> None:
+    with (
+        NetworkGuard(api_hosts=["api.openai.com"]),
+        pytest.raises(
+            NetworkBlockedError, match=r"WebSocket connections .* are not available offline"
+        ),
+    ):
+        socket.getaddrinfo("api.openai.com", 443)
+
+
+# every way out, with only mock_openai() on, in a subprocess -----------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _in_a_loopback_only_namespace() -> list[str]:
+    """A command prefix that runs a process in a network namespace with only `lo` (up), or
+    nothing when this machine cannot make one (then the audit hook alone is the evidence)."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return []
+    trial = subprocess.run(
+        ["unshare", "-rn", "sh", "-c", "ip link set lo up"], capture_output=True, check=False
+    )
+    return (
+        ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "-"]
+        if (trial.returncode == 0)
+        else []
+    )
+
+
+@pytest.fixture(scope="module")
+def probe_report() -> dict[str, Any]:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environment.pop("OPENAI_API_KEY", None)
+    environment.pop("OPENAI_BASE_URL", None)
+    command = [*_in_a_loopback_only_namespace(), sys.executable, "tests/network_probes.py"]
+    done = subprocess.run(
+        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_mock_openai_alone_refuses_every_way_out_before_it_reaches_c(
+    probe_report: dict[str, Any],
+) -> None:
+    probes: dict[str, str] = probe_report["probes"]
+    assert len(probes) >= 24
+    not_blocked = {name: outcome for name, outcome in probes.items() if "blocked:" not in outcome}
+    assert not_blocked == {}
+    # The audit hook saw no socket call with an address off this machine reach C.
+    assert probe_report["reached"] == []
+
+
+def test_websocket_attempts_say_the_realtime_api_is_not_available_offline(
+    probe_report: dict[str, Any],
+) -> None:
+    websockets = {
+        name: outcome
+        for name, outcome in probe_report["probes"].items()
+        if "ebsocket" in name or "realtime" in name
+    }
+    if not websockets:
+        pytest.skip("websockets is not installed")
+    for outcome in websockets.values():
+        assert "not available offline" in outcome
+
+
+def test_mock_openai_alone_gives_the_placeholder_key_and_takes_it_back(
+    probe_report: dict[str, Any],
+) -> None:
+    assert probe_report["key_given"] and probe_report["key_removed"]

@@ -190,6 +190,15 @@ def _hygiene_listening():
 
 _hygiene_kernel_ports = _hygiene_listening()"""
 
+UNGUARDED_CONNECT = f"""\
+import socket
+try:
+    socket.create_connection(("{UNROUTABLE}", 80), timeout=2).close()
+    print("connected")
+except OSError as error:
+    print(f"OSError {{error.errno}}")
+"""
+
 PROBE_CELLS = [
     # Leaks show up when their objects are collected; make that happen inside a cell.
     "import gc\n\ngc.collect()\ngc.collect()",
@@ -207,14 +216,12 @@ except labsupport.NetworkBlockedError:
 except OSError as error:
     probe["guarded_connect"] = f"OSError {{error.errno}}"
 if probe["interfaces"] == ["lo"]:  # only in the namespace: nothing can leave even unguarded
-    labsupport.uninstall_guard()
-    try:
-        socket.create_connection(("{UNROUTABLE}", 80), timeout=2).close()
-        probe["unguarded_connect"] = "connected"
-    except OSError as error:
-        probe["unguarded_connect"] = f"OSError {{error.errno}}"
-    finally:
-        labsupport.install_guard()
+    import subprocess, sys
+
+    unguarded = subprocess.run(  # a process without the lab: only the namespace stops it
+        [sys.executable, "-c", {UNGUARDED_CONNECT!r}], capture_output=True, text=True
+    )
+    probe["unguarded_connect"] = unguarded.stdout.strip()
 probe["listening"] = sorted(_hygiene_listening() - _hygiene_kernel_ports)
 probe["threads"] = [[t.name, t.daemon] for t in threading.enumerate()]
 print("{MARKER}" + json.dumps(probe))""",

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import httpx
 
-from ..network import is_loopback
-
-__all__ = ["is_loopback", "origin", "origin_and_path"]
+__all__ = ["origin", "origin_and_path"]
 
 
 def origin(scheme: str, host: str, port: int | None) -> str:

@@ -26,10 +26,10 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from ..network import bound_tcp_socket, check_port, client_kind, run_uvicorn
+from ..switch import Switch
 from ..validation import check_seconds
 from .core import Upstream
 from .settings import SettingsChanges, UpstreamSettings
-from .switch import Switch
 
 __all__ = ["FakeServer", "main"]
 

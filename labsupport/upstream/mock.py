@@ -8,7 +8,8 @@ How the interception works, and why it cannot leak:
   learner builds, is seen. The mock registers itself with both mockers and sees each request.
 * It answers requests to the OpenAI API base (and to whatever `OPENAI_BASE_URL` points at),
   lets loopback traffic (127.0.0.1, localhost, ::1) through to the lab's own servers, and
-  refuses anything else with `NetworkBlockedError`: fail closed.
+  refuses anything else with `NetworkBlockedError`: fail closed. While it runs, a socket guard
+  (`labsupport.guard`) refuses every other way out too, for libraries that do not use httpx.
 * The answer's body is a stream that waits before it yields. The sync client reads it with a
   plain iterator, so `time.sleep` blocks its thread, as a real network read does; the async client
   reads it with an async iterator, so `asyncio.sleep` lets the event loop run other work. The same
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, ClassVar, Self, Unpack
@@ -33,18 +35,30 @@ from respx.mocks import HTTPCoreMocker, Mocker
 from respx.models import PassThrough
 from respx.patterns import parse_url
 
-from .addresses import is_loopback, origin, origin_and_path
+from ..guard import NetworkGuard
+from ..network import NetworkBlockedError, client_kind, is_loopback
+from ..switch import Switch
+from .addresses import origin, origin_and_path
 from .core import Answer, Upstream
 from .settings import SettingsChanges, UpstreamSettings
-from .switch import Switch
 
-__all__ = ["OPENAI_API_BASE", "MockUpstream", "NetworkBlockedError", "mock_openai"]
+__all__ = [
+    "OPENAI_API_BASE",
+    "PLACEHOLDER_KEY",
+    "MockUpstream",
+    "NetworkBlockedError",
+    "mock_openai",
+]
 
 OPENAI_API_BASE = "https://api.openai.com/v1"
+#: Given to the SDK while a mock runs and no key is set. Not a secret, and not shaped like one.
+PLACEHOLDER_KEY = "offline-lab-placeholder-key"
+KEY_VARIABLE = "OPENAI_API_KEY"
 
-
-class NetworkBlockedError(ConnectionError):
-    """Raised instead of sending a request off this machine while the offline lab is on."""
+# The placeholder is process-wide, like the environment: set while any mock that found no key
+# runs, removed when the last of them stops (unless someone replaced it with a real key).
+_key_lock = threading.Lock()
+_key_holders: set[MockUpstream] = set()
 
 
 class _ReadTimeout(httpcore2.ReadTimeout, httpcore.ReadTimeout):
@@ -204,6 +218,7 @@ class MockUpstream(Upstream, Switch):
         self._extra_bases = tuple(base_urls)
         self._bases: tuple[tuple[str, str], ...] = ()
         self._mockers: list[type[Mocker]] = []
+        self._guard: NetworkGuard | None = None
 
     @property
     def active(self) -> bool:
@@ -215,8 +230,12 @@ class MockUpstream(Upstream, Switch):
         return tuple(origin + path for origin, path in self._bases)
 
     def start(self) -> Self:
-        """Turn interception on. Idempotent. Reads `OPENAI_BASE_URL` now, so a base URL set in
-        the environment is answered by the mock too instead of being reached."""
+        """Turn the offline lab on: intercept the SDK, switch the socket guard on (nothing else
+        leaves this machine) and, if `OPENAI_API_KEY` is unset, set it to `PLACEHOLDER_KEY`, so
+        `AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))` works unchanged. Idempotent.
+
+        Reads `OPENAI_BASE_URL` now, so a base URL set in the environment is answered by the
+        mock too instead of being reached."""
         if self.active:
             return self
         bases = [OPENAI_API_BASE, *self._extra_bases]
@@ -226,6 +245,11 @@ class MockUpstream(Upstream, Switch):
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ValueError(f"base URLs must be http(s) URLs; got {url!r}")
         self._bases = tuple(dict.fromkeys(origin_and_path(url) for url in bases))
+        self._guard = NetworkGuard(api_hosts=(httpx.URL(url).host for url in bases)).start()
+        with _key_lock:
+            if not os.environ.get(KEY_VARIABLE):
+                os.environ[KEY_VARIABLE] = PLACEHOLDER_KEY
+            _key_holders.add(self)
         _register_httpcore2_mocker()
         for name in ("httpcore2", "httpcore"):
             mocker = Mocker.registry[name]
@@ -235,11 +259,19 @@ class MockUpstream(Upstream, Switch):
         return self
 
     def stop(self) -> None:
-        """Turn interception off. Idempotent."""
+        """Turn interception, this mock's guard and its placeholder key off. Idempotent."""
         while self._mockers:
             mocker = self._mockers.pop()
             mocker.unregister(self)  # type: ignore[arg-type]
             mocker.stop()
+        with _key_lock:
+            if self in _key_holders:
+                _key_holders.discard(self)
+                if not _key_holders and os.environ.get(KEY_VARIABLE) == PLACEHOLDER_KEY:
+                    del os.environ[KEY_VARIABLE]
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
 
     # -- routing ---------------------------------------------------------------------------
     # respx's mockers patch the connection pools and hand each request, as an httpx.Request,
@@ -269,8 +301,9 @@ class MockUpstream(Upstream, Switch):
         )
 
     def _respond(self, request: httpx.Request, endpoint: str) -> httpx.Response:
-        client = "sync" if request.headers.get("x-stainless-async", "false") == "false" else "async"
-        answer = self.answer(request.method, endpoint, request.content, client)
+        answer = self.answer(
+            request.method, endpoint, request.content, client_kind(request.headers)
+        )
         if answer.finished:
             return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
         timeout = (request.extensions.get("timeout") or {}).get("read")
