@@ -5,19 +5,30 @@
 #   make notebooks  regenerate and execute notebooks/ from course/ (ONLY=01 for one notebook)
 #   make lock       re-pin requirements.lock from pyproject.toml (LOCK_FLAGS=--upgrade to bump all)
 #   make bench      run the benchmarks: mock cost, demo fidelity, capstone, course time
+#   make drift      would the newest versions pyproject allows break the tests? (weekly; uses the
+#                   package registry, changes nothing here)
 #   make venv       create or update .venv from requirements.lock
+#   make site       build the course website into build/site/ from the committed notebooks
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Written after a successful install; older than requirements.lock or pyproject.toml => reinstall.
 INSTALLED := $(VENV)/.installed
+# The npm tools the tests run (axe-core, configurable-http-proxy), as package-lock.json pins them.
+NODE_TOOLS := node_modules/.installed
 ONLY ?=
 LOCK_FLAGS ?=
+# The extras `make lock` pins and `make drift` upgrades.
+EXTRAS := --extra test --extra site --extra workshop --extra clients
 
-.PHONY: venv lab test lock notebooks bench
+.PHONY: venv lab test lock notebooks bench drift site
 
 venv: $(INSTALLED)
+
+$(NODE_TOOLS): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
 
 # uv installs the lock exactly and fast; bootstrap it with pip, at the version the lock pins
 # (the lock lists uv too, so `uv pip sync` keeps it installed).
@@ -42,15 +53,19 @@ lab: venv
 
 # pytest's options (--nbval --nbval-current-env, the sanitizer, timeouts) live in pyproject.toml,
 # so a bare `pytest` in the repository root is the same strict run.
-test: venv
+test: venv $(NODE_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy labsupport tools
 	$(BIN)/pytest
 
 lock: | $(BIN)/uv
-	$(BIN)/uv pip compile pyproject.toml --extra test --extra site --extra workshop --extra clients --python-version 3.11 --universal \
+	$(BIN)/uv pip compile pyproject.toml $(EXTRAS) --python-version 3.11 --universal \
 		--no-emit-index-url --custom-compile-command "make lock" $(LOCK_FLAGS) -o requirements.lock
+
+# The site shows the notebooks' stored outputs (nothing re-executed); see tools/build_site.py.
+site: venv
+	$(BIN)/python tools/build_site.py
 
 notebooks: venv
 	$(BIN)/python tools/build_notebooks.py $(if $(ONLY),--only $(ONLY))
@@ -62,3 +77,8 @@ bench: venv
 	$(BIN)/python benchmarks/capstone.py || status=1; echo; \
 	$(BIN)/python benchmarks/course.py || status=1; \
 	exit $$status
+
+# Resolves the newest allowed versions into a temporary lock and venv, runs the unit tests there,
+# and prints what moved and what broke; exit status 1 on a break. See tools/drift.py.
+drift: venv
+	$(BIN)/python tools/drift.py $(EXTRAS)

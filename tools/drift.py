@@ -1,0 +1,171 @@
+"""`make drift`: would the newest releases that pyproject.toml allows break the course?
+
+The course runs on `requirements.lock`, so a new `openai` (about one a week) changes nothing until
+someone moves the lock. This tool tries that move in a scratch space, leaving the repository and
+`.venv` untouched:
+
+1. resolve the newest versions pyproject's ranges allow (`uv pip compile --upgrade`) into a
+   temporary lock, for this platform and Python;
+2. build a scratch virtual environment from it in a temporary directory, with labsupport;
+3. run the unit tests there (the notebook executions are left to `make test` after the move:
+   they take most of the suite's minutes and test the same packages);
+4. print which packages moved (old → new), which appeared or went, and which tests broke.
+
+The exit status is 0 when every test passed, 1 when one broke (or the environment could not be
+built). Run it weekly; when it is green, move the lock with `make lock LOCK_FLAGS=--upgrade`.
+
+    python tools/drift.py --extra test
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+#: Test files that execute notebooks or drive a browser: minutes each, and `make test` runs them.
+SLOW_TESTS: Final = (
+    "tests/test_notebook_hygiene.py",
+    "tests/test_notebook_rerun.py",
+    "tests/test_browser.py",
+    "tests/test_live_mode.py",
+)
+#: Tests that compare the environment with requirements.lock: by design not true here.
+LOCK_TESTS: Final = ("tests/test_doctor.py::test_doctor_passes_on_this_machine",)
+_FAILED: Final = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+
+
+def pins(lock_text: str) -> dict[str, str]:
+    """`{canonical name: version}` for the `name==version` lines of a lock that apply here."""
+    found: dict[str, str] = {}
+    for line in lock_text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        pinned = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+        if pinned:
+            found[canonicalize_name(requirement.name)] = pinned[0]
+    return found
+
+
+def moved(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """One line per package whose pin differs: `name old → new`, `+ name new`, `- name old`."""
+    lines = []
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if before is None:
+            lines.append(f"+ {name} {after}")
+        elif after is None:
+            lines.append(f"- {name} {before}")
+        else:
+            lines.append(f"  {name} {before} → {after}")
+    return lines
+
+
+def _run(command: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    print("$", " ".join(command), flush=True)
+    return subprocess.run(command, text=True, check=False, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns 0 when the upgraded environment passes the tests."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--extra", action="append", default=[], help="pyproject extra to include")
+    parser.add_argument("--uv", default=str(Path(sys.executable).parent / "uv"), help="uv to use")
+    parser.add_argument("--workers", default="2", help="pytest-xdist workers (default 2)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = parser.parse_args(argv)
+
+    old = pins((REPO_ROOT / "requirements.lock").read_text(encoding="utf-8"))
+    scratch = Path(tempfile.mkdtemp(prefix="async-llm-lab-drift-"))
+    lock, venv = scratch / "requirements.lock", scratch / "venv"
+    python = venv / "bin" / "python"
+    extras = [flag for extra in args.extra for flag in ("--extra", extra)]
+    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    # As `make lock` resolves (universal, for this minor version), so what moved is what moving
+    # the lock would move; `uv pip sync` installs the lines whose markers fit this machine.
+    steps = [
+        [
+            args.uv,
+            "pip",
+            "compile",
+            "pyproject.toml",
+            *extras,
+            "--upgrade",
+            "--universal",
+            "--quiet",
+            "--python-version",
+            python_version,
+            "--no-emit-index-url",
+            "-o",
+            str(lock),
+        ],
+        [args.uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
+        [args.uv, "pip", "sync", "--quiet", "--python", str(python), str(lock)],
+        # Not editable: nothing of the scratch environment is written into the repository.
+        [args.uv, "pip", "install", "--quiet", "--no-deps", "--python", str(python), "."],
+    ]
+    try:
+        for step in steps:
+            if _run(step, cwd=REPO_ROOT).returncode != 0:
+                print("\ndrift: could not build the upgraded environment (see above)")
+                return 1
+        changes = moved(old, pins(lock.read_text(encoding="utf-8")))
+        print(f"\nPackages that moved ({len(changes)}):")
+        print("\n".join(changes) if changes else "  none: the lock is up to date")
+        pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider"]
+        ignored = [flag for path in SLOW_TESTS for flag in ("--ignore", path)]
+        ignored += [flag for test in LOCK_TESTS for flag in ("--deselect", test)]
+        tests = _run(
+            [*pytest, "tests", *ignored, "--numprocesses", args.workers, "-q", "--no-header"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+        )
+        print(tests.stdout[-3000:], tests.stderr[-2000:], sep="\n")
+        failed = sorted(set(_FAILED.findall(tests.stdout)))
+        broken = failed
+        if failed:
+            # A timing test can miss on a busy machine; only a second failure, alone, counts.
+            again = _run(
+                [*pytest, *failed, "--numprocesses", "0", "-q", "--no-header"],
+                cwd=REPO_ROOT,
+                capture_output=True,
+            )
+            broken = sorted(set(_FAILED.findall(again.stdout)))
+            flaky = sorted(set(failed) - set(broken))
+            if flaky:
+                print("Failed once, passed alone (load-sensitive, not counted):")
+                print("\n".join(f"  {test}" for test in flaky))
+        if not broken:
+            print("drift: green. Move the lock: make lock LOCK_FLAGS=--upgrade && make test")
+            return 0
+        print(f"drift: {len(broken)} test(s) broke with the newest versions:")
+        print("\n".join(f"  {test}" for test in broken) or "  (see the pytest output above)")
+        return 1
+    finally:
+        if args.keep:
+            print(f"scratch directory kept: {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
