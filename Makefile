@@ -8,27 +8,20 @@
 #   make drift      would the newest versions pyproject allows break the tests? (weekly; uses the
 #                   package registry, changes nothing here)
 #   make venv       create or update .venv from requirements.lock
-#   make site       build the course website into build/site/ from the committed notebooks
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Written after a successful install; older than requirements.lock or pyproject.toml => reinstall.
 INSTALLED := $(VENV)/.installed
-# The npm tools the tests run (axe-core, configurable-http-proxy), as package-lock.json pins them.
-NODE_TOOLS := node_modules/.installed
 ONLY ?=
 LOCK_FLAGS ?=
 # The extras `make lock` pins and `make drift` upgrades.
 EXTRAS := --extra test --extra site --extra workshop --extra clients
 
-.PHONY: venv lab test lock notebooks bench drift site
+.PHONY: venv lab test lock notebooks bench drift
 
 venv: $(INSTALLED)
-
-$(NODE_TOOLS): package.json package-lock.json
-	npm ci --no-audit --no-fund
-	touch $@
 
 # uv installs the lock exactly and fast; bootstrap it with pip, at the version the lock pins
 # (the lock lists uv too, so `uv pip sync` keeps it installed).
@@ -53,7 +46,7 @@ lab: venv
 
 # pytest's options (--nbval --nbval-current-env, the sanitizer, timeouts) live in pyproject.toml,
 # so a bare `pytest` in the repository root is the same strict run.
-test: venv $(NODE_TOOLS)
+test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy labsupport tools
@@ -62,10 +55,6 @@ test: venv $(NODE_TOOLS)
 lock: | $(BIN)/uv
 	$(BIN)/uv pip compile pyproject.toml $(EXTRAS) --python-version 3.11 --universal \
 		--no-emit-index-url --custom-compile-command "make lock" $(LOCK_FLAGS) -o requirements.lock
-
-# The site shows the notebooks' stored outputs (nothing re-executed); see tools/build_site.py.
-site: venv
-	$(BIN)/python tools/build_site.py
 
 notebooks: venv
 	$(BIN)/python tools/build_notebooks.py $(if $(ONLY),--only $(ONLY))
