@@ -1,0 +1,277 @@
+"""An explorer: move a slider, and the scenario runs again and its timeline is redrawn.
+
+A lesson measures one case; the explorer lets the learner vary it (how many requests, how slow
+the upstream, the sync or the async client, a semaphore's bound) and see the timeline change, the
+"modify" step after predict → run → investigate. Every change really runs the scenario: a small
+FastAPI app whose endpoint calls the offline upstream with the real SDK, under `fire`, drawn by
+`plot_timeline`. It is kept small (at most 30 requests, at most 0.1 s each) so a run takes about
+a second even with the sync client.
+
+The runs happen in a worker thread with its own event loop: a slider's callback runs while the
+kernel's own loop is busy delivering it, so the scenario cannot run on that loop. Like every
+measuring cell, a run starts the upstream's counters afresh, and its settings (latency, rate
+limit) apply only while it runs.
+
+In a notebook the explorer is one output: the live widget, and beside it a PNG of the first run
+with a fixed plain-text form, so a viewer without a kernel sees a figure and a stored notebook
+re-runs to the same text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import html
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal
+
+import ipywidgets
+import openai
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from openai import AsyncOpenAI, OpenAI
+
+from ..lab import PLACEHOLDER_KEY, current_upstream
+from ..load import LoadReport, fire
+from ..plots import DescribedFigure, plot_timeline
+from ..serving import asgi_client
+from ..upstream import MockUpstream, RateLimit, UpstreamCall
+from ..validation import check_int, check_seconds
+from ._display import png_bytes, widget_bundle
+
+__all__ = ["Explorer", "Scenario", "ScenarioRun", "explore", "run_scenario"]
+
+Client = Literal["sync", "async"]
+MAX_REQUESTS: Final = 30
+MAX_LATENCY: Final = 0.1
+PROMPT: Final = "Summarize in 5 words: The event loop runs one task at a time."
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One run: `requests` at once to a `/chat` endpoint that calls the upstream once each.
+
+    Attributes:
+        requests: how many requests `fire` sends together (1 to 30).
+        latency: seconds each upstream call takes (0.01 to 0.1).
+        client: ``"sync"``: ``OpenAI`` called inside ``async def`` (it blocks the loop);
+            ``"async"``: ``AsyncOpenAI``, awaited.
+        bound: the size of one ``asyncio.Semaphore`` shared by all requests; ``None``: none.
+        upstream_limit: the upstream refuses calls over this many in flight with a 429 (the
+            endpoint passes it on); ``None``: no limit.
+    """
+
+    requests: int = 20
+    latency: float = 0.05
+    client: Client = "async"
+    bound: int | None = None
+    upstream_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("requests", self.requests, minimum=1, maximum=MAX_REQUESTS)
+        check_seconds("latency", self.latency, allow_zero=False, maximum=MAX_LATENCY)
+        if self.client not in ("sync", "async"):
+            raise ValueError(f"client must be 'sync' or 'async'; got {self.client!r}")
+        if self.bound is not None:
+            check_int("bound", self.bound, minimum=1)
+        if self.upstream_limit is not None:
+            check_int("upstream_limit", self.upstream_limit, minimum=1)
+
+    def describe(self) -> str:
+        """The scenario in words (durations in the sanitizer's ``0.05 s`` form)."""
+        client = "sync OpenAI in async def" if self.client == "sync" else "AsyncOpenAI, awaited"
+        bound = f"Semaphore({self.bound})" if self.bound else "no semaphore"
+        limit = f", upstream allows {self.upstream_limit}" if self.upstream_limit else ""
+        return f"{self.requests} requests · {self.latency:.2f} s each · {client} · {bound}{limit}"
+
+
+@dataclass(frozen=True)
+class ScenarioRun:
+    """What one run of a scenario measured: the requests, and the upstream calls they made."""
+
+    scenario: Scenario
+    report: LoadReport
+    calls: tuple[UpstreamCall, ...]
+
+    def figure(self) -> DescribedFigure:
+        """The run's timeline: one bar per request, the upstream calls below them."""
+        return plot_timeline(
+            self.report,
+            upstream=self.calls,
+            latency=self.scenario.latency,
+            title=self.scenario.describe(),
+        )
+
+
+def run_scenario(scenario: Scenario, upstream: MockUpstream | None = None) -> ScenarioRun:
+    """Run `scenario` against the offline upstream (the lab's, by default) and return what it
+    measured. Blocks until done; safe to call from a widget callback or a cell."""
+    upstream = upstream if upstream is not None else _offline_upstream()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="explorer") as pool:
+        return pool.submit(asyncio.run, _run(scenario, upstream)).result()
+
+
+async def _run(scenario: Scenario, upstream: MockUpstream) -> ScenarioRun:
+    key = os.getenv("OPENAI_API_KEY") or PLACEHOLDER_KEY
+    slots = asyncio.Semaphore(scenario.bound) if scenario.bound else None
+    limit = scenario.upstream_limit
+    rate_limit = RateLimit(max_concurrent=limit, retry_after=0.25) if limit else None
+    app = FastAPI()
+    with OpenAI(api_key=key, max_retries=0) as sync_client:
+        async with AsyncOpenAI(api_key=key, max_retries=0) as async_client:
+
+            async def ask() -> JSONResponse:
+                messages: Any = [{"role": "user", "content": PROMPT}]
+                try:
+                    if scenario.client == "sync":  # blocks the event loop, as in lesson 01
+                        reply = sync_client.chat.completions.create(
+                            model="gpt-4o-mini", messages=messages
+                        )
+                    else:
+                        reply = await async_client.chat.completions.create(
+                            model="gpt-4o-mini", messages=messages
+                        )
+                except openai.RateLimitError:
+                    return JSONResponse({"error": "rate limited"}, status_code=429)
+                return JSONResponse({"response": reply.choices[0].message.content})
+
+            @app.post("/chat")
+            async def chat() -> JSONResponse:
+                if slots is None:
+                    return await ask()
+                async with slots:
+                    return await ask()
+
+            with upstream.configured(latency=scenario.latency, rate_limit=rate_limit):
+                async with asgi_client(app) as http:
+                    report = await fire(http, "POST", "/chat", n=scenario.requests)
+                calls = tuple(upstream.stats.timeline)
+    return ScenarioRun(scenario, report, calls)
+
+
+def _offline_upstream() -> MockUpstream:
+    upstream = current_upstream()
+    if not isinstance(upstream, MockUpstream):
+        raise RuntimeError(
+            "the explorer runs on the offline upstream only: run lab.setup() without "
+            "LAB_MODE=live (a live API would be billed for every slider move)"
+        )
+    return upstream
+
+
+class Explorer:
+    """Sliders for a `Scenario`; each change runs it again and redraws its timeline.
+
+    `run` is the latest `ScenarioRun` and `scenario` its scenario; `controls` maps each
+    control's name to its widget. Nothing a learner does with the controls raises: a run that
+    fails shows its error under the figure.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        controls: tuple[str, ...] = ("requests", "latency", "client", "bound"),
+        upstream: MockUpstream | None = None,
+    ) -> None:
+        unknown = set(controls) - {"requests", "latency", "client", "bound"}
+        if unknown:
+            raise ValueError(
+                f"unknown controls {sorted(unknown)}; choose from requests, latency, client, bound"
+            )
+        self.scenario = scenario
+        self._upstream = upstream
+        every: dict[str, ipywidgets.ValueWidget] = {
+            "requests": ipywidgets.IntSlider(
+                value=scenario.requests,
+                min=1,
+                max=MAX_REQUESTS,
+                description="requests",
+                continuous_update=False,
+            ),
+            "latency": ipywidgets.FloatSlider(
+                value=scenario.latency,
+                min=0.01,
+                max=MAX_LATENCY,
+                step=0.01,
+                description="latency (s)",
+                readout_format=".2f",
+                continuous_update=False,
+            ),
+            "client": ipywidgets.ToggleButtons(
+                options=[("sync OpenAI", "sync"), ("AsyncOpenAI", "async")],
+                value=scenario.client,
+                description="client",
+            ),
+            "bound": ipywidgets.IntSlider(
+                value=scenario.bound or 0,
+                min=0,
+                max=MAX_REQUESTS,
+                description="semaphore",
+                tooltip="0: no semaphore",
+                continuous_update=False,
+            ),
+        }
+        self.controls = {name: every[name] for name in controls}
+        for control in self.controls.values():
+            control.observe(self._on_change, names="value")
+        self.image = ipywidgets.Image(format="png")
+        self.caption = ipywidgets.HTML()
+        self.caption.add_class("lab-explorer-caption")
+        self.widget = ipywidgets.VBox(
+            [
+                ipywidgets.HBox(
+                    list(self.controls.values()), layout=ipywidgets.Layout(flex_flow="row wrap")
+                ),
+                self.image,
+                self.caption,
+            ]
+        )
+        self.widget.add_class("lab-explorer")
+        self.run: ScenarioRun | None = None
+        self.figure: DescribedFigure | None = None
+        self._draw()
+
+    def _on_change(self, change: dict[str, Any]) -> None:
+        values = {name: control.value for name, control in self.controls.items()}
+        if "bound" in values:
+            values["bound"] = values["bound"] or None  # 0 on the slider: no semaphore
+        if "latency" in values:
+            values["latency"] = round(values["latency"], 2)  # the slider's floats drift
+        try:
+            self.scenario = replace(self.scenario, **values)
+        except (TypeError, ValueError) as error:
+            self.caption.value = html.escape(f"✗ {error}")
+            return
+        self._draw()
+
+    def _draw(self) -> None:
+        self.caption.value = html.escape(f"running: {self.scenario.describe()} …")
+        try:
+            run = run_scenario(self.scenario, self._upstream)
+        except Exception as error:  # shown to the learner, never a traceback under a slider
+            self.caption.value = html.escape(f"✗ could not run it: {type(error).__name__}: {error}")
+            return
+        self.run, self.figure = run, run.figure()
+        self.image.value = png_bytes(self.figure)
+        self.caption.value = html.escape(self.figure.summary)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        text = f"Explorer: {self.scenario.describe()}. Move a control to run it again."
+        return widget_bundle(self.widget, text, self.figure)
+
+
+def explore(
+    scenario: Scenario | None = None,
+    *,
+    controls: tuple[str, ...] = ("requests", "latency", "client", "bound"),
+    **settings: Any,
+) -> Explorer:
+    """An `Explorer` of `scenario` (or of ``Scenario(**settings)``); end a cell with it.
+
+    Runs the scenario once now, so the cell shows its timeline at once.
+    """
+    if scenario is not None and settings:
+        raise TypeError("give a Scenario or its settings, not both")
+    return Explorer(scenario or Scenario(**settings), controls=controls)

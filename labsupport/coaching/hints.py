@@ -1,0 +1,253 @@
+"""Hints that escalate: the same check failing the same way again shows a little more each time.
+
+Feedback that only says what is wrong leaves a stuck learner stuck; feedback that gives the answer
+at once takes the exercise away. So a check's result, as a notebook shows it, climbs a ladder,
+one rung per failure of the same exercise for the same cause (``CheckResult.cause``):
+
+1. the measured diagnosis: what the check saw, and what that means;
+2. plus the targeted hint (``CheckResult.hint``);
+3. plus a faded example: the lesson's solution cell with the names and keywords it adds to the
+   exercise blanked out (``___``), read from the lesson's source ``course/NN_name.py``;
+4. plus where the full solution is: ``notebooks/solutions/NN_name.ipynb``.
+
+A pass resets the exercise. The count lives in this kernel; when the progress file is on
+(`labsupport.progress`), the failures it holds since the exercise's last pass carry the count over
+a kernel restart. ``str(result)`` is never coached: it always holds everything the check found.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import keyword
+import re
+import tokenize
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+from .. import progress
+
+__all__ = [
+    "COACHED_NOTEBOOKS",
+    "LAST_RUNG",
+    "HintLadder",
+    "coach",
+    "faded_example",
+    "ladder",
+]
+
+#: The lessons whose notebooks show coached results. A lesson joins once its stored notebooks
+#: have been rebuilt with the ladder (its first failure no longer shows the hint).
+COACHED_NOTEBOOKS: Final = frozenset({"01_async_client", "03_semaphore"})
+LAST_RUNG: Final = 4
+BLANK: Final = "___"
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+_CHECKS_PACKAGE: Final = "labsupport.checks."
+_CELL_MARKER = re.compile(r"^# %%(?P<options>.*)$")
+_TAGS = re.compile(r"tags=(?P<tags>\[[^\]]*\])")
+
+
+class Result(Protocol):
+    """What the ladder reads from a `CheckResult`."""
+
+    @property
+    def exercise(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def evidence(self) -> Sequence[str]: ...
+    @property
+    def hint(self) -> str | None: ...
+
+
+def cause_of(result: Result) -> str:
+    """The result's machine-readable cause; its summary where a checker gives none yet."""
+    cause = getattr(result, "cause", None)
+    return cause if isinstance(cause, str) and cause else result.summary
+
+
+@dataclass
+class HintLadder:
+    """How many times each (exercise, cause) has failed since the exercise last passed.
+
+    `climb` is called once per result the learner sees and returns its rung (1 to `LAST_RUNG`;
+    0 for a pass). `seed` supplies the failures recorded before this kernel started, if any.
+    """
+
+    failures: dict[tuple[str, str], int]
+
+    def __init__(self) -> None:
+        self.failures = {}
+        self._seeded: set[str] = set()
+        self._last: tuple[weakref.ref[Result], int] | None = None
+
+    def climb(self, result: Result, *, notebook: str | None = None) -> int:
+        if self._last is not None and self._last[0]() is result:
+            return self._last[1]  # the same result shown again: the same rung
+        if result.passed:
+            self.reset(result.exercise)
+            rung = 0
+        else:
+            key = (result.exercise, cause_of(result))
+            if result.exercise not in self._seeded:
+                self._seeded.add(result.exercise)
+                self.failures[key] = max(self.failures.get(key, 0), _recorded(key, notebook))
+            self.failures[key] = self.failures.get(key, 0) + 1
+            rung = min(self.failures[key], LAST_RUNG)
+        try:
+            self._last = (weakref.ref(result), rung)
+        except TypeError:  # a result that cannot be weakly referenced is never deduplicated
+            self._last = None
+        return rung
+
+    def reset(self, exercise: str) -> None:
+        """Forget the failures of `exercise` (it passed)."""
+        for key in [key for key in self.failures if key[0] == exercise]:
+            del self.failures[key]
+        self._seeded.add(exercise)
+
+
+ladder = HintLadder()
+"""This kernel's ladder."""
+
+
+def coach(result: Result, *, notebook: str | None = None, rung: int | None = None) -> str:
+    """`result` as a notebook shows it: climbs `ladder` (unless `rung` is given) and returns the
+    text of that rung. Results of lessons outside `COACHED_NOTEBOOKS` are shown whole."""
+    notebook = notebook or checker_notebook()
+    if notebook is None or notebook not in COACHED_NOTEBOOKS:
+        return str(result)
+    rung = ladder.climb(result, notebook=notebook) if rung is None else rung
+    return render(result, rung, notebook)
+
+
+def render(result: Result, rung: int, notebook: str) -> str:
+    """The text of `rung` (0: passed) for `result` of the lesson `notebook`."""
+    mark = "✅ PASSED" if result.passed else "❌ NOT YET"
+    lines = [f"{mark} — {result.exercise}: {result.summary}"]
+    lines += [f"  • {line}" for line in result.evidence]
+    if result.passed:
+        return "\n".join(lines)
+    if rung >= 2 and result.hint:
+        lines.append(f"  Hint: {result.hint}")
+    if rung >= 3:
+        example = faded_example(lesson_source(notebook))
+        if example:
+            lines.append(f"  Fill in the blanks ({BLANK}): the solution, with what it adds hidden:")
+            lines += [f"    {line}" if line else "" for line in example.splitlines()]
+    if rung >= LAST_RUNG:
+        lines.append(
+            f"  The full solution: notebooks/solutions/{notebook}.ipynb, under “Your turn”."
+        )
+    else:
+        more = {1: "a hint", 2: "an example with blanks", 3: "where the solution is"}[max(rung, 1)]
+        lines.append(f"  (Change your code and check again; if it fails the same way: {more}.)")
+    return "\n".join(lines)
+
+
+def faded_example(source: Path | None) -> str | None:
+    """The solution cells of a lesson source with every name or keyword that its exercise cells
+    do not use replaced by ``___``: the shape of the answer, without the answer. None if the
+    source or its cells are missing."""
+    if source is None or not source.is_file():
+        return None
+    cells = _tagged_cells(source.read_text(encoding="utf-8"))
+    solution, exercise = cells.get("solution"), cells.get("exercise")
+    if not solution or not exercise:
+        return None
+    known = _names("\n".join(exercise))
+    return "\n\n".join(_blank_new_names(code, known) for code in solution)
+
+
+def lesson_source(notebook: str) -> Path | None:
+    """``course/<notebook>.py`` in this checkout, if it is there."""
+    path = REPO_ROOT / "course" / f"{notebook}.py"
+    return path if path.is_file() else None
+
+
+def checker_notebook() -> str | None:
+    """The lesson of the innermost `labsupport.checks.<module>` frame on the call stack, as
+    `labsupport.progress.COURSE_EXERCISES` names it."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        name = module.removeprefix(_CHECKS_PACKAGE)
+        if module.startswith(_CHECKS_PACKAGE) and name in progress.COURSE_EXERCISES:
+            return progress.COURSE_EXERCISES[name]
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _recorded(key: tuple[str, str], notebook: str | None) -> int:
+    """The failures for `key` in the progress file since the exercise's last pass, not counting
+    the last line (the result being shown, which the check has just recorded)."""
+    path = progress.progress_file()
+    if notebook is None or path is None or not path.is_file():
+        return 0
+    try:
+        attempts = progress.read_progress(path).attempts
+    except OSError:
+        return 0
+    exercise, cause = key
+    mine = [a for a in attempts if a.notebook == notebook and a.exercise == exercise]
+    since_pass: list[progress.Attempt] = []
+    for attempt in mine:
+        since_pass = [] if attempt.passed else [*since_pass, attempt]
+    same = [a for a in since_pass[:-1] if (a.cause or a.summary) == cause]
+    return len(same)
+
+
+def _tagged_cells(text: str) -> dict[str, list[str]]:
+    """The code of a jupytext percent-format source's cells, by tag."""
+    cells: dict[str, list[str]] = {}
+    tags: Iterable[str] = ()
+    body: list[str] = []
+
+    def flush() -> None:
+        code = "\n".join(body).strip("\n")
+        for tag in tags:
+            cells.setdefault(tag, []).append(code)
+
+    for line in text.splitlines():
+        marker = _CELL_MARKER.match(line)
+        if marker is None:
+            body.append(line)
+            continue
+        flush()
+        found = _TAGS.search(marker["options"])
+        tags = json.loads(found["tags"]) if found and "[markdown]" not in line else ()
+        body = []
+    flush()
+    return cells
+
+
+def _names(code: str) -> set[str]:
+    return {
+        token.string
+        for token in tokenize.generate_tokens(io.StringIO(code).readline)
+        if token.type == tokenize.NAME
+    }
+
+
+def _blank_new_names(code: str, known: set[str]) -> str:
+    lines = code.splitlines()
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for token in tokenize.generate_tokens(io.StringIO(code).readline):
+        if token.type == tokenize.NAME and token.string not in known:
+            if keyword.iskeyword(token.string) and token.string in {"def", "return"}:
+                continue  # the skeleton of a function is not the answer
+            (row, start), (_, end) = token.start, token.end
+            spans.setdefault(row - 1, []).append((start, end))
+    for row, columns in spans.items():
+        line = lines[row]
+        for start, end in sorted(columns, reverse=True):
+            line = line[:start] + BLANK + line[end:]
+        lines[row] = line
+    return "\n".join(lines)
