@@ -17,6 +17,7 @@ the waits only bound how long a test may take to see what it waits for.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import select
 import shutil
@@ -393,3 +394,23 @@ def test_open_connections_are_capped(upstream: FakeServer, tmp_path: Path) -> No
     assert all(answer.startswith(b"HTTP/1.1 503 ") for answer in answers)
     assert all(b'"type": "too_many_connections"' in answer for answer in answers)
     assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in served)
+
+
+# ------------------------------------------------------------------------ load from outside
+
+
+def test_locust_from_another_process_every_2xx_audited_once(tmp_path: Path) -> None:
+    """A small run of benchmarks/capstone_locust.py: three processes, counts only."""
+    figures = tmp_path / "capacity.json"
+    benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "capstone_locust.py"
+    command = [sys.executable, str(benchmark), "--users", "50", "--run-time", "3"]
+    command += ["--latency", "0.02", "--target", "0", "--json", str(figures)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    capacity = json.loads(figures.read_text())
+
+    assert capacity["requests"] > 50  # every user got answers, more than one each
+    assert capacity["errors"] == 0
+    assert capacity["statuses"] == {"200": capacity["requests"]}
+    assert capacity["audit_statuses"] == {"200": capacity["requests"]}
+    assert capacity["duplicated_rows"] == 0
