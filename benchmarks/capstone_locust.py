@@ -129,7 +129,14 @@ def measure(
         service += ["--max-upstream-calls", str(bound), "--workers", str(workers)]
         service += ["--max-connections", str(max(2048, 2 * users))]
         locust = [sys.executable, "-m", "locust", "-f", __file__, "--headless"]
-        locust += ["--users", str(users), "--spawn-rate", str(users), "--run-time", f"{round(run_time)}s"]
+        locust += [
+            "--users",
+            str(users),
+            "--spawn-rate",
+            str(users),
+            "--run-time",
+            f"{round(run_time)}s",
+        ]
         locust += ["--stop-timeout", "60", "--host", f"http://127.0.0.1:{service_port}"]
         locust += ["--only-summary", "--loglevel", "WARNING"]
         results = folder / "locust.json"
