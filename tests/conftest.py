@@ -1,6 +1,8 @@
+import asyncio
 from collections.abc import Iterator
 
 import pytest
+from openai import AsyncOpenAI, OpenAI
 
 import labsupport
 
@@ -9,6 +11,24 @@ import labsupport
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio only: the course targets asyncio."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_sdk() -> None:
+    """Pay the SDK's cold start once per test process, before any test can time it.
+
+    The first call through each SDK client in a process imports modules lazily and builds its
+    pydantic validators: tens of milliseconds, on a busy machine more than one latency, that
+    would land inside whichever test happens to make the first call."""
+    messages = [{"role": "user", "content": "warm-up"}]
+
+    async def one_async_call() -> None:
+        async with AsyncOpenAI(api_key="warm-up-key") as aclient:
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+
+    with labsupport.mock_openai(latency=0.0), OpenAI(api_key="warm-up-key") as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+        asyncio.run(one_async_call())
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ def test_one_shared_client_reuses_one_connection_a_client_per_call_opens_many() 
             with OpenAI(api_key="test-key", base_url=server.base_url) as per_call:
                 per_call.chat.completions.create(model="gpt-4o-mini", messages=ask("hi"))
         assert server.connections == 5
+        server.wait_idle()  # the server thread records a call just after its last byte is sent
         assert server.stats.calls == 5 and server.stats.count(200) == 5
 
 
@@ -44,10 +45,10 @@ def test_concurrent_calls_open_one_connection_each_even_with_a_shared_client() -
                     for _ in range(4)
                 ]
                 await asyncio.gather(*calls)
-                await asyncio.gather(*calls[:0])
                 await client.chat.completions.create(model="gpt-4o-mini", messages=ask("again"))
 
         asyncio.run(main())
+        server.wait_idle()
         assert server.connections == 4
         assert server.stats.max_in_flight == 4
 
@@ -69,6 +70,7 @@ def test_replies_faults_and_streaming_match_the_in_process_mock() -> None:
             if chunk.choices
         )
         assert text == "One."
+        server.wait_idle()  # the client stops at "[DONE]", before the server has recorded it
         assert server.stats.status_counts == {200: 2, 503: 1}
 
 
