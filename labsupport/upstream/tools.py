@@ -28,6 +28,23 @@ from .replies import STOPWORDS
 __all__ = ["Tool", "ToolCall", "ToolError", "call", "choose", "read_choice", "read_tools"]
 
 _WORD = re.compile(r"[a-z]+")
+# Words that say a tool does something, not what it is about ("get", "tell"): never a match.
+_VERBS = frozenset(
+    [
+        "get",
+        "gets",
+        "tell",
+        "tells",
+        "find",
+        "return",
+        "returns",
+        "give",
+        "fetch",
+        "look",
+        "show",
+        "current",
+    ]
+)
 
 
 class ToolError(ValueError):
@@ -47,7 +64,7 @@ class Tool:
     def words(self) -> frozenset[str]:
         """What the tool is about: the words of its name and description."""
         text = f"{self.name.replace('_', ' ')} {self.description}".lower()
-        return frozenset(_WORD.findall(text)) - STOPWORDS
+        return frozenset(_WORD.findall(text)) - STOPWORDS - _VERBS
 
 
 @dataclass(frozen=True, slots=True)
