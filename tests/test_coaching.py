@@ -296,3 +296,11 @@ def test_the_faded_example_blanks_what_the_solution_adds() -> None:
     assert "Semaphore" not in example, "the answer's key name is hidden"
     assert "async def summarize_all(texts: list[str]) -> list[str]:" in example
     assert hints.faded_example(REPO_ROOT / "course" / "no_such_lesson.py") is None
+
+
+def test_a_result_finds_its_lesson_by_its_checker_exercise() -> None:
+    from labsupport.checks import async_client, semaphore
+
+    assert hints.notebook_of(async_client.EXERCISE) == "01_async_client"
+    assert hints.notebook_of(semaphore.EXERCISE) == "03_semaphore"
+    assert hints.notebook_of("an exercise of my own") is None

@@ -21,6 +21,7 @@ import io
 import json
 import keyword
 import re
+import sys
 import tokenize
 import weakref
 from collections.abc import Iterable, Sequence
@@ -119,7 +120,7 @@ ladder = HintLadder()
 def coach(result: Result, *, notebook: str | None = None, rung: int | None = None) -> str:
     """`result` as a notebook shows it: climbs `ladder` (unless `rung` is given) and returns the
     text of that rung. Results of lessons outside `COACHED_NOTEBOOKS` are shown whole."""
-    notebook = notebook or checker_notebook()
+    notebook = notebook or notebook_of(result.exercise)
     if notebook is None or notebook not in COACHED_NOTEBOOKS:
         return str(result)
     rung = ladder.climb(result, notebook=notebook) if rung is None else rung
@@ -170,18 +171,13 @@ def lesson_source(notebook: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def checker_notebook() -> str | None:
-    """The lesson of the innermost `labsupport.checks.<module>` frame on the call stack, as
-    `labsupport.progress.COURSE_EXERCISES` names it."""
-    import sys
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        module = str(frame.f_globals.get("__name__", ""))
-        name = module.removeprefix(_CHECKS_PACKAGE)
-        if module.startswith(_CHECKS_PACKAGE) and name in progress.COURSE_EXERCISES:
-            return progress.COURSE_EXERCISES[name]
-        frame = frame.f_back  # type: ignore[assignment]
+def notebook_of(exercise: str) -> str | None:
+    """The lesson whose checker module names `exercise` (its ``EXERCISE``), as
+    `labsupport.progress.COURSE_EXERCISES` names the lessons; None for any other."""
+    for module, notebook in progress.COURSE_EXERCISES.items():
+        checker = sys.modules.get(f"{_CHECKS_PACKAGE}{module}")
+        if checker is not None and getattr(checker, "EXERCISE", None) == exercise:
+            return notebook
     return None
 
 
