@@ -11,18 +11,30 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from . import check_notebooks, doctor, progress
-from .upstream import fake_server
-
-COMMANDS: dict[str, tuple[Callable[[list[str]], int | None], str]] = {
-    "doctor": (doctor.main, "check Python, packages, the Jupyter kernel, the mode and the network"),
-    "check": (check_notebooks.main, "run every notebook headless and report which pass"),
-    "fake-server": (fake_server.main, "serve an OpenAI-compatible fake upstream on 127.0.0.1"),
-    "progress": (progress.progress_main, "your exercises: passed, not yet, and what to do next"),
-    "class-report": (progress.class_report_main, "learners × exercises from their progress files"),
+#: command: ("module:function", summary). A command's module is imported only when it runs, so
+#: `doctor` starts at once and reports missing packages instead of failing to import them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": (
+        "instructor.doctor:main",
+        "check Python, packages, the Jupyter kernel, the mode and the network",
+    ),
+    "check": ("instructor.check:main", "run every notebook headless and report which pass"),
+    "fake-server": (
+        "upstream.fake_server:main",
+        "serve an OpenAI-compatible fake upstream on 127.0.0.1",
+    ),
+    "progress": (
+        "progress:progress_main",
+        "your exercises: passed, not yet, and what to do next",
+    ),
+    "class-report": (
+        "progress:class_report_main",
+        "learners × exercises from their progress files",
+    ),
 }
 
 
@@ -38,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage = f"usage: python -m labsupport COMMAND [options]\n\ncommands:\n{listing}"
         print(usage, file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
-    command, _ = COMMANDS[args[0]]
+    target, _ = COMMANDS[args[0]]
+    module, function = target.split(":")
+    command: Callable[[list[str]], int | None] = getattr(
+        importlib.import_module(f".{module}", __package__), function
+    )
     return command(args[1:]) or 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from labsupport.doctor import read_lock
+from labsupport.instructor.doctor import read_lock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENT_FILES = [REPO_ROOT / "environment.yml", REPO_ROOT / "binder" / "environment.yml"]

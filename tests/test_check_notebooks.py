@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from labsupport import check_notebooks
+from labsupport.instructor import check as check_notebooks
 
 
 def write_notebook(path: Path, *cells: str, raises: tuple[int, ...] = ()) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labsupport import doctor
 from labsupport.__main__ import main as labsupport_main
+from labsupport.instructor import doctor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,3 +101,19 @@ def test_the_command_line_lists_its_commands(capsys: pytest.CaptureFixture[str])
     assert "doctor" in capsys.readouterr().out
     assert labsupport_main(["frobnicate"]) == 2
     assert "usage: python -m labsupport COMMAND" in capsys.readouterr().err
+
+
+def test_the_first_checks_run_before_anything_they_check_is_imported() -> None:
+    """Python and packages come first, with only the standard library and `packaging` loaded,
+    so a broken install is reported, not crashed on; the first row prints straight away."""
+    heavy = ["openai", "httpx", "httpx2", "respx", "uvicorn", "jupyter_client", "nbclient"]
+    probe = (
+        "import sys\n"
+        "from labsupport.instructor import doctor\n"
+        "doctor.check_python(); doctor.check_packages(doctor.DEFAULT_LOCK)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"

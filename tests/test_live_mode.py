@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from labsupport.check_notebooks import format_runs, run_notebooks
+from labsupport.instructor.check import format_runs, run_notebooks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIVE_NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("0[1-5]_*.ipynb"))

@@ -230,23 +230,15 @@ print("{MARKER}" + json.dumps(probe))""",
 
 def _execute_all(report_path: Path, paths: list[Path]) -> None:
     """Run each notebook with the probe cells appended; write a JSON report per notebook."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import build_notebooks as tool
     import nbformat
-    from nbclient import NotebookClient
+
+    from labsupport.instructor.kernels import notebook_client
 
     async def run_one(path: Path, slots: asyncio.Semaphore) -> dict[str, Any]:
         notebook = nbformat.read(path, as_version=4)
         notebook.cells.insert(0, nbformat.v4.new_code_cell(PRELUDE_CELL))
         notebook.cells += [nbformat.v4.new_code_cell(source) for source in PROBE_CELLS]
-        client = NotebookClient(
-            notebook,
-            timeout=tool.CELL_TIMEOUT_SECONDS,
-            kernel_name=tool.KERNEL_NAME,
-            kernel_manager_class=tool.CurrentEnvKernelManager,
-            allow_errors=False,
-            resources={"metadata": {"path": str(path.parent)}},
-        )
+        client = notebook_client(notebook, cwd=path.parent)
         result: dict[str, Any] = {"error": None, "probe": None}
         async with slots:
             try:

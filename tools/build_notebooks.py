@@ -36,15 +36,10 @@ from typing import Any, Final, Literal
 
 import jupytext
 import nbformat
-from nbclient import NotebookClient
 from nbclient.exceptions import CellControlSignal, DeadKernelError
 from nbformat import NotebookNode
 
-from labsupport.check_notebooks import (
-    CELL_TIMEOUT_SECONDS,
-    KERNEL_NAME,
-    CurrentEnvKernelManager,
-)
+from labsupport.instructor.kernels import KERNEL_NAME, notebook_client
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 SOURCE_PATTERN: Final = re.compile(r"^(?P<number>\d{2})_[a-z0-9_]+\.py$")
@@ -198,22 +193,11 @@ def execute(notebook: NotebookNode, cwd: Path) -> NotebookNode:
 
     Raises ``nbclient.exceptions.CellExecutionError`` if a cell raises without the
     ``raises-exception`` tag, ``nbclient.exceptions.CellTimeoutError`` if a cell runs longer
-    than ``CELL_TIMEOUT_SECONDS`` (both are ``CellControlSignal``), and
-    ``nbclient.exceptions.DeadKernelError`` if the kernel dies.
+    than ``labsupport.instructor.kernels.CELL_TIMEOUT_SECONDS`` (both are
+    ``CellControlSignal``), and ``nbclient.exceptions.DeadKernelError`` if the kernel dies.
     """
-    if not cwd.is_dir():
-        raise ValueError(f"cwd: expected an existing directory, got {cwd}")
     executed = copy.deepcopy(notebook)
-    client = NotebookClient(
-        executed,
-        timeout=CELL_TIMEOUT_SECONDS,
-        kernel_name=KERNEL_NAME,
-        kernel_manager_class=CurrentEnvKernelManager,
-        allow_errors=False,
-        record_timing=False,
-        resources={"metadata": {"path": str(cwd)}},
-    )
-    client.execute()
+    notebook_client(executed, cwd=cwd).execute()
     # nbclient copies the kernel's language_info (with its patch version) into the metadata;
     # keep the generated, machine-independent metadata instead.
     executed.metadata = copy.deepcopy(notebook.metadata)

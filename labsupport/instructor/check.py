@@ -23,20 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import ipykernel.kernelspec
 import nbformat
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
-from nbclient import NotebookClient
 from nbclient.exceptions import CellControlSignal, CellExecutionError, DeadKernelError
 from nbformat import NotebookNode
 from tqdm import tqdm
-from traitlets import default
 
-from ._text import shorten
+from .._text import shorten
+from ..validation import check_int, check_seconds
+from .kernels import CELL_TIMEOUT_SECONDS, notebook_client
 
 __all__ = [
-    "CurrentEnvKernelManager",
     "NotebookRun",
     "find_notebooks",
     "format_runs",
@@ -45,29 +41,7 @@ __all__ = [
     "run_notebooks",
 ]
 
-KERNEL_NAME: Final = "python3"
-CELL_TIMEOUT_SECONDS: Final = 120
 RAISES_TAG: Final = "raises-exception"
-
-
-class CurrentEnvKernelSpecManager(KernelSpecManager):
-    """Resolve ``python3`` to *this* interpreter's ipykernel: a user-wide ``python3`` kernelspec
-    may point at another Python, without labsupport and the locked dependencies."""
-
-    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-        if kernel_name != KERNEL_NAME:
-            return super().get_kernel_spec(kernel_name)
-        return self.kernel_spec_class(
-            resource_dir=ipykernel.kernelspec.RESOURCES, **ipykernel.kernelspec.get_kernel_dict()
-        )
-
-
-class CurrentEnvKernelManager(AsyncKernelManager):
-    """An ``AsyncKernelManager`` that looks kernels up with `CurrentEnvKernelSpecManager`."""
-
-    @default("kernel_spec_manager")
-    def _kernel_spec_manager_default(self) -> KernelSpecManager:
-        return CurrentEnvKernelSpecManager(data_dir=self.data_dir)
 
 
 @dataclass(frozen=True)
@@ -125,8 +99,7 @@ async def run_notebook(
     `on_cell`, if given, is called with no arguments after each code cell."""
     if not path.is_file():
         raise ValueError(f"path: expected a notebook file, got {path}")
-    if timeout <= 0:
-        raise ValueError(f"timeout must be > 0 seconds; got {timeout!r}")
+    check_seconds("timeout", timeout, allow_zero=False)
     notebook = nbformat.read(path, as_version=4)
     for cell in _code_cells(notebook):
         cell.outputs, cell.execution_count = [], None
@@ -135,15 +108,8 @@ async def run_notebook(
         if on_cell is not None:
             on_cell()
 
-    client = NotebookClient(
-        notebook,
-        timeout=timeout,
-        kernel_name=KERNEL_NAME,
-        kernel_manager_class=CurrentEnvKernelManager,
-        allow_errors=False,
-        record_timing=False,
-        on_cell_executed=cell_done,
-        resources={"metadata": {"path": str(path.resolve().parent)}},
+    client = notebook_client(
+        notebook, cwd=path.resolve().parent, timeout=timeout, on_cell_executed=cell_done
     )
     start = time.perf_counter()
     error: str | None = None
@@ -171,8 +137,7 @@ async def run_notebooks(
 ) -> list[NotebookRun]:
     """Run `paths`, `jobs` at a time, with a progress bar over all their code cells (on stderr)
     unless `progress` is false; return the runs in the order of `paths`."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be an int ≥ 1; got {jobs!r}")
+    check_int("jobs", jobs, minimum=1)
     total = sum(len(_code_cells(nbformat.read(path, as_version=4))) for path in paths)
     slots = asyncio.Semaphore(jobs)
     with tqdm(total=total, unit="cell", disable=not progress, file=sys.stderr) as bar:

@@ -14,34 +14,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import Any, Final
 
-from jupyter_client.manager import KernelManager
-from packaging.markers import Marker
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from .check_notebooks import CurrentEnvKernelSpecManager
-from .lab import MODE_VARIABLE, lab_mode
-from .upstream import OPENAI_API_BASE
+# Only the standard library and `packaging` are imported up here: the packages check must be able
+# to report a missing or broken package, so whatever could be one (jupyter_client, labsupport's
+# upstream and its SDKs) is imported inside the check that uses it, after that report.
 
-__all__ = ["Finding", "diagnose", "format_findings", "main", "read_lock"]
+__all__ = ["Finding", "diagnose", "format_finding", "format_findings", "main", "read_lock"]
 
 DISTRIBUTION = "async-llm-lab"
 #: The lock next to the package: the repository root for the editable install every setup uses.
-DEFAULT_LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
-_PIN = re.compile(
-    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;]+)\s*(?:;(?P<marker>.*))?$"
-)
+DEFAULT_LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
+#: The report's first column is as wide as its longest check name, known before any check runs.
+CHECKS: Final = ("Python", "Packages", "Jupyter kernel", "Mode", "API key", "Loopback")
 _INSTALL_FIX = "make venv  (conda/Binder: pip install -r requirements.lock)"
 
 
@@ -64,13 +61,17 @@ def read_lock(lock: Path) -> dict[str, str]:
     """
     pins: dict[str, str] = {}
     for line in lock.read_text(encoding="utf-8").splitlines():
-        match = _PIN.match(line.strip())
-        if match is None:
+        line = line.strip()
+        if not line or line.startswith(("#", "-")):
             continue
-        marker = match.group("marker")
-        if marker and not Marker(marker.strip()).evaluate():
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
             continue
-        pins[canonicalize_name(match.group("name"))] = match.group("version")
+        pinned = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+        if not pinned or (requirement.marker is not None and not requirement.marker.evaluate()):
+            continue
+        pins[canonicalize_name(requirement.name)] = pinned[0]
     return pins
 
 
@@ -123,6 +124,10 @@ def check_packages(lock: Path) -> Finding:
 
 def check_kernel(timeout: float = 60.0) -> Finding:
     """A Jupyter kernel of this environment starts, runs `1+1`, and shuts down."""
+    from jupyter_client.manager import KernelManager
+
+    from .kernels import CurrentEnvKernelSpecManager
+
     manager = KernelManager(
         kernel_name="python3", kernel_spec_manager=CurrentEnvKernelSpecManager()
     )
@@ -155,6 +160,9 @@ def check_kernel(timeout: float = 60.0) -> Finding:
 
 def check_mode() -> Finding:
     """LAB_MODE names a known mode; in live mode, which server the SDK will call."""
+    from ..lab import MODE_VARIABLE, lab_mode
+    from ..upstream import OPENAI_API_BASE
+
     try:
         mode = lab_mode()
     except ValueError as error:
@@ -169,6 +177,8 @@ def check_mode() -> Finding:
 
 def check_key() -> Finding:
     """Whether OPENAI_API_KEY is set; required only in live mode. The key is never shown."""
+    from ..lab import MODE_VARIABLE, lab_mode
+
     present = bool(os.environ.get("OPENAI_API_KEY"))
     try:
         live = lab_mode() == "live"
@@ -204,8 +214,8 @@ def check_loopback() -> Finding:
     return Finding("Loopback", True, "can bind a port on 127.0.0.1")
 
 
-def diagnose(lock: Path = DEFAULT_LOCK) -> list[Finding]:
-    """Run every check, in the order of the report."""
+def run_checks(lock: Path = DEFAULT_LOCK) -> Iterator[Finding]:
+    """Run every check, in the order of the report, yielding each finding as it is made."""
     checks: list[Callable[[], Finding]] = [
         check_python,
         lambda: check_packages(lock),
@@ -214,19 +224,28 @@ def diagnose(lock: Path = DEFAULT_LOCK) -> list[Finding]:
         check_key,
         check_loopback,
     ]
-    return [check() for check in checks]
+    for check in checks:
+        yield check()
+
+
+def diagnose(lock: Path = DEFAULT_LOCK) -> list[Finding]:
+    """Every finding, in the order of the report."""
+    return list(run_checks(lock))
+
+
+def format_finding(finding: Finding, width: int = max(map(len, CHECKS))) -> str:
+    """One row: the check (padded to `width`), ok or FAIL, the detail; a `fix:` line under it."""
+    status = "ok  " if finding.ok else "FAIL"
+    row = f"{finding.check.ljust(width)}  {status}  {finding.detail}"
+    if not finding.ok and finding.fix:
+        row += f"\n{''.ljust(width)}        fix: {finding.fix}"
+    return row
 
 
 def format_findings(findings: Sequence[Finding]) -> str:
     """A plain-text table, one row per check, with a `fix:` line under each failure."""
     width = max(len(finding.check) for finding in findings)
-    lines = []
-    for finding in findings:
-        status = "ok  " if finding.ok else "FAIL"
-        lines.append(f"{finding.check.ljust(width)}  {status}  {finding.detail}")
-        if not finding.ok and finding.fix:
-            lines.append(f"{''.ljust(width)}        fix: {finding.fix}")
-    return "\n".join(lines)
+    return "\n".join(format_finding(finding, width) for finding in findings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,8 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--lock", type=Path, default=DEFAULT_LOCK, help="requirements lock (default: %(default)s)"
     )
     args = parser.parse_args(argv)
-    findings = diagnose(args.lock)
-    print(format_findings(findings))
-    failed = sum(not finding.ok for finding in findings)
+    failed = 0
+    for finding in run_checks(args.lock):  # each row as soon as it is known: the kernel is slow
+        print(format_finding(finding), flush=True)
+        failed += not finding.ok
     print(f"\n{'All checks passed.' if not failed else f'{failed} problem(s) found.'}")
     return 1 if failed else 0
