@@ -252,6 +252,15 @@ def test_a_pass_resets_the_exercise(fresh_ladder: hints.HintLadder) -> None:
     assert "Hint:" not in hints.coach(failed(), notebook=LESSON)
 
 
+def test_a_check_rerun_straight_after_itself_is_the_same_attempt(
+    fresh_ladder: hints.HintLadder,
+) -> None:
+    assert fresh_ladder.climb(failed(), cell=7) == 1
+    assert fresh_ladder.climb(failed(), cell=8) == 1, "cell 8 right after cell 7: a click"
+    assert fresh_ladder.climb(failed(), cell=10) == 2, "cell 9 ran in between: an attempt"
+    assert fresh_ladder.climb(failed(), cell=11) == 2
+
+
 def test_the_same_result_shown_twice_keeps_its_rung(fresh_ladder: hints.HintLadder) -> None:
     result = failed()
     assert hints.coach(result, notebook=LESSON) == hints.coach(result, notebook=LESSON)

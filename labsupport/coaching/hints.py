@@ -10,7 +10,9 @@ one rung per failure of the same exercise for the same cause (``CheckResult.caus
    exercise blanked out (``___``), read from the lesson's source ``course/NN_name.py``;
 4. plus where the full solution is: ``notebooks/solutions/NN_name.ipynb``.
 
-A pass resets the exercise. The count lives in this kernel; when the progress file is on
+The ladder counts attempts, not clicks: running the check cell again straight after itself, with
+nothing run in between, shows the same rung (so a re-run repeats its output). A pass resets the
+exercise. The count lives in this kernel; when the progress file is on
 (`labsupport.progress`), the failures it holds since the exercise's last pass carry the count over
 a kernel restart. ``str(result)`` is never coached: it always holds everything the check found.
 """
@@ -85,9 +87,14 @@ class HintLadder:
     def __init__(self) -> None:
         self.failures = {}
         self._seeded: set[str] = set()
+        self._cells: dict[tuple[str, str], int] = {}
         self._last: tuple[weakref.ref[Result], int] | None = None
 
-    def climb(self, result: Result, *, notebook: str | None = None) -> int:
+    def climb(self, result: Result, *, notebook: str | None = None, cell: int | None = None) -> int:
+        """The rung of `result`, one higher than the last failure of its (exercise, cause)
+        unless nothing ran since that one: `cell` is the number of the notebook cell showing
+        it, and a check re-run straight after itself (cell n, then n + 1) is the same attempt,
+        so it gets the same rung. The ladder counts attempts, not clicks."""
         if self._last is not None and self._last[0]() is result:
             return self._last[1]  # the same result shown again: the same rung
         if result.passed:
@@ -98,7 +105,12 @@ class HintLadder:
             if result.exercise not in self._seeded:
                 self._seeded.add(result.exercise)
                 self.failures[key] = max(self.failures.get(key, 0), _recorded(key, notebook))
-            self.failures[key] = self.failures.get(key, 0) + 1
+            previous = self._cells.get(key)
+            again = cell is not None and previous is not None and cell - previous <= 1
+            if not (again and self.failures.get(key, 0)):
+                self.failures[key] = self.failures.get(key, 0) + 1
+            if cell is not None:
+                self._cells[key] = cell
             rung = min(self.failures[key], LAST_RUNG)
         try:
             self._last = (weakref.ref(result), rung)
@@ -110,6 +122,8 @@ class HintLadder:
         """Forget the failures of `exercise` (it passed)."""
         for key in [key for key in self.failures if key[0] == exercise]:
             del self.failures[key]
+        for key in [key for key in self._cells if key[0] == exercise]:
+            del self._cells[key]
         self._seeded.add(exercise)
 
 
@@ -123,8 +137,20 @@ def coach(result: Result, *, notebook: str | None = None, rung: int | None = Non
     notebook = notebook or notebook_of(result.exercise)
     if notebook is None or notebook not in COACHED_NOTEBOOKS:
         return str(result)
-    rung = ladder.climb(result, notebook=notebook) if rung is None else rung
+    if rung is None:
+        rung = ladder.climb(result, notebook=notebook, cell=_cell_number())
     return render(result, rung, notebook)
+
+
+def _cell_number() -> int | None:
+    """The execution count of the notebook cell running now; None outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    count = getattr(shell, "execution_count", None)
+    return count if isinstance(count, int) else None
 
 
 def render(result: Result, rung: int, notebook: str) -> str:
