@@ -1,0 +1,152 @@
+"""The client matrix, part 1: the openai SDK's calls a learner makes after the course (chat,
+streaming, parse, tools, embeddings, the Responses API plain and streamed), sync and async,
+through the in-process mock and through the TCP fake server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+from pydantic import BaseModel
+
+from labsupport import FakeServer, mock_openai
+
+MODEL = "gpt-4o-mini"
+PROMPT = "Sentiment (one word): The new release is fast and reliable."
+MESSAGES: Any = [{"role": "user", "content": PROMPT}]
+
+
+class Verdict(BaseModel):
+    sentiment: Literal["positive", "negative", "neutral"]
+    topics: list[str]
+
+
+class Lookup(BaseModel):
+    city: str
+
+
+TOOLS = [openai.pydantic_function_tool(Lookup, name="weather", description="Weather in a city")]
+WEATHER: Any = [{"role": "user", "content": "What is the weather in Tokyo?"}]
+
+
+@pytest.fixture(params=["mock", "fake_server"])
+def base_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None: the in-process mock answers the SDK's default base URL; else the fake server's."""
+    if request.param == "mock":
+        with mock_openai(latency=0.0):
+            yield None
+    else:
+        with FakeServer(latency=0.0) as server:
+            yield server.base_url
+
+
+# What every call must come back with, sync or async: (surface, check of the result).
+def check(surface: str, result: Any) -> None:
+    if surface == "chat":
+        assert result.choices[0].message.content == "Positive"
+    elif surface == "streaming":
+        assert result == "Positive"
+    elif surface in ("parse", "parse_stream"):
+        verdict = result.choices[0].message.parsed
+        assert verdict.sentiment == "positive" and "new release" in verdict.topics
+    elif surface == "tools":
+        (call,) = result.choices[0].message.tool_calls
+        assert call.function.parsed_arguments == Lookup(city="Tokyo")
+    elif surface == "embeddings":
+        assert [len(d.embedding) for d in result.data] == [64, 64]
+    elif surface in ("responses", "responses_stream"):
+        assert result.output_text == "Positive"
+    elif surface == "responses_parse":
+        assert result.output_parsed.sentiment == "positive"
+    else:
+        raise AssertionError(surface)
+
+
+SURFACES = [
+    "chat",
+    "streaming",
+    "parse",
+    "parse_stream",
+    "tools",
+    "embeddings",
+    "responses",
+    "responses_stream",
+    "responses_parse",
+]
+
+
+def call_sync(client: OpenAI, surface: str) -> Any:
+    chat = client.chat.completions
+    if surface == "chat":
+        return chat.create(model=MODEL, messages=MESSAGES)
+    if surface == "streaming":
+        chunks = chat.create(model=MODEL, messages=MESSAGES, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    if surface == "parse":
+        return chat.parse(model=MODEL, messages=MESSAGES, response_format=Verdict)
+    if surface == "parse_stream":
+        with chat.stream(model=MODEL, messages=MESSAGES, response_format=Verdict) as stream:
+            return stream.get_final_completion()
+    if surface == "tools":
+        return chat.parse(model=MODEL, messages=WEATHER, tools=TOOLS)
+    if surface == "embeddings":
+        return client.embeddings.create(
+            model="text-embedding-3-small", input=["a", "b"], dimensions=64
+        )
+    if surface == "responses":
+        return client.responses.create(model=MODEL, input=PROMPT)
+    if surface == "responses_stream":
+        with client.responses.stream(model=MODEL, input=PROMPT) as events:
+            return events.get_final_response()
+    return client.responses.parse(model=MODEL, input=PROMPT, text_format=Verdict)
+
+
+async def call_async(client: AsyncOpenAI, surface: str) -> Any:
+    chat = client.chat.completions
+    if surface == "chat":
+        return await chat.create(model=MODEL, messages=MESSAGES)
+    if surface == "streaming":
+        chunks = await chat.create(model=MODEL, messages=MESSAGES, stream=True)
+        return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+    if surface == "parse":
+        return await chat.parse(model=MODEL, messages=MESSAGES, response_format=Verdict)
+    if surface == "parse_stream":
+        async with chat.stream(model=MODEL, messages=MESSAGES, response_format=Verdict) as stream:
+            return await stream.get_final_completion()
+    if surface == "tools":
+        return await chat.parse(model=MODEL, messages=WEATHER, tools=TOOLS)
+    if surface == "embeddings":
+        return await client.embeddings.create(
+            model="text-embedding-3-small", input=["a", "b"], dimensions=64
+        )
+    if surface == "responses":
+        return await client.responses.create(model=MODEL, input=PROMPT)
+    if surface == "responses_stream":
+        async with client.responses.stream(model=MODEL, input=PROMPT) as events:
+            return await events.get_final_response()
+    return await client.responses.parse(model=MODEL, input=PROMPT, text_format=Verdict)
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_sync_client(base_url: str | None, surface: str) -> None:
+    with OpenAI(api_key="test-key", base_url=base_url, max_retries=0) as client:
+        check(surface, call_sync(client, surface))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("surface", SURFACES)
+async def test_async_client(base_url: str | None, surface: str) -> None:
+    async with AsyncOpenAI(api_key="test-key", base_url=base_url, max_retries=0) as client:
+        check(surface, await call_async(client, surface))
+
+
+def test_the_matrix_checks_what_it_claims() -> None:
+    """A reply that is not what `check` expects fails it (so a green matrix means something)."""
+    with pytest.raises(AssertionError):
+        check("streaming", "Negative")
+    with pytest.raises(AssertionError):
+        check("embeddings", SimpleNamespace(data=[SimpleNamespace(embedding=[0.0] * 1536)] * 2))
