@@ -7,7 +7,9 @@
 #
 # **You will:** read the service · fire a burst at it over real HTTP and check every request
 # was answered, audited and kept within the upstream bound · inject faults and see every client
-# get a clean JSON error · send bad input and see it refused before it costs an upstream call.
+# get a clean JSON error · lock its database mid-load and see no audit row lost · run it in two
+# processes and see what that does to the upstream bound · send bad input and see it refused
+# before it costs an upstream call.
 #
 # There is no exercise in this notebook: the service *is* the answer to notebooks 01–05.
 
@@ -42,10 +44,12 @@ def show(part):
 
 
 # %% [markdown]
-# **1. Requests are validated before anything else happens.** Limits are part of the type:
-# a message of 1 to 4,000 characters (whitespace alone does not count), a temperature from 0
-# to 2, at most 50 messages in a batch, and no unknown fields (`"temprature"` is a typo, not a
-# field to ignore).
+# **1. Requests are validated before anything else happens.** Limits are part of the type,
+# and so part of the OpenAPI schema the service publishes: a message of 1 to 4,000 characters
+# with at least one that is neither whitespace nor a control character (a `pattern`, so the
+# schema says exactly what is accepted), a temperature from 0 to 2 that must be a JSON number
+# (`false` or `"1.5"` is refused: `strict`), at most 50 messages in a batch, and no unknown
+# fields (`"temprature"` is a typo, not a field to ignore).
 
 # %%
 show("request models")
@@ -53,8 +57,11 @@ show("request models")
 # %% [markdown]
 # **2. The shared resources.** One `AsyncOpenAI` client (01, 05) and one semaphore (03) are
 # created in the lifespan and shared by every request; every upstream call goes through
-# `Resources.ask`, so the bound holds across requests. Then the endpoints: `/chat`, `/analyze`
-# (three calls with `asyncio.gather`, each failure isolated: 02) and `/batch`.
+# `Resources.ask`, so the bound holds across requests. `ask` also keeps the promise of
+# `upstream_timeout`: it is the *whole* time a request may spend on the upstream, waiting for a
+# slot and retries included (`asyncio.timeout_at` one deadline per request), and a failing call
+# gives its slot back while it sleeps before a retry. Then the endpoints: `/chat`, `/analyze`
+# (three calls with `asyncio.gather`, each failure isolated: 02), `/batch` and `/health`.
 
 # %%
 show("the service")
@@ -62,7 +69,11 @@ show("the service")
 # %% [markdown]
 # **3. The audit log (04).** One row per request, *whatever happened to it*: a middleware
 # records it after the response, a single background task writes the rows to SQLite in
-# batches, and closing the log at shutdown writes what is still queued.
+# batches, and closing the log at shutdown writes what is still queued. The writer never gives
+# up: a failed commit is rolled back and the same rows are tried again after a backoff, so a
+# locked database or a full disk delays rows but loses none. The queue is bounded: each request
+# reserves its row's place *before* it runs, and when no place is left the client gets 503 with
+# `Retry-After` instead of an answer that could not be audited.
 
 # %%
 show("audit log")
@@ -75,11 +86,21 @@ show("audit log")
 show("upstream errors")
 
 # %% [markdown]
-# The body-size limit is a small middleware as well (FastAPI's built-in `max_body_size`
-# answers in plain text; this service answers every error in JSON):
+# The body guard is a small middleware as well: it reads the whole body first, with a size
+# limit (413) and a deadline (408), and refuses anything that is not UTF-8 JSON with the same
+# 422 as any other malformed JSON. (FastAPI's built-in `max_body_size` answers in plain text;
+# this service answers every error in JSON.)
 
 # %%
-show("body limit")
+show("body guard")
+
+# %% [markdown]
+# Slow clients are also cut off before the app sees them: uvicorn has no time limit on a new
+# connection's headers and no cap on open connections, so the service runs on a subclass of
+# its HTTP protocol that adds both (used when the service runs in its own process, below).
+
+# %%
+show("slow connections")
 
 # %% [markdown]
 # ## Under load
@@ -123,7 +144,9 @@ async with lab.serve(app) as client:
 stats = upstream.stats
 rows = await audit_statuses(load_audit)
 
+first_call = min(call.start for call in stats.timeline)
 print(load.summary(latency=LATENCY))
+print(f"first upstream call {first_call - load.requests[0].start:.2f} s after the first request")
 print(f"upstream: {stats.calls} calls, at most {BOUND} in flight: {stats.max_in_flight <= BOUND}")
 print(f"audit rows: {sum(rows.values())} {rows}, one per request: {sum(rows.values()) == N}")
 print(load.bodies[0])
@@ -139,7 +162,13 @@ print(load.bodies[0])
 # * **audit rows**: one per request, all written by the time the service had shut down.
 #
 # Requests in flight against upstream calls in flight: the requests pile up to 100; the
-# upstream never goes above the bound.
+# upstream never goes above the bound. Note the start: for the first few tenths of a second
+# 100 requests are in flight and **no** upstream call is. That is the shared loop again, and
+# how asyncio schedules: its ready queue is first in, first out, so each step (open the
+# connection, send the request, parse it, validate it) is taken for *all* 100 requests before
+# the first of them reaches its next step. Only after 100 × a few milliseconds does any request
+# get as far as the upstream. A service in its own process, driven from another, does not
+# share that queue with its clients; the benchmark below measures it that way.
 
 # %%
 lab.plot_in_flight({"requests": load, "upstream calls": stats}, limit=BOUND)
@@ -174,13 +203,14 @@ upstream.configure(
 
 async with lab.serve(flaky_app) as client:
     flaky = await lab.fire(client, "POST", "/chat", json=ticket, n=N)
+    upstream_sent = dict(sorted(upstream.stats.status_counts.items()))
     # The quota is used up by now, so one more request shows the whole 429 response.
     limited = await client.post("/chat", json=ticket(N))
 fault_rows = await audit_statuses(fault_audit)
 
 failed = [r for r in flaky.requests if r.status != 200]
 print("client saw:", flaky.status_counts)
-print("upstream sent:", dict(sorted(upstream.stats.status_counts.items())))
+print("upstream sent:", upstream_sent)
 print(
     "every failure has a JSON error with a message:",
     all(r.body["error"]["message"] for r in failed),
@@ -198,7 +228,8 @@ print(next(r.body for r in failed if r.status == 502))
 # %% [markdown]
 # Every upstream 500 became a **502** (the upstream failed, not us), every 429 a **429** with
 # `Retry-After: 2` taken from the upstream's own header, and each answer says what happened in
-# one sentence. The failures are in the audit log too, with the exception that caused them.
+# one sentence. The failures are in the audit log too, with the exception that caused them
+# (101 rows: the burst and the one request after it).
 
 # %%
 lab.plot_timeline(
@@ -207,8 +238,9 @@ lab.plot_timeline(
 
 # %% [markdown]
 # Three more failures, one request each: a slow upstream (the service gives up after its
-# `upstream_timeout`), a fan-out where one of the three calls fails, and an upstream that cannot
-# be reached at all (nothing listens on the port).
+# `upstream_timeout`, and the 504 says what it was waiting for), a fan-out where one of the
+# three calls fails, and an upstream that cannot be reached at all (nothing listens on the
+# port).
 
 # %%
 import socket
@@ -243,11 +275,158 @@ print(
 )
 
 # %% [markdown]
+# ## When the audit store fails
+#
+# The upstream is not the only thing that fails. Here an administrator's transaction holds the
+# audit database's write lock while requests keep coming: longer than the service's busy
+# timeout (0.2 s here, 5 s by default), so every commit the writer tries fails. The service has
+# room for **50** unwritten rows (10,000 by default). Three waves of 40 requests arrive while
+# the lock is held; then the lock is released and 40 more arrive.
+
+# %%
+import asyncio
+import sqlite3
+
+locked_audit = Path(audit_folder.name) / "locked.sqlite3"
+locked_app = create_app(audit_path=locked_audit, audit_capacity=50, audit_busy_timeout=0.2)
+
+
+async def health_until(client, done):
+    """GET /health until `done(response)`, at most 100 times."""
+    for _ in range(100):
+        health = await client.get("/health")
+        if done(health):
+            return health
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"/health never got there: {health.json()}")
+
+
+during = Counter()
+async with lab.serve(locked_app) as client:
+    admin = sqlite3.connect(locked_audit, isolation_level=None)
+    admin.execute("BEGIN IMMEDIATE")  # the lock, held by another connection
+    for wave in range(3):
+        burst = await lab.fire(
+            client, "POST", "/chat", json=lambda i, w=wave: ticket(100 * w + i), n=40
+        )
+        during.update(burst.status_counts)
+    degraded = await health_until(client, lambda r: r.status_code == 503)
+    admin.execute("ROLLBACK")  # the administrator is done
+    admin.close()
+    await health_until(client, lambda r: r.status_code == 200)
+    after = await lab.fire(client, "POST", "/chat", json=lambda i: ticket(1000 + i), n=40)
+
+async with aiosqlite.connect(locked_audit) as db:
+    prompts = [prompt for (prompt,) in await db.execute_fetchall("SELECT prompt FROM audit")]
+answered = during[200] + after.status_counts.get(200, 0)
+print("while locked, clients saw:", dict(sorted(during.items())))
+print("/health while locked:", degraded.status_code, degraded.json()["error"]["message"])
+print("after the lock, clients saw:", after.status_counts)
+print(
+    f"audit rows: {len(prompts)} for {answered} answered with 200, duplicated: "
+    f"{len(prompts) - len(set(prompts))}"
+)
+
+# %% [markdown]
+# What happened, in order:
+#
+# * The first 50 requests were answered **200**: their rows waited in memory while the writer
+#   retried, with a backoff, the same batch it could not commit. The outage was logged once,
+#   with its cause (the `audit log cannot write` line above), and `/health` turned **503**.
+# * The next 70 were refused with **503** and `Retry-After: 1` *before they ran*: no upstream
+#   call, no answer the audit could not keep. That is backpressure: memory stays bounded and
+#   the client knows to come back.
+# * Once the lock was gone the writer committed the 50 waiting rows (and logged that it writes
+#   again), and the service served normally.
+# * **0 rows lost, 0 written twice**: every 200 has exactly one row. A failed commit is rolled
+#   back whole, and rows leave the queue only once committed.
+#
+# A full disk behaves the same way (`tests/test_capstone_process.py` fills a small tmpfs under
+# load and frees it again).
+
+# %% [markdown]
+# ## More than one process
+#
+# `uvicorn --workers 2` runs two copies of the service, each with its own event loop, its own
+# `AsyncOpenAI` client and **its own semaphore**. The bound of 20 is per process, so the
+# upstream can see 2 × 20 calls at once. To see it, start two such processes ourselves, as
+# `run_in_subprocess` in the service's module does, and give each 100 requests. Their upstream
+# is the course's fake server, on real TCP in this kernel, which counts what it sees.
+
+# %%
+from contextlib import ExitStack
+
+import httpx
+from capstone_service import run_in_subprocess
+
+PROCESSES = 2
+
+
+async def burst_at(url, first):
+    """N requests at once at the service on `url`, each with its own ticket."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        return await lab.fire(client, "POST", "/chat", json=lambda i: ticket(first + i), n=N)
+
+
+with lab.FakeServer(latency=LATENCY) as fake_upstream, ExitStack() as processes:
+    urls = [
+        processes.enter_context(
+            run_in_subprocess(
+                audit_path=Path(audit_folder.name) / f"process{number}.sqlite3",
+                base_url=fake_upstream.base_url,
+                max_upstream_calls=BOUND,
+            )
+        )
+        for number in range(PROCESSES)
+    ]
+    bursts = await asyncio.gather(*(burst_at(url, 10_000 * k) for k, url in enumerate(urls)))
+    fake_upstream.wait_idle()
+    most = fake_upstream.stats.max_in_flight
+
+seen = Counter()
+for burst in bursts:
+    seen.update(burst.status_counts)
+print(f"{PROCESSES} processes, bound {BOUND} each; clients saw:", dict(seen))
+print(f"upstream calls in flight at most: {most / BOUND:.1f}× the bound")
+print(
+    f"more than one bound: {most > BOUND}; at most {PROCESSES} × {BOUND}: "
+    f"{most <= PROCESSES * BOUND}"
+)
+
+# %% [markdown]
+# So with N worker processes the upstream's real bound is **N × `max_upstream_calls`**. Set
+# `max_upstream_calls` to the provider's limit divided by the number of workers, or share one
+# limit between the processes: a later lesson (07) does that. The audit log stays exact with
+# several processes: each has its own writer, and on one shared SQLite file they take turns
+# for the write lock (a commit that waits past the busy timeout is simply tried again).
+#
+# ## Capacity, measured from outside
+#
+# Every load above runs its clients in this kernel. To measure what the service can do, run it
+# as a deployment would: the service under its own uvicorn, the fake upstream in a second
+# process, and a load tool in a third. `benchmarks/capstone_locust.py` does exactly that with
+# [locust](https://locust.io), headless, 1,000 users that each send their next request as soon
+# as they have their answer:
+#
+# ```
+# python benchmarks/capstone_locust.py --users 1000 --run-time 30
+# ```
+#
+# Each request is one upstream call of 0.1 s and at most 20 run at once, so the ideal is
+# 20 / 0.1 = **200 requests per second**, however many users wait. It prints the throughput
+# once all users run against that ideal (the target is 0.95 of it), p50/p95/p99 latency
+# (about 1,000 / 200 = 5 s: each request queues behind the others for a slot), the errors,
+# and whether every 2xx has exactly one audit row. On two shared cores the fake upstream,
+# locust and the service compete for the CPU, so run it on a quiet machine.
+
+# %% [markdown]
 # ## Bad input never reaches the upstream
 #
-# Malformed JSON, a missing field, a wrong type, an empty message, a message that is too long,
-# an absurd temperature, a typo in a field name, a body of 100 KB: each is refused with a clear
-# message, and the upstream's call counter stays at **0**.
+# Malformed JSON (or not UTF-8), a missing field, a wrong type, an empty or blank message, one
+# of control characters only, a message that is too long, an absurd temperature, a temperature
+# that is not a number, a typo in a field name, a body of 100 KB, the wrong method: each is
+# refused with a clear message in the same JSON shape, and the upstream's call counter stays
+# at **0**.
 
 # %%
 import json
@@ -257,9 +436,14 @@ bad_requests = {
     "no body": {},
     "missing message": {"json": {"temperature": 0.5}},
     "wrong type": {"json": {"message": 42}},
-    "empty message": {"json": {"message": "   "}},
+    "not UTF-8": {"content": '{"message": "café"}'.encode("latin-1")},
+    "empty message": {"json": {"message": ""}},
+    "blank message": {"json": {"message": " \u00a0\n"}},
+    "control characters": {"json": {"message": "\x00\x1b"}},
     "message too long": {"json": {"message": "x" * 4_001}},
     "absurd temperature": {"json": {"message": "hi", "temperature": 7}},
+    "temperature false": {"json": {"message": "hi", "temperature": False}},
+    'temperature "1.5"': {"json": {"message": "hi", "temperature": "1.5"}},
     "typo in a field": {"json": {"message": "hi", "temprature": 0.5}},
     "empty batch": {"json": {"messages": []}, "path": "/batch"},
     "body over 64 KB": {"content": json.dumps({"message": "x" * 100_000}).encode()},
@@ -273,6 +457,8 @@ async with lab.serve(create_app(audit_path=guarded_audit)) as client:
         headers = {"content-type": "application/json"}
         response = await client.post(path, headers=headers, **request)
         print(f"{label:<19} {response.status_code}  {response.json()['error']['message']}")
+    wrong_method = await client.get("/chat")
+    print(f"{'GET /chat':<19} {wrong_method.status_code}  Allow: {wrong_method.headers['allow']}")
 
 print()
 print("upstream calls:", upstream.stats.calls)
@@ -291,10 +477,17 @@ audit_folder.cleanup()
 # * **A semaphore shared by every request**: the upstream never saw more than 20 calls at
 #   once, whatever the load (03).
 # * **A background audit writer, drained at shutdown**: one row per request, successes,
-#   failures and refusals alike (04).
-# * **Validation and clean errors**: bad input costs nothing upstream; upstream failures become
-#   429/502/503/504 with a message, and `Retry-After` where waiting helps.
+#   failures and refusals alike (04); a locked database lost no row, and once its bounded
+#   queue was full the service said 503 instead of answering what it could not audit.
+# * **Deadlines**: `upstream_timeout` is the whole wait, retries included, and the 504 says
+#   what the request was waiting for; slow clients get 408.
+# * **Validation and clean errors**: bad input costs nothing upstream; every error, ours or the
+#   upstream's, has one JSON shape that the OpenAPI schema documents.
 #
-# Where to go from here: run the same notebook against the real API (`LAB_MODE=live`, see the
-# README), or add an endpoint of your own to `capstone_service.py`: the tests in
-# `tests/test_capstone.py` show how to check it under load.
+# And one caveat: the bound is per process, so N workers can send N × 20 calls at once.
+#
+# Where to go from here: add an endpoint of your own to `capstone_service.py`. The tests show
+# how to check it: `tests/test_capstone.py` under load and faults in this process,
+# `tests/test_capstone_process.py` in its own process (a locked database, a full disk, a
+# read-only start-up, slow clients), and `tests/test_capstone_contract.py` runs schemathesis
+# against its OpenAPI schema.

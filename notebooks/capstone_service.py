@@ -41,11 +41,15 @@ import logging
 import math
 import os
 import random
+import signal
+import socket
 import sqlite3
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -62,7 +66,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["MODEL", "AuditLog", "GuardedH11Protocol", "create_app", "main"]
+__all__ = ["MODEL", "AuditLog", "GuardedH11Protocol", "create_app", "main", "run_in_subprocess"]
 
 MODEL: Final = "gpt-4o-mini"
 MAX_MESSAGE_CHARS: Final = 4_000
@@ -411,7 +415,7 @@ class AuditLog:
     def _failed(self, error: Exception) -> None:
         cause = f"{type(error).__name__}: {error}"
         if self.failure is None:  # log the start of an outage once, not every retry
-            log.error("audit log cannot write (%d rows waiting): %s", self.pending, cause)
+            log.error("audit log cannot write: %s", cause)
         self.failure = cause
 
 
@@ -1010,6 +1014,43 @@ def main(argv: Sequence[str] | None = None) -> None:
         backlog=args.max_connections,
         timeout_graceful_shutdown=10,
     )
+
+
+@contextmanager
+def run_in_subprocess(
+    *, audit_path: str | Path, base_url: str, workers: int = 1, **options: object
+) -> Iterator[str]:
+    """Run `main()` in a child process on a free loopback port; yield its URL.
+
+    Leaving the block sends SIGTERM: the service finishes its requests, drains its audit log
+    and exits. `options` are `main()`'s flags without the dashes (`max_upstream_calls=20`).
+    A service that does not start raises `RuntimeError` with what it printed.
+    """
+    with socket.socket() as probe:  # a free port; uvicorn binds it again in the child
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, __file__, "--port", str(port), "--audit", str(audit_path)]
+    command += ["--base-url", base_url, "--workers", str(workers)]
+    for name, value in options.items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    with tempfile.TemporaryFile("w+") as output:
+        child = subprocess.Popen(command, stdout=output, stderr=output, text=True)
+        try:
+            for _ in range(600):  # up to 60 s to listen
+                if child.poll() is not None:
+                    output.seek(0)
+                    raise RuntimeError(f"the service exited ({child.returncode}):\n{output.read()}")
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("the service did not listen within 60 s")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+            child.wait(timeout=60)
 
 
 if __name__ == "__main__":
