@@ -42,7 +42,10 @@ SLOW_TESTS: Final = (
 )
 #: Tests that compare the environment with requirements.lock: by design not true here.
 LOCK_TESTS: Final = ("tests/test_doctor.py::test_doctor_passes_on_this_machine",)
-_FAILED: Final = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+# pytest's short summary: "FAILED tests/x.py::test[param with spaces] - message".
+_FAILED: Final = re.compile(
+    r"^(?:FAILED|ERROR) ([^\s\[]+(?:\[.*?\](?= - |$))?)(?: - .*)?$", re.MULTILINE
+)
 
 
 def pins(lock_text: str) -> dict[str, str]:
@@ -150,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 capture_output=True,
             )
             broken = sorted(set(_FAILED.findall(again.stdout)))
+            if again.returncode not in (0, 1):  # the re-run itself went wrong: count them all
+                print(again.stdout[-2000:], again.stderr[-2000:], sep="\n")
+                broken = failed
             flaky = sorted(set(failed) - set(broken))
             if flaky:
                 print("Failed once, passed alone (load-sensitive, not counted):")

@@ -1,0 +1,33 @@
+"""tools/drift.py: reading locks, naming what moved, finding the failed tests in the output."""
+
+from __future__ import annotations
+
+import drift
+
+
+def test_pins_reads_the_lines_that_apply_here() -> None:
+    lock = (
+        "# a comment\n--index-url x\nopenai==3.57.0\n    # via x\n"
+        "colorama==0.4.6 ; sys_platform == 'win32'\nhttpx==0.28.1 ; python_version >= '3.11'\n"
+    )
+    assert drift.pins(lock) == {"openai": "3.57.0", "httpx": "0.28.1"}
+
+
+def test_moved_names_upgrades_additions_and_removals() -> None:
+    old = {"openai": "3.57.0", "gone": "1.0", "same": "2.0"}
+    new = {"openai": "3.58.1", "fresh": "0.1", "same": "2.0"}
+    assert drift.moved(old, new) == ["+ fresh 0.1", "- gone 1.0", "  openai 3.57.0 → 3.58.1"]
+
+
+def test_failed_tests_are_found_whole_even_with_spaces_in_their_ids() -> None:
+    summary = (
+        "FAILED tests/a.py::t[x - y < z] - AssertionError: [1] != [2]\n"
+        "FAILED tests/d.py::w[ok]\n"
+        "ERROR tests/b.py::u\n"
+        "PASSED tests/c.py::v\n"
+    )
+    assert drift._FAILED.findall(summary) == [
+        "tests/a.py::t[x - y < z]",
+        "tests/d.py::w[ok]",
+        "tests/b.py::u",
+    ]
