@@ -66,9 +66,9 @@ async def test_fire_sends_all_at_once_or_within_the_concurrency_limit() -> None:
     assert together.in_flight_max == 10
     assert limited.in_flight_max == 3
     assert one_by_one.in_flight_max == 1
-    assert together.ratio(0.1) < 5
     assert limited.wall >= 4 * 0.1  # 10 requests, 3 at a time: four rounds
     assert one_by_one.ratio(0.1) >= 10
+    assert 3 * together.wall < one_by_one.wall  # paired runs: ideal 1 latency against 10
 
 
 @pytest.mark.anyio
@@ -102,8 +102,9 @@ async def test_fire_records_failures_instead_of_raising() -> None:
 async def test_fire_applies_the_timeout_per_request() -> None:
     async with serve(make_app()) as client:
         report = await fire(client, "GET", "/slow", n=2, timeout=0.05)
+    # Timed out, not answered: the client stopped waiting before the 0.5 s answer came.
     assert report.status_counts == {"ReadTimeout": 2}
-    assert report.max_latency < 0.5
+    assert min(report.latencies) >= 0.05
 
 
 @pytest.mark.anyio
@@ -210,6 +211,8 @@ def test_from_calls_turns_upstream_calls_into_a_plottable_run() -> None:
     report = LoadReport.from_calls(upstream.stats.timeline)
     assert [r.status for r in report.requests] == [200, 200]
     assert [r.body for r in report.requests] == ["one", "two"]
-    assert report.wall >= 0
+    calls = upstream.stats.timeline
+    assert [(r.start, r.end) for r in report.requests] == [(c.start, c.end) for c in calls]
+    assert report.wall == upstream.stats.wall
     with pytest.raises(ValueError, match="non-empty sequence"):
         LoadReport.from_calls([])

@@ -164,7 +164,7 @@ def test_live_setup_returns_the_observer_with_a_measured_latency(
     try:
         upstream = labsupport.setup(latency=0.1, faults=(Fault.on_call(1, status=500),))
         assert isinstance(upstream, ObservedUpstream)
-        assert 0.05 <= upstream.latency < 1.0  # measured, not the 0.1 asked for
+        assert upstream.latency >= 0.05  # measured (the server's), not the 0.1 asked for
         assert upstream.stats.calls == 0  # the measuring calls are not counted
         out = capsys.readouterr().out
         assert f"Live mode: calls go to {server.base_url}" in out and "secret" not in out

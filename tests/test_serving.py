@@ -186,20 +186,17 @@ async def test_serve_runs_requests_concurrently() -> None:
         await client.get("/hello")  # open the first connection outside the measurement
         together = await ten_slow_requests(client, together=True)
         one_by_one = await ten_slow_requests(client, together=False)
-    assert together < 5 * 0.1
     assert one_by_one >= 10 * 0.1
+    assert 3 * together < one_by_one  # paired runs: ideal 1 latency against 10
 
 
 @pytest.mark.anyio
 async def test_serve_responds_before_background_tasks_finish() -> None:
     events: list[str] = []
     async with serve(make_app(events)) as client:
-        began = time.perf_counter()
         response = await client.post("/jobs")
-        answered_after = time.perf_counter() - began
         assert response.json() == {"status": "accepted"}
-        assert "job finished" not in events
-        assert answered_after < 0.3
+        assert "job finished" not in events  # answered before the background task ended
     # Leaving the block waits for the background task, then runs the lifespan shutdown.
     assert events == ["startup", "job finished", "shutdown"]
 
@@ -292,8 +289,8 @@ async def test_asgi_client_runs_requests_concurrently() -> None:
     async with asgi_client(make_app()) as client:
         together = await ten_slow_requests(client, together=True)
         one_by_one = await ten_slow_requests(client, together=False)
-    assert together < 5 * 0.1
     assert one_by_one >= 10 * 0.1
+    assert 3 * together < one_by_one  # paired runs: ideal 1 latency against 10
 
 
 @pytest.mark.anyio
