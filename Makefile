@@ -8,20 +8,30 @@
 #   make drift      would the newest versions pyproject allows break the tests? (weekly; uses the
 #                   package registry, changes nothing here)
 #   make venv       create or update .venv from requirements.lock
+#   make site       build the course website into build/site/ from the committed notebooks
+#   make node-tools install the npm tools the tests use into node_modules/ (npm ci)
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Written after a successful install; older than requirements.lock or pyproject.toml => reinstall.
 INSTALLED := $(VENV)/.installed
+# The npm tools the tests run (axe-core, configurable-http-proxy), as package-lock.json pins them.
+NODE_TOOLS := node_modules/.installed
 ONLY ?=
 LOCK_FLAGS ?=
 # The extras `make lock` pins and `make drift` upgrades.
 EXTRAS := --extra test --extra site --extra workshop --extra clients
 
-.PHONY: venv lab test lock notebooks bench drift
+.PHONY: venv lab test lock notebooks bench drift site node-tools
 
 venv: $(INSTALLED)
+
+node-tools: $(NODE_TOOLS)
+
+$(NODE_TOOLS): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
 
 # uv installs the lock exactly and fast; bootstrap it with pip, at the version the lock pins
 # (the lock lists uv too, so `uv pip sync` keeps it installed).
@@ -46,7 +56,7 @@ lab: venv
 
 # pytest's options (--nbval --nbval-current-env, the sanitizer, timeouts) live in pyproject.toml,
 # so a bare `pytest` in the repository root is the same strict run.
-test: venv
+test: venv $(NODE_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy labsupport tools
@@ -55,6 +65,10 @@ test: venv
 lock: | $(BIN)/uv
 	$(BIN)/uv pip compile pyproject.toml $(EXTRAS) --python-version 3.11 --universal \
 		--no-emit-index-url --custom-compile-command "make lock" $(LOCK_FLAGS) -o requirements.lock
+
+# The site shows the notebooks' stored outputs (nothing re-executed); see tools/build_site.py.
+site: venv
+	$(BIN)/python tools/build_site.py
 
 notebooks: venv
 	$(BIN)/python tools/build_notebooks.py $(if $(ONLY),--only $(ONLY))

@@ -5,6 +5,7 @@
     python -m labsupport fake-server   an OpenAI-compatible upstream on 127.0.0.1 (live-mode tests)
     python -m labsupport progress      your exercises so far, and what to do next
     python -m labsupport class-report  an instructor's view of the learners' progress files
+    python -m labsupport workshop-link one link that gives every learner on a JupyterHub the course
 
 `python -m labsupport COMMAND --help` describes each command's options.
 """
@@ -34,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "class-report": (
         "progress:class_report_main",
         "learners × exercises from their progress files",
+    ),
+    "workshop-link": (
+        "workshop:main",
+        "the nbgitpuller link that puts the course in each learner's home on a JupyterHub",
     ),
 }
 
