@@ -167,6 +167,7 @@ async def wait_written(client: httpx.AsyncClient, max_polls: int = 400) -> dict[
 def assert_every_2xx_audited_once(sent: list[httpx.Response], rows: list[dict[str, Any]]) -> None:
     answered = Counter(r.status_code for r in sent)
     prompts = Counter(row["prompt"] for row in rows)
+    print(f"clients saw {dict(answered)}; audit rows {len(rows)}, distinct {len(prompts)}")
     assert Counter(row["status"] for row in rows) == {200: answered[200]}
     assert len(prompts) == len(rows)  # no row written twice
     ok_prompts = {r.request.content for r in sent if r.status_code == 200}
