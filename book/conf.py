@@ -22,6 +22,10 @@ extensions = ["myst_nb", "sphinx.ext.githubpages"]
 nb_execution_mode = "off"
 # A cell tagged raises-exception keeps its traceback on the page, as in the notebook.
 nb_output_stderr = "show"
+# The lessons' widgets (labsupport.coaching) need a kernel, and the notebooks store no widget
+# state: a page shows what each widget output carries beside it instead, the explorer's first
+# timeline (a PNG with its alt text) and a prediction's question (its text).
+nb_mime_priority_overrides = [("*", "application/vnd.jupyter.widget-view+json", None)]
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
