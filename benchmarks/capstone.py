@@ -10,7 +10,9 @@ async patterns buy), next to the ideal wall time and measured/ideal:
 
 Client, server and upstream share one event loop in this process, as in the notebooks, so the
 zero-latency rows measure the CPU cost of a request through httpx, uvicorn, FastAPI, the SDK
-and the audit log together. Not part of the test suite. Run: `python benchmarks/capstone.py`.
+and the audit log together, and the 0.1 s rows include the client's own work on that loop.
+The service's capacity as a deployment sees it (its own process, load from another) is
+`benchmarks/capstone_locust.py`. Not part of the test suite. Run: `python benchmarks/capstone.py`.
 """
 
 from __future__ import annotations
