@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
-import math
+import statistics
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+
+from .validation import check_int, check_seconds
 
 __all__ = ["LoadReport", "RequestRecord", "Span", "fire", "in_flight_steps"]
 
@@ -135,12 +137,12 @@ class LoadReport:
     @property
     def p50(self) -> float:
         """Median latency in seconds: half of the requests were faster."""
-        return _percentile(self.latencies, 0.50)
+        return _percentile(self.latencies, 50)
 
     @property
     def p95(self) -> float:
         """95th percentile latency in seconds: 95 % of the requests were at least this fast."""
-        return _percentile(self.latencies, 0.95)
+        return _percentile(self.latencies, 95)
 
     @property
     def max_latency(self) -> float:
@@ -159,9 +161,7 @@ class LoadReport:
 
     def ratio(self, latency: float) -> float:
         """``wall / latency``: how many single calls of ``latency`` seconds the burst took."""
-        if isinstance(latency, bool) or not isinstance(latency, int | float) or latency <= 0:
-            raise ValueError(f"latency must be a positive number of seconds, got {latency!r}")
-        return self.wall / latency
+        return self.wall / check_seconds("latency", latency, allow_zero=False)
 
     def summary(self, latency: float | None = None) -> str:
         """One line: request count, outcomes, wall time, and p50/p95 latency.
@@ -226,16 +226,11 @@ async def fire(
         raise ValueError(f"method must be one of {', '.join(sorted(METHODS))}, got {method!r}")
     if not isinstance(path, str) or not path.startswith("/"):
         raise ValueError(f"path must be a str starting with '/', got {path!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
-    if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-    ):
-        raise ValueError(f"concurrency must be None (no limit) or an int >= 1, got {concurrency!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise ValueError(f"timeout must be None or a positive number of seconds, got {timeout!r}")
+    check_int("n", n, minimum=1)
+    if concurrency is not None:  # None: no limit
+        check_int("concurrency", concurrency, minimum=1)
+    if timeout is not None:  # None: the client's own timeout
+        check_seconds("timeout", timeout, allow_zero=False)
 
     # Build every body first: a bug in a json callable raises here, before anything is sent.
     bodies = [json(i) for i in range(n)] if callable(json) else [json] * n
@@ -294,10 +289,8 @@ def _decode(response: httpx.Response) -> Any:
         return response.text
 
 
-def _percentile(values: Iterable[float], fraction: float) -> float:
-    """Linear interpolation between the closest ranks (numpy's default method)."""
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    lower = math.floor(position)
-    upper = min(lower + 1, len(ordered) - 1)
-    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+def _percentile(values: Sequence[float], percent: int) -> float:
+    """The `percent`-th percentile, interpolated between the closest ranks (numpy's default)."""
+    if len(values) == 1:
+        return values[0]  # statistics.quantiles needs two points to interpolate between
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]

@@ -24,16 +24,20 @@ from __future__ import annotations
 import asyncio
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
+
+from .switch import Switch
+from .validation import check_seconds
 
 __all__ = ["LoopLagMonitor", "loop_lag"]
 
 
-class LoopLagMonitor:
+class LoopLagMonitor(Switch):
     """Watches the running event loop for stalls; see the module docstring.
 
-    Use it with ``async with``, or call ``start()`` and later ``stop()`` (for instance in two
-    notebook cells). The numbers are live while it runs and final after ``stop()``.
+    Use it with ``async with`` (or ``with``, inside a coroutine), or call ``start()`` and later
+    ``stop()`` (for instance in two notebook cells); both are idempotent, like every switch of
+    the lab. The numbers are live while it runs and final after ``stop()``.
 
     Args:
         interval: seconds the watcher sleeps between checks; also the precision of the result.
@@ -41,11 +45,8 @@ class LoopLagMonitor:
     """
 
     def __init__(self, interval: float = 0.005, threshold: float = 0.02) -> None:
-        for name, value in (("interval", interval), ("threshold", threshold)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        self.interval = float(interval)
-        self.threshold = float(threshold)
+        self.interval = check_seconds("interval", interval, allow_zero=False)
+        self.threshold = check_seconds("threshold", threshold, allow_zero=False)
         self.blocked = 0.0
         """Total seconds of lateness, summed over the stalls."""
         self.longest = 0.0
@@ -57,10 +58,15 @@ class LoopLagMonitor:
         self._task: asyncio.Task[None] | None = None
         self._due = 0.0  # perf_counter() when the watcher should next run
 
-    def start(self) -> None:
-        """Reset the numbers and start watching the running event loop."""
+    @property
+    def active(self) -> bool:
+        return self._task is not None
+
+    def start(self) -> Self:
+        """Reset the numbers and start watching the running event loop. Idempotent: a running
+        monitor keeps its numbers."""
         if self._task is not None:
-            raise RuntimeError("this LoopLagMonitor is already running; stop() it first")
+            return self
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -70,11 +76,12 @@ class LoopLagMonitor:
         # watcher ever runs, that time is still counted.
         self._due = time.perf_counter()
         self._task = loop.create_task(self._watch(), name="loop-lag watcher")
+        return self
 
     def stop(self) -> None:
-        """Stop watching; the pending wake-up counts if it is already late."""
+        """Stop watching; the pending wake-up counts if it is already late. Idempotent."""
         if self._task is None:
-            raise RuntimeError("this LoopLagMonitor is not running; start() it first")
+            return
         self._task.cancel()
         self._task = None
         # The watcher is asleep (or not started yet): its next wake-up has not been measured.
@@ -83,9 +90,8 @@ class LoopLagMonitor:
         if late > 0:
             self._record(late)
 
-    async def __aenter__(self) -> LoopLagMonitor:
-        self.start()
-        return self
+    async def __aenter__(self) -> Self:
+        return self.start()
 
     async def __aexit__(
         self,

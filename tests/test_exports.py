@@ -6,6 +6,7 @@ import importlib
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,8 @@ def test_import_labsupport_imports_nothing_heavy() -> None:
     before, after = done.stdout.splitlines()
     assert before == "[]"
     assert "openai" in after and "respx" in after
+
+
+def test_the_package_says_it_is_typed() -> None:
+    """pyproject ships `py.typed` (PEP 561): mypy checks learners' and tests' calls against it."""
+    assert (Path(labsupport.__file__).parent / "py.typed").is_file()

@@ -49,13 +49,6 @@ class UpstreamStats:
         """How many calls got `status` (None: timed out)."""
         return self.status_counts.get(status, 0)
 
-    @property
-    def wall(self) -> float:
-        """Seconds from the first call's start to the last call's end (0 with no calls)."""
-        if not self.timeline:
-            return 0.0
-        return max(c.end for c in self.timeline) - min(c.start for c in self.timeline)
-
     def __str__(self) -> str:
         statuses = ", ".join(
             f"{count} × {'timeout' if status is None else status}"
