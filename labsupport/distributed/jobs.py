@@ -1,0 +1,144 @@
+"""Durable post-request work: an arq job queue on Redis, and its worker process.
+
+A `BackgroundTasks` task lives in the memory of the process that answered: kill that process
+and the task is gone, without a trace. A job queue keeps the work in Redis instead, and a
+separate queue worker runs it. arq marks a job "in progress" with a key that expires (the job's
+timeout + 10 s); if its worker dies, the mark expires and a worker runs the job again. So a job
+can run **more than once**, and the job must be idempotent: here the audit row's primary key is
+the request id, and a second run's insert does nothing.
+
+Run a queue worker (what `QueueWorker` in `workers.py` starts):
+
+    python -m labsupport.distributed.jobs    # reads LAB_JOBS_REDIS_URL and LAB_JOBS_AUDIT_PATH
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import aiosqlite
+from arq import Worker, create_pool, func
+from arq.connections import ArqRedis, RedisSettings
+
+from ._orphans import die_with_parent
+
+__all__ = [
+    "AUDIT_SCHEMA",
+    "JOB_TIMEOUT",
+    "audit_counts",
+    "connect_queue",
+    "insert_audit_row",
+    "main",
+    "write_audit",
+]
+
+JOB_TIMEOUT: Final = 2.0
+"""Seconds a job may run. arq's in-progress mark lasts this + 10 s: after a worker is killed,
+its jobs run again about 12 s after they started."""
+
+AFTER_WRITE_SECONDS: Final = 1.0
+"""What the job does after its write (say, notify someone): a kill in this gap is the case that
+makes a non-idempotent job write twice."""
+
+AUDIT_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS audit (
+    request_id TEXT PRIMARY KEY,  -- the idempotency key: one row per request, however many runs
+    prompt TEXT, reply TEXT, at REAL
+);
+CREATE TABLE IF NOT EXISTS naive_audit (  -- the same write without a key, for comparison
+    request_id TEXT, prompt TEXT, reply TEXT, at REAL
+);
+CREATE TABLE IF NOT EXISTS job_runs (  -- one row per time a job started
+    request_id TEXT, job_try INTEGER, pid INTEGER, at REAL
+);
+"""
+
+
+async def connect_queue(redis_url: str) -> ArqRedis:
+    """A connection that can enqueue jobs (`await queue.enqueue_job(...)`)."""
+    settings = RedisSettings.from_dsn(redis_url)
+    settings.conn_retries = 0  # Redis down means 503 now, not five seconds of retrying
+    return await create_pool(settings)
+
+
+@asynccontextmanager
+async def _open(path: str) -> AsyncIterator[aiosqlite.Connection]:
+    async with aiosqlite.connect(path, timeout=10) as db:
+        await db.execute("PRAGMA journal_mode=WAL")  # several processes write to it
+        await db.executescript(AUDIT_SCHEMA)
+        yield db
+
+
+async def insert_audit_row(path: str, request_id: str, prompt: str, reply: str) -> None:
+    """One audit row, keyed by the request id: inserting it twice leaves one row."""
+    async with _open(path) as db:
+        await db.execute(
+            "INSERT INTO audit VALUES (?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+            (request_id, prompt, reply, time.time()),
+        )
+        await db.commit()
+
+
+async def write_audit(ctx: dict[str, Any], request_id: str, prompt: str, reply: str) -> str:
+    """The queued audit write. Idempotent: its effect is the same however often it runs."""
+    path = ctx["audit_path"]
+    async with _open(path) as db:
+        await db.execute(
+            "INSERT INTO job_runs VALUES (?, ?, ?, ?)",
+            (request_id, ctx["job_try"], os.getpid(), time.time()),
+        )
+        await db.execute(
+            "INSERT INTO naive_audit VALUES (?, ?, ?, ?)", (request_id, prompt, reply, time.time())
+        )
+        await db.commit()
+    await insert_audit_row(path, request_id, prompt, reply)
+    await asyncio.sleep(AFTER_WRITE_SECONDS)
+    return request_id
+
+
+async def audit_counts(path: str) -> dict[str, int]:
+    """What the audit file holds: rows, distinct requests, job runs, naive rows."""
+    async with _open(path) as db:
+        queries = {
+            "audit rows": "SELECT COUNT(*) FROM audit",
+            "naive rows": "SELECT COUNT(*) FROM naive_audit",
+            "naive duplicates": "SELECT COUNT(*) - COUNT(DISTINCT request_id) FROM naive_audit",
+            "job runs": "SELECT COUNT(*) FROM job_runs",
+            "jobs run twice or more": (
+                "SELECT COUNT(*) FROM (SELECT request_id FROM job_runs GROUP BY request_id "
+                "HAVING COUNT(*) > 1)"
+            ),
+        }
+        counts = {}
+        for name, query in queries.items():
+            rows = list(await db.execute_fetchall(query))
+            counts[name] = int(rows[0][0])
+        return counts
+
+
+def build_worker(redis_url: str, audit_path: str) -> Worker:
+    """The queue worker: runs `write_audit` jobs from Redis, up to 10 at a time."""
+    return Worker(
+        functions=[func(write_audit, timeout=JOB_TIMEOUT, max_tries=5)],
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        ctx={"audit_path": audit_path},
+        poll_delay=0.1,
+        keep_result=60,
+        health_check_interval=1,
+    )
+
+
+def main() -> None:
+    """Run a queue worker until SIGTERM/SIGINT (what arq's CLI does, configured from env)."""
+    die_with_parent()
+    worker = build_worker(os.environ["LAB_JOBS_REDIS_URL"], os.environ["LAB_JOBS_AUDIT_PATH"])
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Limits kept in Redis: a semaphore with expiring leases and a token bucket, shared by every
+connection (as by every worker); clear errors for bad parameters and for Redis going away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from labsupport.distributed import (
+    LimiterUnavailable,
+    LocalSlots,
+    RedisServer,
+    SharedSemaphore,
+    TokenBucket,
+    connect,
+    redis_server_path,
+)
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed"),
+]
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as running:
+        yield running
+
+
+@pytest.fixture
+async def clients(server: RedisServer) -> AsyncIterator[list[aioredis.Redis]]:
+    """Four connections: four workers, as far as Redis can tell."""
+    connections = [connect(server.url) for _ in range(4)]
+    yield connections
+    for connection in connections:
+        await connection.aclose()
+
+
+async def test_limit_holders_at_once_across_connections(clients: list[aioredis.Redis]) -> None:
+    semaphores = [SharedSemaphore(c, "t", limit=5, lease=10.0) for c in clients]
+    tokens = await asyncio.gather(*(semaphores[i % 4].try_acquire() for i in range(20)))
+    held = [token for token in tokens if token is not None]
+    assert len(held) == 5
+    assert await semaphores[0].held() == 5
+    await semaphores[1].release(held[0])  # any process may release a token it was given
+    assert await semaphores[2].try_acquire() is not None
+    assert await semaphores[3].try_acquire() is None
+
+
+async def test_acquire_waits_for_a_release(clients: list[aioredis.Redis]) -> None:
+    semaphore = SharedSemaphore(clients[0], "wait", limit=1, lease=10.0, poll=0.01)
+    first = await semaphore.acquire()
+    waiting = asyncio.create_task(
+        SharedSemaphore(clients[1], "wait", limit=1, lease=10.0).acquire()
+    )
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await semaphore.release(first)
+    await asyncio.wait_for(waiting, 2)
+    assert await semaphore.held() == 1
+
+
+async def test_an_unreleased_lease_expires(clients: list[aioredis.Redis]) -> None:
+    semaphore = SharedSemaphore(clients[0], "crash", limit=2, lease=0.3)
+    await semaphore.acquire()
+    await semaphore.acquire()  # both holders "crash": nobody releases
+    assert await semaphore.try_acquire() is None
+    await asyncio.sleep(0.4)
+    assert await semaphore.held() == 0
+    assert await semaphore.try_acquire() is not None
+
+
+async def test_acquire_gives_up_after_wait(clients: list[aioredis.Redis]) -> None:
+    semaphore = SharedSemaphore(clients[0], "full", limit=1, lease=10.0, poll=0.01, wait=0.1)
+    await semaphore.acquire()
+    with pytest.raises(TimeoutError, match="'full'"):
+        await semaphore.acquire()
+
+
+async def test_redis_gone_is_a_clear_error_not_a_hang(server: RedisServer) -> None:
+    client = connect(server.url, timeout=0.5)
+    semaphore = SharedSemaphore(client, "gone", limit=5, lease=10.0)
+    bucket = TokenBucket(client, "gone", rate=5, capacity=1)
+    await semaphore.acquire()
+    server.kill()
+    start = time.monotonic()
+    with pytest.raises(LimiterUnavailable, match="Redis did not answer"):
+        await semaphore.acquire()
+    with pytest.raises(LimiterUnavailable, match="token bucket 'gone'"):
+        await bucket.take()
+    assert time.monotonic() - start < 5  # a bound on a hang, not a timing claim
+    await client.aclose()
+
+
+async def test_token_bucket_paces_starts_across_connections(
+    clients: list[aioredis.Redis],
+) -> None:
+    buckets = [TokenBucket(c, "rpm", rate=20, capacity=2) for c in clients]
+    starts: list[float] = []
+
+    async def one(i: int) -> None:
+        await buckets[i % 4].take()
+        starts.append(time.monotonic())
+
+    await asyncio.gather(*(one(i) for i in range(8)))
+    # 2 at once from the full bucket, then one per 1/20 s: the last starts ≥ 6 × 0.05 s later.
+    assert max(starts) - min(starts) >= 0.25
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"limit": 0, "lease": 1.0}, "limit"),
+        ({"limit": True, "lease": 1.0}, "limit"),
+        ({"limit": 5, "lease": 0}, "lease"),
+        ({"limit": 5, "lease": float("inf")}, "lease"),
+        ({"limit": 5, "lease": "3"}, "lease"),
+        ({"limit": 5, "lease": 1.0, "poll": -1}, "poll"),
+        ({"limit": 5, "lease": 1.0, "wait": 0}, "wait"),
+    ],
+)
+async def test_bad_semaphore_parameters_name_the_argument(
+    clients: list[aioredis.Redis], arguments: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{named} must"):
+        SharedSemaphore(clients[0], "bad", **arguments)  # type: ignore[arg-type]
+
+
+async def test_bad_bucket_and_local_parameters_name_the_argument(
+    clients: list[aioredis.Redis],
+) -> None:
+    with pytest.raises(ValueError, match=r"^rate must"):
+        TokenBucket(clients[0], "bad", rate=0, capacity=1)
+    with pytest.raises(ValueError, match=r"^capacity must"):
+        TokenBucket(clients[0], "bad", rate=1, capacity=0)
+    with pytest.raises(ValueError, match=r"^name must"):
+        SharedSemaphore(clients[0], " ", limit=1, lease=1.0)
+    with pytest.raises(ValueError, match=r"^limit must"):
+        LocalSlots(0)
+    with pytest.raises(ValueError, match=r"^url must"):
+        connect("http://127.0.0.1:6379")
+
+
+async def test_local_slots_bound_one_process_only() -> None:
+    slots = LocalSlots(2)
+    tokens = [await slots.acquire(), await slots.acquire()]
+    waiting = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    await slots.release(tokens[0])
+    await asyncio.wait_for(waiting, 1)
