@@ -1,118 +1,71 @@
-"""The notebook 01 checker accepts non-blocking endpoints and explains each typical mistake."""
+"""The notebook 01 checker judges every answer of the corpus (tests/corpus/ex01_async_endpoint.py)
+with its expected verdict and cause, and its evidence says what it measured."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any
 
 import pytest
+from corpus import Answer, answers
+from corpus import ex01_async_endpoint as corpus
 from fastapi import FastAPI
-from openai import AsyncOpenAI, OpenAI
-from pydantic import BaseModel
 
 from labsupport.checks import CheckResult, check_async_endpoint
-
-
-class ChatRequest(BaseModel):
-    message: str
-
-
-def messages(request: ChatRequest) -> list[Any]:
-    return [{"role": "user", "content": request.message}]
-
+from labsupport.checks.async_client import CAUSES
 
 pytestmark = pytest.mark.usefixtures("offline_lab")
+
+
+@pytest.fixture
+def lab_latency() -> float:
+    return 0.1  # 4 requests at a time (20 in 5 waves) must stand out from one wave
 
 
 def check(app: FastAPI) -> CheckResult:
     return asyncio.run(check_async_endpoint(app))
 
 
-def test_the_shared_async_client_passes() -> None:
-    app, aclient = FastAPI(), AsyncOpenAI()
-
-    @app.post("/chat")
-    async def chat(request: ChatRequest) -> dict[str, Any]:
-        response = await aclient.chat.completions.create(
-            model="gpt-4o-mini", messages=messages(request)
-        )
-        return {"response": response.choices[0].message.content}
-
-    result = check(app)
-    assert result.passed, str(result)
-    assert "✅ PASSED" in str(result)
-    assert "from the async client, overlapping in time" in str(result)
-
-
-def test_a_def_endpoint_with_the_sync_client_passes_through_the_thread_pool() -> None:
-    app, client = FastAPI(), OpenAI()
-
-    @app.post("/chat")
-    def chat(request: ChatRequest) -> dict[str, Any]:
-        response = client.chat.completions.create(model="gpt-4o-mini", messages=messages(request))
-        return {"response": response.choices[0].message.content}
-
-    assert check(app).passed
-
-
-def test_the_sync_client_inside_async_def_is_rejected_with_its_evidence() -> None:
-    app, client = FastAPI(), OpenAI()
-
-    @app.post("/chat")
-    async def chat(request: ChatRequest) -> dict[str, Any]:
-        response = client.chat.completions.create(model="gpt-4o-mini", messages=messages(request))
-        return {"response": response.choices[0].message.content}
-
-    result = check(app)
-    assert not result.passed
+@pytest.mark.parametrize("answer", answers(corpus))
+def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer) -> None:
+    result = check(answer.build())
+    assert (result.passed, result.cause) == (answer.passed, answer.cause), str(result)
+    assert result.cause in CAUSES
     text = str(result)
-    assert "the event loop was blocked" in text
-    assert "from the sync client, one at a time" in text
-    assert "a synchronous call inside `async def`?" in text
+    assert text.startswith("✅ PASSED — " if answer.passed else "❌ NOT YET — ")
+    if not answer.passed:
+        assert result.hint, "a failed check says what to do"
 
 
-def test_time_sleep_inside_async_def_is_rejected() -> None:
-    app, aclient = FastAPI(), AsyncOpenAI()
-
-    @app.post("/chat")
-    async def chat(request: ChatRequest) -> dict[str, Any]:
-        time.sleep(0.05)  # "just a little pause" still blocks everyone
-        response = await aclient.chat.completions.create(
-            model="gpt-4o-mini", messages=messages(request)
-        )
-        return {"response": response.choices[0].message.content}
-
-    result = check(app)
-    assert not result.passed and "the event loop was blocked" in str(result)
+def test_the_corpus_is_big_enough() -> None:
+    verdicts = [param.values[0].passed for param in answers(corpus)]
+    assert verdicts.count(False) >= 12 and verdicts.count(True) >= 4
 
 
-def test_a_missing_await_is_named() -> None:
-    app, aclient = FastAPI(), AsyncOpenAI()
-
-    @app.post("/chat")
-    async def chat(request: ChatRequest) -> dict[str, Any]:
-        response = aclient.chat.completions.create(model="gpt-4o-mini", messages=messages(request))
-        return {"response": response.choices[0].message.content}  # type: ignore[attr-defined]
-
-    result = check(app)
-    assert not result.passed
-    assert "never awaited" in result.summary and "add `await`" in str(result)
+def test_the_evidence_names_what_was_measured() -> None:
+    text = str(check(corpus.answer_lifespan_client_in_app_state()))
+    assert "20 concurrent requests took" in text and "the time of a reference app" in text
+    assert "from the async client, overlapping in time" in text
+    assert "The app built 1 OpenAI client while the check ran." in text
+    assert "your app answered this check's 20 concurrent requests together" in text
 
 
-def test_a_wrong_reply_shape_is_explained() -> None:
-    app, aclient = FastAPI(), AsyncOpenAI()
+def test_a_client_per_request_is_counted_not_timed() -> None:
+    result = check(corpus.answer_async_client_per_request())
+    assert "20 clients for 20 requests" in result.summary
 
-    @app.post("/chat")
-    async def chat(request: ChatRequest) -> dict[str, Any]:
-        response = await aclient.chat.completions.create(
-            model="gpt-4o-mini", messages=messages(request)
-        )
-        return {"reply": response.choices[0].message.content}
 
-    result = check(app)
-    assert not result.passed
-    assert "did not get a proper reply" in result.summary and "First bad reply" in str(result)
+def test_the_semaphore_of_four_names_the_calls_in_flight() -> None:
+    result = check(corpus.answer_asyncio_semaphore_of_four())
+    assert "let at most 4 of the 20 requests reach the upstream at once" in result.summary
+
+
+def test_a_deadlock_is_stopped_named_and_the_next_check_passes() -> None:
+    blocked = check(corpus.answer_threading_lock_around_the_await())
+    assert blocked.cause == "threading_primitive"
+    assert "inside threading.Lock.__enter__()" in blocked.summary
+    assert "line" in blocked.summary and "with lock:" in blocked.summary
+    assert "asyncio.Lock" in (blocked.hint or "")
+    assert check(corpus.answer_to_thread()).passed  # the process is fine afterwards
 
 
 def test_bad_arguments() -> None:

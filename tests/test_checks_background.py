@@ -1,165 +1,73 @@
-"""The notebook 04 checker accepts an audit moved out of the request path, and explains the
-typical mistakes: an inline write, an async task that blocks the loop, entries lost at shutdown."""
+"""The notebook 04 checker judges every answer of the corpus
+(tests/corpus/ex04_background_audit.py) with its expected verdict and cause, including one
+sqlite3 connection shared by `def` tasks, found by the threads that used it."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from pathlib import Path
 
 import pytest
-from fastapi import BackgroundTasks, FastAPI, Request
-from openai import AsyncOpenAI
-from pydantic import BaseModel
+from corpus import Answer, answers
+from corpus import ex04_background_audit as corpus
+from fastapi import FastAPI
 
 from labsupport.checks import CheckResult, check_background_audit
-
-AUDIT_SECONDS = 0.2
-
-
-class ChatRequest(BaseModel):
-    message: str
-    user_id: str = "anonymous"
-
+from labsupport.checks.background import CAUSES
 
 pytestmark = pytest.mark.usefixtures("offline_lab")
 
-
-def audited_app(
-    schedule: Callable[[ChatRequest, BackgroundTasks], Awaitable[None]],
-    on_shutdown: Callable[[], None] = lambda: None,
-) -> FastAPI:
-    """A /chat app whose audit write is scheduled by `schedule(request, background_tasks)`."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with AsyncOpenAI() as client:
-            yield {"openai": client}
-        on_shutdown()
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.post("/chat")
-    async def chat(
-        request: ChatRequest, http: Request, background_tasks: BackgroundTasks
-    ) -> dict[str, Any]:
-        response = await http.state.openai.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
-        )
-        await schedule(request, background_tasks)
-        return {"response": response.choices[0].message.content}
-
-    return app
+N = 5
 
 
-def check(app: FastAPI, rows: list[str]) -> CheckResult:
+@pytest.fixture
+def lab_latency() -> float:
+    return 0.02
+
+
+def check(app: FastAPI, db_path: str) -> CheckResult:
     return asyncio.run(
-        check_background_audit(app, lambda: len(rows), audit_seconds=AUDIT_SECONDS, n=5)
+        check_background_audit(
+            app, lambda: corpus.count_rows(db_path), audit_seconds=corpus.AUDIT_SECONDS, n=N
+        )
     )
 
 
-def test_an_async_background_task_that_awaits_passes() -> None:
-    rows: list[str] = []
-
-    async def write(user_id: str) -> None:
-        await asyncio.sleep(AUDIT_SECONDS)
-        rows.append(user_id)
-
-    async def schedule(request: ChatRequest, tasks: BackgroundTasks) -> None:
-        tasks.add_task(write, request.user_id)
-
-    result = check(audited_app(schedule), rows)
-    assert result.passed, str(result)
-    assert "Audit rows written: 5 for 5 requests." in str(result)
+@pytest.mark.parametrize("answer", answers(corpus))
+def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer, tmp_path: Path) -> None:
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+    result = check(answer.build(db_path), db_path)
+    assert (result.passed, result.cause) == (answer.passed, answer.cause), str(result)
+    assert result.cause in CAUSES
+    assert str(result).startswith("✅ PASSED — " if answer.passed else "❌ NOT YET — ")
+    if not answer.passed:
+        assert result.hint, "a failed check says what to do"
 
 
-def test_a_def_background_task_in_the_thread_pool_passes_and_an_async_counter_works() -> None:
-    rows: list[str] = []
-
-    def write(user_id: str) -> None:
-        time.sleep(AUDIT_SECONDS)
-        rows.append(user_id)
-
-    async def schedule(request: ChatRequest, tasks: BackgroundTasks) -> None:
-        tasks.add_task(write, request.user_id)
-
-    async def count_rows() -> int:
-        return len(rows)
-
-    app = audited_app(schedule)
-    result = asyncio.run(check_background_audit(app, count_rows, audit_seconds=AUDIT_SECONDS, n=5))
-    assert result.passed, str(result)
+def test_the_corpus_is_big_enough() -> None:
+    verdicts = [param.values[0].passed for param in answers(corpus)]
+    assert verdicts.count(False) >= 12 and verdicts.count(True) >= 4
 
 
-def test_an_inline_write_is_rejected() -> None:
-    rows: list[str] = []
-
-    async def schedule(request: ChatRequest, tasks: BackgroundTasks) -> None:
-        await asyncio.sleep(AUDIT_SECONDS)
-        rows.append(request.user_id)
-
-    result = check(audited_app(schedule), rows)
-    assert not result.passed
-    assert "each response waited for its audit write" in result.summary
-    assert "background_tasks.add_task" in str(result)
-
-
-def test_an_async_background_task_that_blocks_is_rejected() -> None:
-    rows: list[str] = []
-
-    async def write(user_id: str) -> None:
-        time.sleep(AUDIT_SECONDS)  # blocks the event loop, background task or not
-        rows.append(user_id)
-
-    async def schedule(request: ChatRequest, tasks: BackgroundTasks) -> None:
-        tasks.add_task(write, request.user_id)
-
-    result = check(audited_app(schedule), rows)
-    assert not result.passed
-    assert "the event loop was blocked" in result.summary
-    assert "plain `def`" in str(result)
+def test_the_evidence_counts_rows_and_the_probe(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+    corpus.count_rows(db_path)
+    text = str(check(corpus.answer_add_task_with_the_lifespan_connection(db_path), db_path))
+    assert "Audit rows written: 6 for 6 requests." in text
+    assert "its audit row was not yet written" in text
+    assert "for this check's 6 requests" in text
+    inline = str(check(corpus.answer_starter_inline(db_path), db_path))
+    assert "its audit row was already written" in inline
 
 
-def test_entries_lost_at_shutdown_are_counted() -> None:
-    rows: list[str] = []
-    state = {"open": True}
-    forgotten: list[asyncio.Task[None]] = []  # referenced, but never awaited by anyone
-
-    def close_database() -> None:
-        state["open"] = False
-
-    async def write(user_id: str) -> None:
-        # Far slower than any shutdown, even on a loaded machine: the database is always closed
-        # first. (Nobody awaits these tasks, so their length costs the test nothing.)
-        await asyncio.sleep(10 * AUDIT_SECONDS)
-        if state["open"]:
-            rows.append(user_id)
-
-    async def schedule(request: ChatRequest, tasks: BackgroundTasks) -> None:
-        forgotten.append(asyncio.create_task(write(request.user_id)))
-
-    result = check(audited_app(schedule, close_database), rows)
-    assert not result.passed
-    assert "5 audit entries were lost" in result.summary
-    assert "Audit rows written: 0 for 5 requests." in str(result)
-    assert "asyncio.create_task" in str(result)
-
-
-def test_a_failing_audit_task_is_reported_from_the_server_log() -> None:
-    rows: list[str] = []
-
-    async def write(user_id: str) -> None:
-        raise RuntimeError("disk full")
-
-    async def schedule(request: ChatRequest, tasks: BackgroundTasks) -> None:
-        tasks.add_task(write, request.user_id)
-
-    result = check(audited_app(schedule), rows)
-    assert not result.passed
-    assert "5 audit entries were lost" in result.summary
-    assert "The server logged 5 error(s); first: RuntimeError: disk full" in str(result)
+def test_the_shared_connection_names_its_threads(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+    result = check(corpus.answer_shared_sqlite3_connection(db_path), db_path)
+    assert "One sqlite3 connection ran statements from" in str(result)
+    assert "aiosqlite" in (result.hint or "")
 
 
 def test_bad_arguments() -> None:

@@ -1,6 +1,5 @@
-"""The notebook 03 checker accepts a batch bounded by one shared semaphore and explains each
-typical mistake: no bound, a semaphore created per call, sequential awaits, a bound below the
-limit, and results out of order."""
+"""The notebook 03 checker judges every answer of the corpus (tests/corpus/ex03_semaphore.py)
+with its expected verdict and cause: each way of having too many calls in flight gets its own."""
 
 from __future__ import annotations
 
@@ -8,120 +7,67 @@ import asyncio
 from typing import Any
 
 import pytest
-from openai import AsyncOpenAI
+from corpus import Answer, answers
+from corpus import ex03_semaphore as corpus
 
 import labsupport
 from labsupport.checks import CheckResult, check_bounded_batch
+from labsupport.checks.semaphore import CAUSES
 
-aclient: AsyncOpenAI
+pytestmark = pytest.mark.usefixtures("offline_lab")
 
 
 @pytest.fixture
 def lab_latency() -> float:
-    return 0.03
-
-
-@pytest.fixture(autouse=True)
-def shared_client(offline_lab: labsupport.MockUpstream) -> None:
-    global aclient
-    aclient = AsyncOpenAI()
-
-
-async def summarize(text: str) -> str:
-    response = await aclient.chat.completions.create(
-        model="gpt-4o-mini",
-        messages=[{"role": "user", "content": f"Summarize in 5 words: {text}"}],
-        max_tokens=20,
-    )
-    return response.choices[0].message.content or ""
+    return 0.05  # as in notebook 03
 
 
 def check(fn: Any, limit: int = 5) -> CheckResult:
     return asyncio.run(check_bounded_batch(fn, limit))
 
 
-def test_one_shared_semaphore_passes() -> None:
-    async def summarize_all(texts: list[str]) -> list[str]:
-        semaphore = asyncio.Semaphore(5)
+@pytest.mark.parametrize("answer", answers(corpus))
+def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer) -> None:
+    result = check(answer.build())
+    assert (result.passed, result.cause) == (answer.passed, answer.cause), str(result)
+    assert result.cause in CAUSES
+    assert str(result).startswith("✅ PASSED — " if answer.passed else "❌ NOT YET — ")
+    if not answer.passed:
+        assert result.hint, "a failed check says what to do"
 
-        async def one(text: str) -> str:
-            async with semaphore:
-                return await summarize(text)
 
-        return await asyncio.gather(*(one(t) for t in texts))
+def test_the_corpus_is_big_enough() -> None:
+    verdicts = [param.values[0].passed for param in answers(corpus)]
+    assert verdicts.count(False) >= 12 and verdicts.count(True) >= 4
 
-    result = check(summarize_all)
-    assert result.passed, str(result)
-    text = str(result)
+
+def test_a_pass_shows_its_counts() -> None:
+    text = str(check(corpus.answer_semaphore_per_batch()))
     assert "at most 5 calls in flight" in text and "0 × 429" in text
     assert "⌈20 / 5⌉ = 4 waves" in text
+    assert "on this check's 20 texts, exactly 5 calls were in flight at a time" in text
 
 
-def test_a_module_level_semaphore_passes_with_another_limit() -> None:
-    semaphore = asyncio.Semaphore(3)
-
-    async def one(text: str) -> str:
-        async with semaphore:
-            return await summarize(text)
-
-    async def summarize_all(texts: list[str]) -> list[str]:
-        return await asyncio.gather(*(one(t) for t in texts))
-
-    result = check(summarize_all, limit=3)
-    assert result.passed, str(result)
-
-
-def test_no_bound_is_rejected_with_its_429s() -> None:
-    async def summarize_all(texts: list[str]) -> list[str]:
-        return await asyncio.gather(*(summarize(t) for t in texts))
-
-    result = check(summarize_all)
-    assert not result.passed
-    text = str(result)
+def test_no_bound_shows_the_429s() -> None:
+    result = check(corpus.answer_starter_unbounded())
     assert result.summary == "the batch had 20 calls in flight at once, more than the limit of 5."
-    assert "refused 15 calls with 429 on the first try" in text
-    assert "raised RateLimitError" in text
-    assert "ONE `asyncio.Semaphore(5)` shared" in (result.hint or "")
+    assert "refused 15 calls with 429 on the first try" in str(result)
+    assert "raised RateLimitError" in str(result)
 
 
-def test_a_semaphore_created_per_call_is_rejected_and_named() -> None:
-    async def summarize_all(texts: list[str]) -> list[str]:
-        async def one(text: str) -> str:
-            async with asyncio.Semaphore(5):  # a new semaphore for every call: bounds nothing
-                return await summarize(text)
-
-        return await asyncio.gather(*(one(t) for t in texts))
-
-    result = check(summarize_all)
-    assert not result.passed
-    assert (
-        "20 calls in flight" in result.summary and "although it uses a semaphore" in result.summary
-    )
-    assert "bounds nothing" in (result.hint or "")
+def test_the_kinds_of_semaphore_are_told_apart() -> None:
+    per_call = check(corpus.answer_semaphore_per_call())
+    assert "your code built 20 semaphores, one per call" in per_call.summary
+    above = check(corpus.answer_per_batch_bound_of_ten())
+    assert "the semaphore (built per batch) has 10 slots" in above.summary
+    released = check(corpus.answer_coroutine_created_under_the_semaphore())
+    assert "a semaphore of 5 slots was acquired" in released.summary
+    assert "inside the `async with semaphore:` block" in (released.hint or "")
 
 
-def test_errors_kept_as_values_still_count_as_refused() -> None:
-    async def summarize_all(texts: list[str]) -> list[Any]:
-        return await asyncio.gather(*(summarize(t) for t in texts), return_exceptions=True)
-
-    result = check(summarize_all)
-    assert not result.passed
-    assert "refused 15 calls with 429" in str(result)
-    assert "returned, with 15 summaries missing" in str(result)
-
-
-def test_sequential_awaits_are_rejected() -> None:
-    async def summarize_all(texts: list[str]) -> list[str]:
-        return [await summarize(t) for t in texts]
-
-    result = check(summarize_all)
-    assert not result.passed
-    assert "one after another" in result.summary
-    assert "at most 1 call in flight" in str(result)
-
-
-def test_a_bound_below_the_limit_is_explained() -> None:
-    semaphore = asyncio.Semaphore(2)
+def test_another_limit() -> None:
+    semaphore = asyncio.Semaphore(3)
+    summarize = corpus.summarizer()
 
     async def one(text: str) -> str:
         async with semaphore:
@@ -130,36 +76,19 @@ def test_a_bound_below_the_limit_is_explained() -> None:
     async def summarize_all(texts: list[str]) -> list[str]:
         return await asyncio.gather(*(one(t) for t in texts))
 
-    result = check(summarize_all)
-    assert not result.passed and "at most 2 calls ran at once" in result.summary
+    assert check(summarize_all, limit=3).passed
 
 
-def test_results_in_completion_order_are_rejected() -> None:
-    semaphore = asyncio.Semaphore(5)
-
-    async def one(text: str) -> str:
-        async with semaphore:
-            return await summarize(text)
-
-    async def summarize_all(texts: list[str]) -> list[str]:
-        results = await asyncio.gather(*(one(t) for t in texts))
-        return results[1:] + results[:1]  # what collecting in completion order can look like
-
-    result = check(summarize_all)
-    assert not result.passed and "result 1 is not the summary of text 1" in result.summary
-
-
-def test_the_upstream_configuration_is_restored() -> None:
+def test_the_upstream_settings_are_restored_even_after_a_deadlock() -> None:
     upstream = labsupport.current_upstream()
     assert isinstance(upstream, labsupport.MockUpstream)
     upstream.configure(latency=0.02, faults=[labsupport.Fault.on_call(999, status=500)])
     before = upstream.settings
-
-    async def summarize_all(texts: list[str]) -> list[str]:
-        return await asyncio.gather(*(summarize(t) for t in texts))
-
-    assert not check(summarize_all).passed
+    stopped = check(corpus.answer_threading_semaphore())
+    assert stopped.cause == "threading_primitive"
+    assert "inside threading.Semaphore.acquire()" in stopped.summary
     assert upstream.settings == before
+    assert check(corpus.answer_five_queue_workers()).passed  # the next cell answers
 
 
 def test_bad_arguments() -> None:

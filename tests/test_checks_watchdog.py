@@ -9,9 +9,12 @@ import signal
 import threading
 import time
 
+import nbformat
 import pytest
+from nbclient import NotebookClient
 
 from labsupport.checks.watchdog import Guarded, guarded
+from labsupport.instructor.kernels import KERNEL_NAME, CurrentEnvKernelManager
 
 LIMIT = 0.3  # seconds the same learner frame may hold the loop
 
@@ -128,3 +131,48 @@ def test_the_users_interrupt_is_still_a_keyboard_interrupt() -> None:
 def test_bad_limits() -> None:
     with pytest.raises(ValueError, match="block_limit"):
         run(fine(), time_limit=0.1)
+
+
+KERNEL_CELLS = [
+    "import asyncio, threading\nimport labsupport as lab\nupstream = lab.setup(latency=0.05)\n"
+    "from openai import AsyncOpenAI\naclient = AsyncOpenAI()",
+    # The learner's answer to notebook 03 with a threading semaphore: without the watchdog,
+    # this cell deadlocks the kernel for good.
+    "slots = threading.Semaphore(5)\n\n"
+    "async def one(text):\n"
+    "    with slots:\n"
+    "        r = await aclient.chat.completions.create(model='gpt-4o-mini',\n"
+    "            messages=[{'role': 'user', 'content': text}])\n"
+    "        return r.choices[0].message.content\n\n"
+    "async def summarize_all(texts):\n"
+    "    return await asyncio.gather(*(one(t) for t in texts))\n\n"
+    "result = await lab.checks.check_bounded_batch(summarize_all, limit=5)\n"
+    "print(result.cause)\nprint(result.summary)",
+    "print('latency', upstream.settings.latency, 'limit', upstream.settings.rate_limit)",
+    "slots = asyncio.Semaphore(5)\n\n"
+    "async def one(text):\n"
+    "    async with slots:\n"
+    "        r = await aclient.chat.completions.create(model='gpt-4o-mini',\n"
+    "            messages=[{'role': 'user', 'content': text}])\n"
+    "        return r.choices[0].message.content\n\n"
+    "print((await lab.checks.check_bounded_batch(summarize_all, limit=5)).cause)",
+]
+
+
+def test_in_a_real_kernel_a_deadlocking_answer_is_stopped_and_the_next_cell_answers() -> None:
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source) for source in KERNEL_CELLS]
+    )
+    client = NotebookClient(
+        notebook,
+        timeout=60,
+        kernel_name=KERNEL_NAME,
+        kernel_manager_class=CurrentEnvKernelManager,
+    )
+    asyncio.run(client.async_execute())
+    printed = ["".join(o.get("text", "") for o in cell.outputs) for cell in notebook.cells]
+    cause, summary = printed[1].splitlines()[:2]
+    assert cause == "threading_primitive"
+    assert "inside threading.Semaphore.acquire()" in summary and "`with slots:`" in summary
+    assert printed[2] == "latency 0.05 limit None\n"  # the upstream is as the lesson left it
+    assert printed[3] == "ok\n"

@@ -23,10 +23,12 @@ __all__ = [
     "Outcome",
     "describe_error",
     "expected_replies",
+    "nested_loop",
     "offline_upstream",
     "reply_matches",
     "run_learner_code",
     "scripted",
+    "settle_unawaited",
 ]
 
 
@@ -42,10 +44,11 @@ def scripted(
     *,
     faults: Iterable[Fault] = (),
     rate_limit: RateLimit | None = None,
+    jitter: float = 0.0,
 ) -> Iterator[MockUpstream]:
-    """Give `upstream` these faults and this rate limit (latency unchanged, no jitter) inside
+    """Give `upstream` these faults, this rate limit and this jitter (latency unchanged) inside
     the block, then restore its previous settings, even when the block is interrupted."""
-    with upstream.configured(jitter=0.0, faults=faults, rate_limit=rate_limit):
+    with upstream.configured(jitter=jitter, faults=faults, rate_limit=rate_limit):
         yield upstream
 
 
@@ -57,6 +60,8 @@ class Outcome:
     error: BaseException | None
     wall: float
     timed_out: bool = False
+    not_async: bool = False
+    """Whether `fn(texts)` returned something that cannot be awaited (not an `async def`)."""
 
     @property
     def raised(self) -> bool:
@@ -76,15 +81,41 @@ async def run_learner_code(
     try:
         pending = fn(list(texts))
         if not inspect.isawaitable(pending):
-            raise TypeError(
+            error = TypeError(
                 f"{_name(fn)}(texts) returned {type(pending).__name__}, not an awaitable: "
                 "declare it with `async def`"
             )
+            return Outcome(None, error, time.perf_counter() - start, not_async=True)
         async with deadline:
             value = await pending
     except Exception as error:  # the learner's failure is the evidence, not a crash
         return Outcome(None, error, time.perf_counter() - start, timed_out=deadline.expired())
     return Outcome(value, None, time.perf_counter() - start)
+
+
+async def settle_unawaited(value: object) -> bool:
+    """Whether `value` is, or is a list holding, awaitables the learner forgot to await (a
+    coroutine, a task, `asyncio.gather(...)`'s future). Coroutines are closed and futures
+    cancelled or drained, so that Python does not warn about them later."""
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    forgotten = [item for item in items if inspect.isawaitable(item)]
+    for item in forgotten:
+        if inspect.iscoroutine(item):
+            item.close()
+        elif isinstance(item, asyncio.Future):
+            await asyncio.wait([item])  # it runs anyway: let it finish, and read its error
+            if not item.cancelled():
+                item.exception()
+    return bool(forgotten)
+
+
+def nested_loop(error: BaseException | None) -> bool:
+    """Whether `error` is asyncio refusing `asyncio.run()` / `run_until_complete()` inside a
+    running event loop."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "cannot be called from a running event loop" in text or "loop is already running" in text
+    )
 
 
 def expected_replies(texts: Sequence[str], timeline: Iterable[UpstreamCall]) -> list[set[str]]:

@@ -1,31 +1,95 @@
-"""Checker for notebook 03: a batch that never has more calls in flight than the upstream allows."""
+"""Checker for notebook 03: a batch that never has more calls in flight than the upstream allows.
+
+Its causes (`CheckResult.cause`):
+
+* "ok" — exactly `limit` calls in flight, a new one starting as soon as one ends, every summary
+  in its place;
+* "offline_only" — live mode: the check needs the offline upstream to set a rate limit;
+* "threading_primitive" / "blocked_loop" / "timed_out" — the watchdog had to stop the function
+  (a `threading.Semaphore` blocks the event loop while it waits), or it never finished;
+* "not_async", "not_awaited", "nested_event_loop", "crashed", "missing_return",
+  "wrong_count", "wrong_order", "wrong_summary" — what it returned is not one summary per text,
+  in order;
+
+with more than `limit` calls in flight, told apart by counting the asyncio semaphores the
+learner's code built and acquired:
+
+* "no_bound" — no semaphore was acquired at all;
+* "semaphore_per_call" — a semaphore was built for (about) every call: each bounds only itself;
+* "bound_above_limit" — a shared semaphore, but sized above the limit (module level or per batch);
+* "released_before_await" — a semaphore of the right size, but the calls ran outside it (a
+  coroutine created under the semaphore and awaited after its release);
+
+with at most `limit` in flight:
+
+* "sequential" — one call at a time;
+* "bound_below_limit" — fewer than `limit` at a time;
+* "waves" — `limit` at a time, but in waves (chunks): each wave waited for its slowest call
+  before the next began, so the slots stood idle. Seen from the calls in flight whenever one
+  started, with call durations spread (the upstream's seeded jitter).
+"""
 
 from __future__ import annotations
 
-import inspect
+import gc
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final, Literal, get_args
 
+from .._text import shorten
 from ..upstream import RateLimit, UpstreamStats
+from ._common import caught_warnings, stopped_by_watchdog
 from ._scenario import (
     Outcome,
     describe_error,
     expected_replies,
+    nested_loop,
     offline_upstream,
     reply_matches,
     run_learner_code,
     scripted,
+    settle_unawaited,
 )
+from ._semaphores import SemaphoreUse, watched_semaphores
 from .result import CheckResult
+from .watchdog import guarded
 
-__all__ = ["check_bounded_batch"]
+__all__ = ["CAUSES", "Cause", "batch_texts", "check_bounded_batch"]
 
 EXERCISE = "a batch bounded by the upstream's limit"
 
+Cause = Literal[
+    "ok",
+    "offline_only",
+    "threading_primitive",
+    "blocked_loop",
+    "timed_out",
+    "not_async",
+    "not_awaited",
+    "nested_event_loop",
+    "crashed",
+    "missing_return",
+    "wrong_count",
+    "wrong_order",
+    "wrong_summary",
+    "no_bound",
+    "semaphore_per_call",
+    "bound_above_limit",
+    "released_before_await",
+    "sequential",
+    "bound_below_limit",
+    "waves",
+]
+CAUSES: Final[tuple[str, ...]] = get_args(Cause)
+
 # So long that no client retries (the SDK gives up on a retry-after above two minutes): each
 # call over the limit is refused exactly once, and the count does not depend on timing.
-NO_RETRY_AFTER = 600.0
+NO_RETRY_AFTER: Final = 600.0
+
+JITTER: Final = 0.5
+"""The spread of call durations in the first run, as a fraction of the latency: with calls of
+unequal length, a semaphore starts the next call as soon as any one ends, waves do not."""
 
 BatchFunction = Callable[[list[str]], Awaitable[Any]]
 
@@ -47,6 +111,16 @@ def batch_texts(count: int) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class _Runs:
+    free: Outcome
+    stats: UpstreamStats
+    semaphores: SemaphoreUse
+    returned_unawaited: bool
+    refused: Outcome | None = None
+    refused_stats: UpstreamStats | None = None
+
+
 async def check_bounded_batch(fn: BatchFunction, limit: int = 5) -> CheckResult:
     """Run `fn(texts)` on 4 × `limit` texts and judge how many calls it had in flight at once.
 
@@ -55,9 +129,10 @@ async def check_bounded_batch(fn: BatchFunction, limit: int = 5) -> CheckResult:
     keeps exactly `limit` in flight (not more: 429s; not fewer: slower than allowed), so it
     takes about ⌈n / limit⌉ latencies.
 
-    The first run has no rate limit, to see how many calls `fn` sends at once. If that is more
-    than `limit`, a second run turns the limit on and counts the 429 answers. The upstream's
-    configuration is restored afterwards.
+    The first run has no rate limit, to see how many calls `fn` sends at once (with call
+    durations spread by the upstream's jitter). If that is more than `limit`, a second run turns
+    the limit on and counts the 429 answers. Learner code runs under the watchdog; the
+    upstream's settings are restored afterwards, even when the check is interrupted.
     """
     if not callable(fn):
         raise TypeError(f"fn must be an async function taking a list of texts; got {fn!r:.80}")
@@ -66,78 +141,156 @@ async def check_bounded_batch(fn: BatchFunction, limit: int = 5) -> CheckResult:
     upstream = offline_upstream()
     if upstream is None:
         return CheckResult(
-            EXERCISE,
-            False,
-            "this check needs the offline lab: it sets a rate limit, which a live API cannot.",
+            exercise=EXERCISE,
+            passed=False,
+            cause="offline_only",
+            summary="this check needs the offline lab: it sets a rate limit, which a live API "
+            "cannot.",
             hint="run the notebook without LAB_MODE=live to get it checked.",
         )
     latency = max(upstream.latency, 0.001)
     texts = batch_texts(4 * limit)
-    waves = math.ceil(len(texts) / limit)
     time_limit = 3 * len(texts) * latency + 5.0
     name = getattr(fn, "__name__", "your function")
 
-    with scripted(upstream):
-        free = await run_learner_code(fn, texts, time_limit=time_limit)
-        stats = upstream.stats
-    peak = stats.max_in_flight
+    async def runs() -> _Runs:
+        with caught_warnings():  # what the learner's code leaves behind is judged, not printed
+            try:
+                with scripted(upstream, jitter=JITTER * latency), watched_semaphores() as use:
+                    free = await run_learner_code(fn, texts, time_limit=time_limit)
+                    stats = upstream.stats
+                unawaited = await settle_unawaited(free.value)
+                if stats.max_in_flight <= limit:
+                    return _Runs(free, stats, use, unawaited)
+                limited = RateLimit(max_concurrent=limit, retry_after=NO_RETRY_AFTER)
+                with scripted(upstream, rate_limit=limited):
+                    refused = await run_learner_code(fn, texts, time_limit=time_limit)
+                    refused_stats = upstream.stats
+                await settle_unawaited(refused.value)
+                return _Runs(free, stats, use, unawaited, refused, refused_stats)
+            finally:
+                gc.collect()
+
+    outcome = await guarded(runs(), block_limit=1.0 + 10 * latency, time_limit=3 * time_limit)
+    if outcome.stopped or outcome.value is None:
+        return stopped_by_watchdog(EXERCISE, outcome.blocked, name)
+    return _verdict(outcome.value, texts, limit, latency, name)
+
+
+def _verdict(runs: _Runs, texts: list[str], limit: int, latency: float, name: str) -> CheckResult:
+    peak = runs.stats.max_in_flight
+    waves = math.ceil(len(texts) / limit)
     evidence = [
-        f"{len(texts)} texts took {free.wall:.2f} s ≈ {free.wall / latency:.1f}× the latency of "
-        f"one call ({latency:.2f} s); ⌈{len(texts)} / {limit}⌉ = {waves} waves would take "
-        f"{waves} latencies. The upstream saw at most {peak} call{'s' if peak != 1 else ''} "
-        "in flight."
+        f"{len(texts)} texts took {runs.free.wall:.2f} s ≈ {runs.free.wall / latency:.1f}× the "
+        f"latency of one call ({latency:.2f} s); ⌈{len(texts)} / {limit}⌉ = {waves} waves would "
+        f"take about {waves} latencies. The upstream saw at most {peak} "
+        f"call{'s' if peak != 1 else ''} in flight."
     ]
 
-    if peak > limit:
-        limited = RateLimit(max_concurrent=limit, retry_after=NO_RETRY_AFTER)
-        with scripted(upstream, rate_limit=limited):
-            refused = await run_learner_code(fn, texts, time_limit=time_limit)
-            refused_stats = upstream.stats
-        evidence.append(_rate_limited(refused, refused_stats, limit, name))
-        per_call = _creates_semaphore(fn)
-        what = f"the batch had {peak} calls in flight at once, more than the limit of {limit}" + (
-            ", although it uses a semaphore" if per_call else ""
-        )
-        hint = (
-            "a semaphore created inside the per-text helper bounds nothing: every task gets "
-            f"its own. Create ONE `asyncio.Semaphore({limit})` outside the helper and share it "
-            "(and check its size)."
-            if per_call
-            else f"wrap each call in `async with semaphore:`, with ONE "
-            f"`asyncio.Semaphore({limit})` shared by all the texts' tasks."
-        )
-        return CheckResult(EXERCISE, False, what + ".", tuple(evidence), hint)
-
-    problem = _result_problem(free, name, texts, stats)
-    if problem is not None:
-        return CheckResult(EXERCISE, False, problem[0] + ".", tuple(evidence), problem[1])
-    if peak == 1:
+    def fail(cause: Cause, summary: str, hint: str) -> CheckResult:
         return CheckResult(
-            EXERCISE,
-            False,
+            exercise=EXERCISE,
+            passed=False,
+            cause=cause,
+            summary=summary,
+            evidence=tuple(evidence),
+            hint=hint,
+        )
+
+    if runs.refused is not None and runs.refused_stats is not None:
+        evidence.append(_rate_limited(runs.refused, runs.refused_stats, limit, name))
+        return fail(*_over_the_limit(runs.semaphores, peak, limit, len(texts)))
+    problem = _result_problem(runs.free, runs.returned_unawaited, name, texts, runs.stats)
+    if problem is not None:
+        return fail(*problem)
+    if peak == 1:
+        return fail(
+            "sequential",
             "the calls ran one after another (≈ one latency per text).",
-            tuple(evidence),
             f"start all the texts' tasks with `asyncio.gather` and let a shared "
             f"`asyncio.Semaphore({limit})` hold back all but {limit} of them.",
         )
     if peak < limit:
-        return CheckResult(
-            EXERCISE,
-            False,
+        return fail(
+            "bound_below_limit",
             f"at most {peak} calls ran at once: safe, but slower than the limit of {limit} allows.",
-            tuple(evidence),
             f"size the shared semaphore to the limit: `asyncio.Semaphore({limit})`.",
+        )
+    busy = _in_flight_at_starts(runs.stats, limit)
+    # Waves see 0, 1, …, limit - 1 others at their starts: (limit - 1) / 2 on average, never
+    # more. A refilled slot sees limit - 1. Half a call above the waves' mean tells them apart.
+    if busy <= (limit - 1) / 2 + 0.5:
+        evidence.append(
+            f"When a call started after the first {limit}, on average {busy:.1f} others were "
+            f"in flight (a slot freed and refilled at once: {limit - 1})."
+        )
+        return fail(
+            "waves",
+            f"the calls ran in waves of {limit}: each wave waited for its slowest call, while "
+            "the freed slots stood idle.",
+            f"instead of chunks, start every text's task at once and let ONE shared "
+            f"`asyncio.Semaphore({limit})` admit a new call whenever one ends.",
         )
     evidence.append(
         f"With the limit on (at most {limit} in flight), the upstream would refuse nothing: "
         "0 × 429. The summaries came back in the texts' order."
     )
     return CheckResult(
-        EXERCISE,
-        True,
-        f"exactly {limit} calls in flight at a time, and every summary in its place.",
-        tuple(evidence),
+        exercise=EXERCISE,
+        passed=True,
+        cause="ok",
+        summary=f"on this check's {len(texts)} texts, exactly {limit} calls were in flight at a "
+        "time, and every summary was in its place.",
+        evidence=tuple(evidence),
     )
+
+
+def _over_the_limit(use: SemaphoreUse, peak: int, limit: int, texts: int) -> tuple[Cause, str, str]:
+    what = f"the batch had {peak} calls in flight at once, more than the limit of {limit}"
+    shared = (
+        f"Create ONE `asyncio.Semaphore({limit})` shared by every text's task, and make the call "
+        "inside `async with semaphore:`."
+    )
+    if use.acquired == 0:
+        return (
+            "no_bound",
+            what + ".",
+            f"wrap each call in `async with semaphore:`, with ONE `asyncio.Semaphore({limit})` "
+            "shared by all the texts' tasks.",
+        )
+    if use.built >= texts // 2:
+        return (
+            "semaphore_per_call",
+            f"{what}: your code built {use.built} semaphores, one per call.",
+            "a semaphore created inside the per-text helper bounds nothing: every task gets "
+            f"its own. {shared}",
+        )
+    if use.largest > limit:
+        where = "built per batch" if use.largest_built_here else "shared"
+        return (
+            "bound_above_limit",
+            f"{what}: the semaphore ({where}) has {use.largest} slots.",
+            f"size it to the upstream's limit: `asyncio.Semaphore({limit})`.",
+        )
+    return (
+        "released_before_await",
+        f"{what}, although a semaphore of {use.largest} slots was acquired: the calls ran "
+        "after it was released.",
+        "make the call itself inside the `async with semaphore:` block: "
+        "`async with semaphore: return await summarize(text)`. Creating the coroutine (or the "
+        "task) under the semaphore and awaiting it afterwards leaves the call unbounded.",
+    )
+
+
+def _in_flight_at_starts(stats: UpstreamStats, limit: int) -> float:
+    """On average, how many other calls were in flight when a call after the first `limit`
+    started: a slot refilled as soon as it frees leaves `limit - 1`; waves leave fewer."""
+    calls = sorted(stats.timeline, key=lambda call: call.start)
+    later = calls[limit:]
+    if not later:
+        return float(limit - 1)
+    counts = [sum(c.start <= s.start < c.end for c in calls if c is not s) for s in later]
+    return sum(counts) / len(counts)
 
 
 def _rate_limited(outcome: Outcome, stats: UpstreamStats, limit: int, name: str) -> str:
@@ -154,40 +307,67 @@ def _rate_limited(outcome: Outcome, stats: UpstreamStats, limit: int, name: str)
 
 
 def _result_problem(
-    outcome: Outcome, name: str, texts: list[str], stats: UpstreamStats
-) -> tuple[str, str] | None:
-    """What is wrong with the returned summaries (what, hint), or None."""
+    outcome: Outcome, unawaited: bool, name: str, texts: list[str], stats: UpstreamStats
+) -> tuple[Cause, str, str] | None:
+    """What is wrong with the returned summaries (cause, what, hint), or None."""
+    if outcome.not_async:
+        return (
+            "not_async",
+            f"{describe_error(outcome.error).removeprefix('TypeError: ')}."
+            if outcome.error is not None
+            else f"{name} is not an async function.",
+            f"write `async def {name}(texts):` and `await` the calls inside it.",
+        )
     if outcome.error is not None:
         if outcome.timed_out:
-            return f"{name} did not finish within {outcome.wall:.0f} s", "does it wait forever?"
+            return (
+                "timed_out",
+                f"{name} did not finish within {outcome.wall:.0f} s.",
+                "does it wait forever?",
+            )
+        if nested_loop(outcome.error):
+            return (
+                "nested_event_loop",
+                f"{name} raised {describe_error(outcome.error).rstrip('.')}.",
+                "you are already inside a running event loop: `await` the coroutine instead of "
+                "`asyncio.run(...)` / `run_until_complete(...)`.",
+            )
         return (
-            f"{name} raised {describe_error(outcome.error).rstrip('.')}",
+            "crashed",
+            f"{name} raised {describe_error(outcome.error).rstrip('.')}.",
             "check the function on one text first.",
         )
     results = outcome.value
+    if unawaited:
+        return (
+            "not_awaited",
+            f"{name} returned {type(results).__name__}, not summaries: nothing awaited the calls.",
+            "add `await`: `return await asyncio.gather(...)`.",
+        )
+    if results is None:
+        return "missing_return", f"{name} returned None.", "end it with `return` and the list."
     if not isinstance(results, list | tuple) or len(results) != len(texts):
         size = f"{len(results)} items" if isinstance(results, list | tuple) else "no list"
         return (
-            f"{name} returned {size} for {len(texts)} texts",
+            "wrong_count",
+            f"{name} returned {size} for {len(texts)} texts.",
             "return a list with one summary per text.",
         )
     replies = expected_replies(texts, stats.timeline)
     for index, summary in enumerate(results):
-        if not reply_matches(summary, replies[index]):
-            shown = " ".join(repr(summary).split())[:80]
+        if reply_matches(summary, replies[index]):
+            continue
+        shown = shorten(repr(summary), 80)
+        if any(reply_matches(summary, other) for other in replies):
             return (
-                f"result {index + 1} is not the summary of text {index + 1} (got {shown})",
-                "return the reply texts (`response.choices[0].message.content`) in the texts' "
-                "order: `asyncio.gather` keeps it, `as_completed` does not.",
+                "wrong_order",
+                f"result {index + 1} is the summary of another text (got {shown}).",
+                "return the summaries in the texts' order: `asyncio.gather` keeps it, "
+                "`as_completed` does not.",
             )
+        return (
+            "wrong_summary",
+            f"result {index + 1} is not the summary of text {index + 1} (got {shown}).",
+            "return the reply texts (`response.choices[0].message.content`), one per text.",
+        )
     return None
-
-
-def _creates_semaphore(fn: BatchFunction) -> bool:
-    """Whether `fn`'s own source builds a Semaphore: with too many calls in flight, that means
-    one semaphore per call (or per batch inside the helper), which bounds nothing."""
-    try:
-        source = inspect.getsource(fn)
-    except (OSError, TypeError):
-        return False
-    return "Semaphore(" in source

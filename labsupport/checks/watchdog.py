@@ -64,6 +64,11 @@ RESIGNAL: Final = 0.005
 GIVE_UP: Final = 30.0
 """Seconds after stepping in when the watchdog stops interrupting (code that ignores signals)."""
 
+BUSY_CPU: Final = 0.02
+"""The share of a block's wall time the main thread must spend on the CPU to count as busy: a
+thread that waits (sleep, lock, socket) uses next to none; one that spins gets its share of the
+CPUs even on a machine loaded fifty to one."""
+
 BlockKind = Literal["threading", "sleep", "busy", "call"]
 """What held the loop: a `threading` primitive, `time.sleep`, Python code that never waited (a
 busy loop), or another blocking call."""
@@ -191,7 +196,7 @@ class _Watchdog:
         self._signalled = 0.0
         self._frame: FrameType | None = None
         self._frame_since = 0.0
-        self._positions: set[int] = set()
+        self._cpu_since = self._cpu_seen_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="labsupport watchdog", daemon=True)
 
@@ -261,13 +266,22 @@ class _Watchdog:
             # The stall began with this frame, or (after another frame) about one look ago.
             since = now - stalled if self._frame is None else now - HEARTBEAT
             self._frame, self._frame_since = learner, since
-            self._positions = set()
-        self._positions.add(learner.f_lasti)
+            self._cpu_since, self._cpu_seen_at = self._main_cpu(), now
         if now - self._frame_since >= self.block_limit or over_time:
             self.timed_out = over_time
-            busy = len(self._positions) > 1  # the frame kept executing: it never waited
+            # Running all along (a busy loop), or waiting (sleep, lock, socket)? The main
+            # thread's CPU time tells, where the frame's position, sampled, could not.
+            watched = now - self._cpu_seen_at
+            busy = self._main_cpu() - self._cpu_since > BUSY_CPU * watched
             self.blocked = _describe(frame, learner, stalled, busy=busy)
             self._step_in(now)
+
+    def _main_cpu(self) -> float:
+        """Seconds of CPU the main thread has used (0 where the platform cannot tell)."""
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(self._main))
+        except (AttributeError, OSError):
+            return 0.0
 
     def _step_in(self, now: float) -> None:
         self._stepped_in = now

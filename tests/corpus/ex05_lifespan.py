@@ -1,0 +1,332 @@
+"""Answers to notebook 05's exercise: one `AsyncOpenAI` created in a lifespan, handed to the
+endpoint, closed at shutdown.
+
+Each `answer_*` builds a fresh app (`POST /chat`, `{"message": …}` → `{"response": …}`). A client
+an answer leaves open is also put in `LEFTOVERS`, so the test can close it on the check's own
+event loop once the check has judged it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from openai import AsyncOpenAI
+from pydantic import BaseModel
+
+LEFTOVERS: list[AsyncOpenAI] = []
+
+
+class ChatRequest(BaseModel):
+    message: str
+
+
+async def reply(client: AsyncOpenAI, request: ChatRequest) -> dict[str, Any]:
+    response = await client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": f"Summarize in 5 words: {request.message}"}],
+    )
+    return {"response": response.choices[0].message.content}
+
+
+def from_app_state(request: Request) -> AsyncOpenAI:
+    client: AsyncOpenAI = request.app.state.openai
+    return client
+
+
+# -- wrong -------------------------------------------------------------------------------------
+
+
+def answer_starter_client_per_request() -> FastAPI:
+    """NOT YET, client_per_request: the exercise as given: a client per request (closed)."""
+    app = FastAPI()
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest) -> dict[str, Any]:
+        async with AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY")) as client:
+            return await reply(client, request)
+
+    return app
+
+
+def answer_client_per_request_never_closed() -> FastAPI:
+    """NOT YET, client_per_request: a client per request, never closed."""
+    app = FastAPI()
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest) -> dict[str, Any]:
+        return await reply(AsyncOpenAI(), request)
+
+    return app
+
+
+def answer_dependency_builds_a_client_each_time() -> FastAPI:
+    """NOT YET, client_per_request: `Depends(get_client)` where `get_client` builds a client."""
+    app = FastAPI()
+
+    async def get_client() -> AsyncIterator[AsyncOpenAI]:
+        async with AsyncOpenAI() as client:
+            yield client
+
+    @app.post("/chat")
+    async def summarize(
+        request: ChatRequest,
+        client: AsyncOpenAI = Depends(get_client),  # noqa: B008 -- FastAPI's own idiom
+    ) -> dict[str, Any]:
+        return await reply(client, request)
+
+    return app
+
+
+def answer_lifespan_client_unused() -> FastAPI:
+    """NOT YET, client_per_request: a lifespan client, but the endpoint still builds its own."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncOpenAI() as client:
+            yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest) -> dict[str, Any]:
+        async with AsyncOpenAI() as client:
+            return await reply(client, request)
+
+    return app
+
+
+def answer_lifespan_never_closes() -> FastAPI:
+    """NOT YET, never_closed: the client is created at startup and never closed."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        client = AsyncOpenAI()
+        LEFTOVERS.append(client)
+        yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return await reply(http.state.openai, request)
+
+    return app
+
+
+def answer_lifespan_closes_the_wrong_client() -> FastAPI:
+    """NOT YET, never_closed: shutdown closes a second client, not the one in use."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.openai = AsyncOpenAI()
+        LEFTOVERS.append(app.state.openai)
+        yield
+        await AsyncOpenAI().close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return await reply(http.app.state.openai, request)
+
+    return app
+
+
+def answer_module_level_client() -> FastAPI:
+    """NOT YET, built_before_start: the seed's global client, built when the module loads."""
+    client = AsyncOpenAI()
+    LEFTOVERS.append(client)
+    app = FastAPI()
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest) -> dict[str, Any]:
+        return await reply(client, request)
+
+    return app
+
+
+def answer_client_closed_before_yield() -> FastAPI:
+    """NOT YET, client_closed_before_yield: the `yield` outside the `async with` block."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncOpenAI() as client:
+            app.state.openai = client
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return await reply(http.app.state.openai, request)
+
+    return app
+
+
+def answer_exit_stack_closed_before_yield() -> FastAPI:
+    """NOT YET, client_closed_before_yield: an `AsyncExitStack` that ends before the `yield`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(AsyncOpenAI())
+        yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return await reply(http.state.openai, request)
+
+    return app
+
+
+def answer_lifespan_not_passed() -> FastAPI:
+    """NOT YET, lifespan_not_passed: a correct lifespan, never given to `FastAPI()`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncOpenAI() as client:
+            yield {"openai": client}
+
+    app = FastAPI()
+    app.state.lifespan = lifespan  # written, but not passed: nothing runs it
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return await reply(http.state.openai, request)
+
+    return app
+
+
+def answer_startup_fails() -> FastAPI:
+    """NOT YET, app_error: the lifespan reads a setting that is not there."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncOpenAI(base_url=os.environ["LAB_NO_SUCH_SETTING"]) as client:
+            yield {"openai": client}
+
+    return FastAPI(lifespan=lifespan)
+
+
+def answer_missing_return() -> FastAPI:
+    """NOT YET, missing_return: the lifespan is right, the endpoint returns nothing."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncOpenAI() as client:
+            yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> None:
+        await reply(http.state.openai, request)
+
+    return app
+
+
+def answer_wrong_reply_key() -> FastAPI:
+    """NOT YET, bad_reply: `{"summary": …}` instead of `{"response": …}`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncOpenAI() as client:
+            yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return {"summary": (await reply(http.state.openai, request))["response"]}
+
+    return app
+
+
+# -- right -------------------------------------------------------------------------------------
+
+
+def answer_exit_stack_around_the_yield() -> FastAPI:
+    """PASSED, ok: an `AsyncExitStack` for the lifespan's resources, `yield` inside it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(AsyncOpenAI())
+            yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return await reply(http.state.openai, request)
+
+    return app
+
+
+def answer_app_state_with_a_dependency() -> FastAPI:
+    """PASSED, ok: `app.state.openai`, closed in `finally`, handed over by `Depends`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.openai = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
+        try:
+            yield
+        finally:
+            await app.state.openai.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(
+        request: ChatRequest,
+        client: AsyncOpenAI = Depends(from_app_state),  # noqa: B008 -- FastAPI's own idiom
+    ) -> dict[str, Any]:
+        return await reply(client, request)
+
+    return app
+
+
+def answer_global_dict_like_the_seed() -> FastAPI:
+    """PASSED, ok: the seed's module-level holder, filled at startup and emptied at shutdown."""
+    clients: dict[str, AsyncOpenAI] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        clients["openai"] = AsyncOpenAI()
+        yield
+        await clients.pop("openai").close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest) -> dict[str, Any]:
+        return await reply(clients["openai"], request)
+
+    return app
+
+
+def answer_lifespan_router_attribute() -> FastAPI:
+    """PASSED, ok: the lifespan attached after creating the app (`app.router.lifespan_context`)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+        client = AsyncOpenAI()
+        try:
+            yield {"openai": client}
+        finally:
+            await client.close()
+
+    app = FastAPI()
+    app.router.lifespan_context = lifespan
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return await reply(http.state.openai, request)
+
+    return app
