@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -200,9 +199,10 @@ def check_key() -> Finding:
 
 def check_loopback() -> Finding:
     """A TCP port on 127.0.0.1 can be bound: the lab's servers (uvicorn, FakeServer) need one."""
+    from ..network import bound_tcp_socket
+
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
+        with bound_tcp_socket("127.0.0.1", 0) as sock:  # as serve() and FakeServer bind
             sock.listen()
     except OSError as error:
         return Finding(
