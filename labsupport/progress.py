@@ -1,9 +1,9 @@
 """Progress without a server: every check leaves one line in a file in the learner's home.
 
 Each time a course checker returns its `CheckResult`, `record` appends one JSON line to
-``~/.async-llm-lab/progress.jsonl``: when, which OS user, which notebook and exercise, the verdict
-and, for a failure, its cause. Nothing leaves the machine and nothing identifies the learner
-beyond the OS account the file lives in. Two commands read these files:
+``~/.async-llm-lab/progress.jsonl``: when, which user, which notebook and exercise, the verdict
+and, for a failure, its cause. Nothing leaves the machine, and nothing names the learner but
+the OS account (on a JupyterHub, the hub's user name). Two commands read these files:
 
     python -m labsupport progress              your table, and what to do next
     python -m labsupport class-report PATH...  learner × exercise, common causes, time spent
@@ -60,6 +60,7 @@ COURSE_EXERCISES: dict[str, str] = {
     "semaphore": "03_semaphore",
     "background": "04_background_tasks",
     "lifespan": "05_lifespan",
+    "shared_limit": "07_beyond_one_process",
 }
 _CHECKS_PACKAGE = "labsupport.checks."
 #: Gaps between two checks longer than this are breaks, not time spent on the course.
@@ -174,6 +175,11 @@ def _calling_checker_notebook() -> str | None:
 
 
 def _os_user() -> str:
+    """The learner's name: their JupyterHub user on a hub (where every learner may share one OS
+    account), else the OS user."""
+    hub_user = os.environ.get("JUPYTERHUB_USER", "").strip()
+    if hub_user:
+        return hub_user
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no user name for this uid (some containers)
@@ -330,8 +336,11 @@ def _exercise_title(notebook: str) -> str:
 
     for module, name in COURSE_EXERCISES.items():
         if name == notebook:
-            title = getattr(importlib.import_module(_CHECKS_PACKAGE + module), "EXERCISE", "")
-            return str(title) or "-"
+            try:
+                checker = importlib.import_module(_CHECKS_PACKAGE + module)
+            except ImportError:  # a checker of a newer course than this labsupport
+                return "-"
+            return str(getattr(checker, "EXERCISE", "")) or "-"
     return "-"
 
 
