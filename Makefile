@@ -18,6 +18,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # The npm tools the tests run (axe-core, configurable-http-proxy), as package-lock.json pins them.
 NODE_TOOLS := node_modules/.installed
+# The venv's IPython kernel config: every kernel loads labsupport's first-cell hint.
+KERNEL_HINT := $(VENV)/etc/ipython/ipython_kernel_config.py
 ONLY ?=
 LOCK_FLAGS ?=
 # The extras `make lock` pins and `make drift` upgrades.
@@ -25,7 +27,7 @@ EXTRAS := --extra test --extra site --extra workshop --extra clients
 
 .PHONY: venv lab test lock notebooks bench drift site node-tools
 
-venv: $(INSTALLED)
+venv: $(INSTALLED) $(KERNEL_HINT)
 
 node-tools: $(NODE_TOOLS)
 
@@ -44,6 +46,11 @@ $(BIN)/uv:
 $(INSTALLED): requirements.lock pyproject.toml | $(BIN)/uv
 	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python --no-deps -e .
+	touch $@
+
+# A cell run before a notebook's first cell (`lab.setup(...)`) then says so in one line.
+$(KERNEL_HINT): labsupport/kernel_hint.py | $(INSTALLED)
+	$(BIN)/python -m labsupport.kernel_hint
 	touch $@
 
 # Headless-friendly: no browser, loopback only, and no calls home for news or update checks.
