@@ -1,0 +1,192 @@
+"""Worker processes of notebook 07's service: per-process vs shared limits measured at one
+upstream, a crash's lease coming back, 503 when Redis dies, BackgroundTasks lost to kill -9 and
+arq jobs that survive it; and no process left behind by any of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from labsupport import fire
+from labsupport.distributed import (
+    QueueWorker,
+    RedisServer,
+    ServiceConfig,
+    ServiceWorkers,
+    WorkerTaggedServer,
+    connect,
+    redis_server_path,
+)
+from labsupport.distributed.jobs import audit_counts
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed"),
+    pytest.mark.timeout(180),
+]
+LIMIT = 3
+
+
+def body(i: int) -> dict[str, str]:
+    return {"message": f"Summarize in 5 words: ticket {i}", "request_id": f"r{i}"}
+
+
+def lab_children() -> list[str]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if "redis-server" in command or "uvicorn" in command or "distributed.jobs" in command:
+            found.append(f"{child.pid} {command[:80]}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    yield
+    assert lab_children() == []
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+async def test_per_process_limits_add_up_a_shared_one_holds(redis_server: RedisServer) -> None:
+    with WorkerTaggedServer(latency=0.3) as upstream:
+        local = ServiceConfig(upstream_url=upstream.base_url, limiter="local", limit=LIMIT)
+        shared = ServiceConfig(
+            upstream_url=upstream.base_url,
+            limiter="shared",
+            limit=LIMIT,
+            lease=3.0,
+            redis_url=redis_server.url,
+        )
+        peaks = {}
+        for name, config in [("local", local), ("shared", shared)]:
+            with ServiceWorkers(2, config) as workers:
+                upstream.reset()
+                async with workers.client() as client:
+                    report = await fire(client, "POST", "/chat", json=body, n=4 * LIMIT)
+                upstream.wait_idle()
+                assert report.status_counts == {200: 4 * LIMIT}, report.bodies[:2]
+                assert len(upstream.calls_by_worker()) == 2  # the header tells them apart
+                peaks[name] = upstream.stats.max_in_flight
+    assert peaks == {"local": 2 * LIMIT, "shared": LIMIT}
+
+
+async def test_crash_returns_its_slot_and_redis_down_is_503(redis_server: RedisServer) -> None:
+    from labsupport import Fault
+    from labsupport.distributed import SharedSemaphore
+
+    slow = Fault.matching("slow", delay=1.0)
+    with WorkerTaggedServer(latency=0.05, faults=[slow]) as upstream:
+        config = ServiceConfig(
+            upstream_url=upstream.base_url,
+            limiter="shared",
+            limit=LIMIT,
+            lease=1.5,
+            upstream_timeout=1.2,
+            redis_url=redis_server.url,
+        )
+        with ServiceWorkers(2, config) as workers:
+            redis = connect(redis_server.url)
+            slots = SharedSemaphore(redis, "openai", limit=LIMIT, lease=1.5)
+            async with workers.client() as client:
+                call = asyncio.create_task(client.post("/chat", json={"message": "slow"}))
+                while upstream.stats.in_flight < 1:
+                    await asyncio.sleep(0.01)
+                workers.kill(0)
+                await asyncio.gather(call, return_exceptions=True)
+                assert await slots.held() == 1
+                deadline = time.monotonic() + 5
+                while await slots.held() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert await slots.held() == 0  # the lease expired: the slot is back
+
+                redis_server.kill()
+                response = await client.post("/chat", json=body(1))
+            await redis.aclose()
+            upstream.wait_idle()
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "limiter_unavailable"
+
+
+async def test_background_tasks_die_with_the_worker_queued_jobs_do_not(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    background, queued = tmp_path / "background.sqlite3", tmp_path / "queued.sqlite3"
+    with WorkerTaggedServer(latency=0.05) as upstream:
+        config = ServiceConfig(
+            upstream_url=upstream.base_url, audit_path=str(background), audit_delay=2.0
+        )
+        with ServiceWorkers(1, config) as workers:
+            async with workers.client() as client:
+                answered = await fire(client, "POST", "/audited", json=body, n=4)
+            workers.kill(0)
+        assert answered.status_counts == {200: 4}
+        assert (await audit_counts(str(background)))["audit rows"] == 0  # all 4 lost
+
+        config = ServiceConfig(
+            upstream_url=upstream.base_url, redis_url=redis_server.url, audit_path=str(queued)
+        )
+        redis = connect(redis_server.url)
+        with ServiceWorkers(1, config) as workers, QueueWorker(redis_server.url, queued) as queue:
+            async with workers.client() as client:
+                answered = await fire(client, "POST", "/queued", json=body, n=3)
+            workers.kill(0)
+            deadline = time.monotonic() + 30
+            while (await audit_counts(str(queued)))["job runs"] < 3:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            queue.kill()  # mid-job: after the writes, before arq records them as done
+            queue.start()
+            while await redis.zcard("arq:queue"):
+                assert time.monotonic() < deadline + 20
+                await asyncio.sleep(0.1)
+        await redis.aclose()
+    counts = await audit_counts(str(queued))
+    assert answered.status_counts == {200: 3}
+    assert counts["audit rows"] == 3  # 0 lost, 0 duplicated
+    assert counts["jobs run twice or more"] >= 1  # the kill made arq run them again...
+    assert counts["naive duplicates"] == counts["jobs run twice or more"]  # ...and a plain
+    # INSERT would have written those twice
+
+
+def test_bad_worker_arguments_are_refused() -> None:
+    config = ServiceConfig(upstream_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="count"):
+        ServiceWorkers(0, config)
+    with pytest.raises(ValueError, match="limiter"):
+        ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="global")
+    with pytest.raises(ValueError, match="needs redis_url"):
+        ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="shared")
+    with pytest.raises(ValueError, match="lease"):
+        ServiceConfig(upstream_url="http://127.0.0.1:9/v1", lease=0)
+    with pytest.raises(ValueError, match="limit"):
+        ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limit=0)
+    assert ServiceConfig.from_environment(config.to_environment()) == config
+    paced = ServiceConfig(upstream_url="http://127.0.0.1:9/v1", rate=8.0, burst=2)
+    assert ServiceConfig.from_environment(paced.to_environment()) == paced
+
+
+def test_a_worker_that_cannot_start_says_why_and_leaves_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "broken.py"
+    source.write_text("raise RuntimeError('broken on purpose')\n")
+    config = ServiceConfig(
+        upstream_url="http://127.0.0.1:9/v1",
+        limiter="learner",
+        redis_url="redis://127.0.0.1:9/0",
+        learner_source=str(source),
+        learner_class="Nope",
+    )
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        ServiceWorkers(1, config).start()
