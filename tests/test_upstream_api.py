@@ -480,6 +480,8 @@ def test_what_the_upstream_cannot_honour_gets_a_400_that_names_it(
 
 
 def test_other_bad_requests_get_a_400_that_names_the_problem(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="only allowed when 'tools' are specified"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=ask("hi"), tool_choice="auto")
     with pytest.raises(openai.BadRequestError, match="only function tools"):
         client.responses.create(model="gpt-4o-mini", input="hi", tools=[{"type": "web_search"}])
     with pytest.raises(openai.BadRequestError, match="does not support specifying dimensions"):

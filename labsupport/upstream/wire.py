@@ -100,7 +100,12 @@ def parse_request(body: bytes, *, chat: bool, need_model: bool = True) -> Reques
         messages = fields.get("messages")
         if not isinstance(messages, list) or not messages:
             return Request(fields, "", "'messages' must be a non-empty array of messages.")
-        plain = "tools" not in fields and "response_format" not in fields and "n" not in fields
+        plain = not (
+            "tools" in fields
+            or "tool_choice" in fields
+            or "response_format" in fields
+            or "n" in fields
+        )
         return Request(fields, prompt_of(messages), plain=plain)
     if "input" not in fields:
         return Request(fields, "", "You must provide an 'input' parameter.")
@@ -112,7 +117,7 @@ def parse_request(body: bytes, *, chat: bool, need_model: bool = True) -> Reques
             "responses.create without background=True (stream=True streams the answer).",
         )
     source = fields["input"]
-    plain = "tools" not in fields and "text" not in fields
+    plain = not ("tools" in fields or "tool_choice" in fields or "text" in fields)
     return Request(fields, source if isinstance(source, str) else prompt_of(source), plain=plain)
 
 
