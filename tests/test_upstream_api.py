@@ -299,6 +299,24 @@ def test_responses_stream_with_the_sdks_event_types(client: OpenAI) -> None:
     assert text == plain.output_text == events[-1].response.output_text  # type: ignore[union-attr]
 
 
+def test_responses_stream_function_call_arguments_in_pieces(client: OpenAI) -> None:
+    tool: Any = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": Weather.model_json_schema(),
+    }
+    whole = client.responses.create(model="gpt-4o-mini", input="Weather in Cusco?", tools=[tool])
+    with client.responses.stream(
+        model="gpt-4o-mini", input="Weather in Cusco?", tools=[tool]
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    (call,) = final.output
+    assert call.type == "function_call" and len(deltas) > 1
+    assert "".join(deltas) == call.arguments == whole.output[0].arguments  # type: ignore[union-attr]
+
+
 def test_stored_responses_can_be_retrieved_the_last_thousand(
     client: OpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
