@@ -217,6 +217,7 @@ LESSON = "01_async_client"
 def fresh_ladder(monkeypatch: pytest.MonkeyPatch) -> hints.HintLadder:
     ladder = hints.HintLadder()
     monkeypatch.setattr(hints, "ladder", ladder)
+    monkeypatch.setattr(hints, "COACHED_NOTEBOOKS", frozenset({LESSON}))
     return ladder
 
 
@@ -313,3 +314,24 @@ def test_a_result_finds_its_lesson_by_its_checker_exercise() -> None:
     assert hints.notebook_of(async_client.EXERCISE) == "01_async_client"
     assert hints.notebook_of(semaphore.EXERCISE) == "03_semaphore"
     assert hints.notebook_of("an exercise of my own") is None
+
+
+def test_a_check_result_in_a_notebook_climbs_the_ladder(fresh_ladder: hints.HintLadder) -> None:
+    from IPython.lib.pretty import pretty
+
+    from labsupport.checks import CheckResult, async_client
+
+    def check() -> CheckResult:
+        return CheckResult(
+            exercise=async_client.EXERCISE,
+            passed=False,
+            cause="loop_blocked",
+            summary="the event loop was blocked.",
+            evidence=("20 requests took 2.01 s",),
+            hint="Use AsyncOpenAI and await the call.",
+        )
+
+    first, second = check(), check()
+    assert "Hint:" in str(first), "str() is never coached"
+    assert "Hint:" not in pretty(first)
+    assert "Hint: Use AsyncOpenAI and await the call." in pretty(second)

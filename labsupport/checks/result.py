@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..coaching.hints import coach
 from ..progress import record
 
 __all__ = ["CheckResult"]
@@ -60,7 +61,9 @@ class CheckResult:
         return str(self)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(str(self))
+        # A notebook shows a repeated failure one rung further each time: diagnosis, hint,
+        # faded example, solution (labsupport.coaching.hints); str() always holds it all.
+        printer.text(coach(self))
 
     def __bool__(self) -> bool:
         return self.passed
