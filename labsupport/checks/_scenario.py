@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .._text import shorten
 from ..lab import current_upstream
 from ..upstream import Fault, MockUpstream, RateLimit, UpstreamCall
 from ..upstream.replies import reply_to
@@ -133,9 +134,7 @@ def reply_matches(value: object, replies: set[str]) -> bool:
 
 def describe_error(error: BaseException) -> str:
     """`Type: message` on one line, shortened, for a CheckResult's evidence."""
-    text = " ".join(str(error).split())
-    if len(text) > 140:
-        text = text[:139] + "…"
+    text = shorten(str(error), 140)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

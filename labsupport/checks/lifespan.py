@@ -28,10 +28,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
+from unittest import mock
 
 from .._text import shorten
 from ..load import LoadReport, fire
@@ -112,7 +111,7 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
     with FakeServer(latency=FAKE_LATENCY) as server, caught_warnings() as caught:
         gc.collect()  # earlier garbage must not be blamed on this app
         caught.clear()
-        with _environment("OPENAI_BASE_URL", server.base_url):
+        with mock.patch.dict(os.environ, {"OPENAI_BASE_URL": server.base_url}):
             outcome = await guarded(measure(), block_limit=2.0, time_limit=30.0 + 2 * n)
         left_open = await _open_connections_after(server, CLOSE_GRACE)
         gc.collect()  # clients dropped without close() are collected here: they warn
@@ -252,20 +251,6 @@ def _no_lifespan(app: Any) -> bool:
     router = getattr(app, "router", None)
     context = getattr(router, "lifespan_context", None)
     return context is not None and type(context).__name__ == "_DefaultLifespan"
-
-
-@contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    """Set an environment variable inside the block; restore (or remove) it after."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = previous
 
 
 async def _open_connections_after(server: FakeServer, grace: float) -> int:
