@@ -69,7 +69,16 @@ Cause = Literal[
 CAUSES: Final[tuple[str, ...]] = get_args(Cause)
 
 SLOWER: Final = 2.5
-"""How many times the reference app's wall time counts as "served a few at a time"."""
+"""How many times the reference app's wall time, with few calls overlapping, counts as "served a
+few at a time"."""
+
+BLOCKED_MORE: Final = 4.0
+"""How many times the reference app's blocked time (at least one upstream latency) counts as a
+blocked loop, when the calls still overlapped."""
+
+SLOW_TWICE: Final = 4.0
+"""How many times the reference app's wall time, measured twice in a row, counts as slow even
+when the calls overlapped (an endpoint that sleeps, say): far above what load does to one run."""
 
 NESTED_LOOP_ERRORS: Final = (
     "cannot be called from a running event loop",
@@ -200,7 +209,20 @@ def _verdict(
             "and `await` its calls in every request: each new client builds its own connection "
             "pool, and building it costs time on the event loop.",
         )
-    if ratio >= SLOWER and _blocked(learner):
+    # Counts first: a blocked or bottlenecked app lets few of the n calls overlap, where the
+    # reference app, measured just before, let most of them overlap.
+    peak, reference_peak = _peak(learner), _peak(reference)
+    few_at_once = 0 < peak < n and 2 * peak <= reference_peak
+    slow_twice = False
+    if again:
+        second_reference, second = again
+        second_ratio = second.report.wall / max(second_reference.report.wall, 1e-9)
+        slow_twice = ratio >= SLOW_TWICE and second_ratio >= SLOW_TWICE
+        evidence.append(f"Measured again: {second_ratio:.1f}× the reference app's time.")
+    # A loop blocked before each call lets the calls overlap (each request's first step runs
+    # in one go), so the blocked time itself decides, paired with the reference's own.
+    blocked_more = learner.lag.blocked >= BLOCKED_MORE * max(reference.lag.blocked, latency)
+    if ratio >= SLOWER and _blocked(learner) and (few_at_once or blocked_more):
         if learner.stats is not None and any(c.client == "sync" for c in learner.stats.timeline):
             return fail(
                 "sync_client_in_async",
@@ -216,14 +238,6 @@ def _verdict(
             "blocking I/O): use its async version and `await` it, or run it with "
             "`await asyncio.to_thread(...)`.",
         )
-    peak, reference_peak = _peak(learner), _peak(reference)
-    few_at_once = 0 < peak < n and 2 * peak <= reference_peak
-    slow_twice = False
-    if again:
-        second_reference, second = again
-        second_ratio = second.report.wall / max(second_reference.report.wall, 1e-9)
-        slow_twice = ratio >= SLOWER and second_ratio >= SLOWER
-        evidence.append(f"Measured again: {second_ratio:.1f}× the reference app's time.")
     if (few_at_once or slow_twice) and _threaded_calls(learner):
         evidence.append(
             f"The calls ran in worker threads, at most {peak} at once: the thread pool's size "
@@ -233,9 +247,15 @@ def _verdict(
         return fail(
             "concurrency_limited",
             f"the loop stayed free, but the app let at most {peak} of the {n} requests reach the "
-            "upstream at once.",
+            "upstream at once"
+            + (
+                ", and took several times as long as the reference app, twice."
+                if slow_twice
+                else "."
+            ),
             "something lets only a few requests through at a time (a semaphore, a lock, a "
-            "single worker): an endpoint that awaits one shared `AsyncOpenAI` needs no bound.",
+            "single worker, a sleep): an endpoint that awaits one shared `AsyncOpenAI` needs no "
+            "bound.",
         )
     return CheckResult(
         exercise=EXERCISE,
@@ -268,7 +288,7 @@ def _needs_second_look(reference: _Run, learner: _Run, clients_built: int, n: in
     """Whether the learner's run was slow next to the reference for no counted reason."""
     return (
         learner.report.ok
-        and learner.report.wall >= SLOWER * reference.report.wall
+        and learner.report.wall >= SLOW_TWICE * reference.report.wall
         and clients_built < max(2, n // 2)
         and not _blocked(learner)
         and 2 * _peak(learner) > _peak(reference)
