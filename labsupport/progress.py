@@ -309,6 +309,9 @@ def class_report(logs: Sequence[ProgressLog]) -> str:
             median = statistics.median(span.total_seconds() for span in to_pass)
             took = f"; median time to pass {_minutes(timedelta(seconds=median))}"
         title = shorten(mine[-1].exercise, 50) if mine else _exercise_title(notebook)
+        if not mine:
+            lines.append(f"  {notebook} ({title}): not tried yet")
+            continue
         lines.append(
             f"  {notebook} ({title}): {len(passers)} of {len(learners)} passed, "
             f"{len(failures)} failed tries{took}"

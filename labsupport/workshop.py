@@ -39,7 +39,13 @@ def workshop_link(
         raise ValueError("the repository and the branch must not be empty")
     folder = repository.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     query = urlencode(
-        {"repo": repository, "branch": branch, "urlpath": f"lab/tree/{folder}/{notebook}"},
+        {
+            "repo": repository,
+            "branch": branch,
+            # Named, because nbgitpuller's own default keeps a ".git" ending in the folder name.
+            "targetpath": folder,
+            "urlpath": f"lab/tree/{folder}/{notebook}",
+        },
         safe="/:",
     )
     return f"{hub_url.rstrip('/')}/hub/user-redirect/git-pull?{query}"
