@@ -32,6 +32,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from .load import LoadReport, Span, in_flight_steps
+from .validation import check_int, check_seconds
 
 __all__ = [
     "OKABE_ITO",
@@ -286,8 +287,8 @@ def plot_in_flight(
     if not series:
         raise ValueError("spans must not be an empty mapping")
     by_label = {label: _spans(value, "spans") for label, value in series.items()}
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
+    if limit is not None:  # None: no limit line
+        check_int("limit", limit, minimum=1)
 
     starts = [s.start for items in by_label.values() for s in items]
     if not starts:
@@ -477,11 +478,7 @@ def _outcome(status: int | None) -> str:
 
 
 def _optional_seconds(value: float | None, argument: str) -> float | None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
-    ):
-        raise ValueError(f"{argument} must be None or a positive number of seconds, got {value!r}")
-    return value
+    return None if value is None else check_seconds(argument, value, allow_zero=False)
 
 
 def _integer_ticks(rows: int) -> list[float]:

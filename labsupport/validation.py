@@ -28,12 +28,17 @@ def check_seconds(
     return float(value)
 
 
-def check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+def check_int(
+    name: str, value: object, *, minimum: int, maximum: int | None = None, why: str = ""
+) -> int:
     """`value` as an int in [`minimum`, `maximum`]. Raises `TypeError` for a non-int (bools
-    included), `ValueError` for one out of range."""
+    included), `ValueError` for one out of range; `why`, if given, ends the message in
+    parentheses ("n must be an int ≥ 2 (a burst needs company); got 1")."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int; got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"≥ {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise ValueError(f"{name} must be an int {bound}; got {value!r}")
+        raise ValueError(
+            f"{name} must be an int {bound}{f' ({why})' if why else ''}; got {value!r}"
+        )
     return value

@@ -41,6 +41,7 @@ from .._text import shorten
 from ..load import LoadReport, fire
 from ..looplag import LoopLagMonitor
 from ..serving import serve
+from ..validation import check_int
 from ._common import caught_warnings, reference_latency, stopped_by_watchdog, upstream_or_none
 from ._scenario import nested_loop
 from ._sqlite import sqlite_threads
@@ -121,8 +122,7 @@ async def check_background_audit(
         raise ValueError(
             f"audit_seconds must be > 0 (the audit write's duration); got {audit_seconds!r}"
         )
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int ≥ 2 (a burst needs company); got {n!r}")
+    check_int("n", n, minimum=2, why="a burst needs company")
 
     latency = await reference_latency()
     upstream_or_none()  # reset the counters, so an upstream timeline covers only this check

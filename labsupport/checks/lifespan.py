@@ -36,6 +36,7 @@ from .._text import shorten
 from ..load import LoadReport, fire
 from ..serving import asgi_client
 from ..upstream.fake_server import FakeServer
+from ..validation import check_int
 from ._clients import built_clients
 from ._common import caught_warnings, stopped_by_watchdog, upstream_or_none
 from .result import CheckResult
@@ -90,8 +91,7 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
 
     The app must answer `POST path` with `{"message": "…"}` by `{"response": "<the reply>"}`.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int ≥ 2 (reuse needs a second request); got {n!r}")
+    check_int("n", n, minimum=2, why="reuse needs a second request")
     upstream = upstream_or_none()
 
     async def measure() -> _Measured:

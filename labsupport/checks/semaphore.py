@@ -39,6 +39,7 @@ from typing import Any, Final, Literal, get_args
 
 from .._text import shorten
 from ..upstream import RateLimit, UpstreamStats
+from ..validation import check_int
 from ._common import caught_warnings, stopped_by_watchdog
 from ._scenario import (
     Outcome,
@@ -136,8 +137,7 @@ async def check_bounded_batch(fn: BatchFunction, limit: int = 5) -> CheckResult:
     """
     if not callable(fn):
         raise TypeError(f"fn must be an async function taking a list of texts; got {fn!r:.80}")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 2 <= limit <= 50:
-        raise ValueError(f"limit must be an int from 2 to 50 (calls in flight); got {limit!r}")
+    check_int("limit", limit, minimum=2, maximum=50, why="calls in flight")
     upstream = offline_upstream()
     if upstream is None:
         return CheckResult(
