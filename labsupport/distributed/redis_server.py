@@ -36,7 +36,7 @@ from typing import Final, Self
 
 import redis
 
-from ..upstream.switch import Switch
+from ..switch import Switch
 
 __all__ = [
     "RedisServer",

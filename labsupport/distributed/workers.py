@@ -36,7 +36,7 @@ from typing import Final, Self
 import httpx
 import redis
 
-from ..upstream.switch import Switch
+from ..switch import Switch
 from .service import ServiceConfig
 
 __all__ = ["ChildProcess", "QueueWorker", "RoundRobinTransport", "ServiceWorkers"]

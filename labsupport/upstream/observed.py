@@ -35,11 +35,11 @@ import httpx
 import httpx2
 from openai import OpenAI
 
+from ..switch import Switch
 from ..validation import check_seconds
 from .addresses import origin, origin_and_path
 from .settings import SettingsChanges, UpstreamSettings, combine
 from .stats import UpstreamCall, UpstreamStats
-from .switch import Switch
 from .wire import prompt_of
 
 __all__ = ["LIVE_CONFIGURE_NOTE", "ObservedUpstream"]
