@@ -34,6 +34,7 @@ import os
 
 from openai import AsyncOpenAI
 
+upstream.reset()  # count from here: the next cell shows what this cell sent
 aclient = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
 response = await aclient.chat.completions.create(
     model="gpt-4o-mini",

@@ -67,6 +67,7 @@ async def blocking_chat(request: ChatRequest):
 N = 20
 body = {"message": "Summarize in 5 words: The event loop runs one task at a time."}
 
+upstream.reset()  # count this cell's calls only, however often it runs
 async with lab.asgi_client(blocking_app) as client, lab.loop_lag() as lag:
     blocked_run = await lab.fire(client, "POST", "/chat", json=body, n=N)
 blocked_calls = upstream.stats.timeline
@@ -148,14 +149,12 @@ reply = aclient.chat.completions.create(
     model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello"}]
 )
 print(type(reply).__name__, "— calls the upstream received:", upstream.stats.calls)
+del reply  # thrown away without being awaited
 
 # %% [markdown]
-# When that coroutine is thrown away, Python warns (on stderr) that it was never awaited. Inside
-# an endpoint, the next line (`reply.choices[0]…`) fails with
+# When that coroutine is thrown away (`del reply`), Python warns (on stderr) that it was never
+# awaited. Inside an endpoint, the next line (`reply.choices[0]…`) fails with
 # `AttributeError: 'coroutine' object has no attribute 'choices'`, and the client gets a 500.
-
-# %%
-del reply
 
 # %% [markdown]
 # **2. Awaiting independent calls one by one.** Each `await` waits for its answer before the
@@ -236,6 +235,46 @@ print("calls in flight never exceeded the pool size:", upstream.stats.max_in_fli
 # the wall time is at least ⌈100 / 40⌉ = 3 × the latency, plus the cost of switching between 40
 # threads. The async client has no such ceiling: a waiting request costs a few kilobytes, not a
 # thread. That is why `AsyncOpenAI` is the first choice in `async def` code.
+#
+# ## One blocking call inside `async def`: `asyncio.to_thread`
+#
+# Sometimes one call in an `async def` endpoint has no async version (a sync SDK, a file or
+# database driver). `await asyncio.to_thread(function, *args, **kwargs)` runs it in a worker
+# thread and awaits the result, so the event loop keeps serving the other requests meanwhile.
+#
+# Its threads come from the event loop's **default executor**, a `ThreadPoolExecutor` that
+# Python 3.11 sizes `min(32, os.cpu_count() + 4)`: a number that depends on the machine, and
+# is often smaller than FastAPI's 40. Send 64 requests and count the calls in flight:
+
+# %%
+to_thread_app = FastAPI()
+
+
+@to_thread_app.post("/chat")
+async def to_thread_chat(request: ChatRequest):
+    # ✓ The blocking call runs in a worker thread; this coroutine awaits it.
+    response = await asyncio.to_thread(
+        sync_client.chat.completions.create,
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": request.message}],
+    )
+    return {"response": response.choices[0].message.content}
+
+
+executor_size = min(32, (os.cpu_count() or 1) + 4)  # Python 3.11's default, on this machine
+upstream.reset()
+async with lab.asgi_client(to_thread_app) as client:
+    to_thread_run = await lab.fire(client, "POST", "/chat", json=body, n=64)
+print(to_thread_run.summary(latency=LATENCY))
+print(
+    "calls in flight: at most min(32, CPUs + 4), and exactly that many:",
+    upstream.stats.max_in_flight == executor_size,
+)
+
+# %% [markdown]
+# All 64 answered, never more than `min(32, CPUs + 4)` at once (on 2 CPUs that is 6, so 64
+# requests take ⌈64 / 6⌉ = 11 latencies; on 28 CPUs or more, 32). Use `to_thread` for the odd
+# blocking call; for the OpenAI calls themselves, use `AsyncOpenAI`.
 
 # %% [markdown]
 # ## Your turn
@@ -288,5 +327,7 @@ await lab.checks.check_async_endpoint(exercise_app)
 # * A call without `await` does nothing but return a coroutine (and a warning).
 # * Independent calls awaited one by one add up their latencies; `asyncio.gather` overlaps them.
 # * A plain `def` endpoint is the other valid fix for sync code, up to the thread pool's size.
+# * `await asyncio.to_thread(f, …)` moves one blocking call off the loop, onto the loop's
+#   default executor (`min(32, CPUs + 4)` threads in Python 3.11).
 #
 # Next: **02 · gather** — many calls in parallel, and surviving the ones that fail.

@@ -154,20 +154,23 @@ REVIEWS = [
     "Photo attached, but the upload is unreadable. Please check.",
     "Setup took five minutes. It works as promised.",
 ]
-upstream.configure(faults=[lab.Fault.matching("unreadable", status=500, retry_after=0.05)])
 
-try:
-    await aclient.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": f"Summarize: {REVIEWS[2]}"}]
-    )
-except openai.InternalServerError as exc:
-    print(f"after the SDK's retries: {type(exc).__name__} (HTTP {exc.status_code})")
+# For this cell only: the settings come back when the block ends, even if it is interrupted.
+with upstream.configured(faults=[lab.Fault.matching("unreadable", status=500, retry_after=0.05)]):
+    try:
+        await aclient.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"Summarize: {REVIEWS[2]}"}],
+        )
+    except openai.InternalServerError as exc:
+        print(f"after the SDK's retries: {type(exc).__name__} (HTTP {exc.status_code})")
 print(upstream.stats)
 
 # %% [markdown]
 # To see each failure at once, the rest of this notebook uses a client that does not retry
 # (`max_retries=0`). In production, keep the retries (they fix blips) and handle what still
-# fails, as below.
+# fails, as below. Each demo sets the upstream's faults for its own cell, with
+# `upstream.configured(...)`, which also starts its counters afresh.
 
 # %%
 strict_client = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"), max_retries=0)
@@ -182,7 +185,7 @@ async def summarize(text: str) -> str:
     return r.choices[0].message.content
 
 
-upstream.configure(faults=[lab.Fault.matching("unreadable", status=500)])
+ONE_FAILS = [lab.Fault.matching("unreadable", status=500)]  # every call about REVIEWS[2] fails
 
 # %% [markdown]
 # ### 1. A bare `gather`: the first exception wins, every result is lost
@@ -192,13 +195,14 @@ upstream.configure(faults=[lab.Fault.matching("unreadable", status=500)])
 
 # %%
 summaries = None
-try:
-    summaries = await asyncio.gather(*(summarize(review) for review in REVIEWS))
-except openai.InternalServerError as exc:
-    print(f"gather raised {type(exc).__name__} (HTTP {exc.status_code})")
-print("summaries the caller got:", summaries)
+with upstream.configured(faults=ONE_FAILS):
+    try:
+        summaries = await asyncio.gather(*(summarize(review) for review in REVIEWS))
+    except openai.InternalServerError as exc:
+        print(f"gather raised {type(exc).__name__} (HTTP {exc.status_code})")
+    print("summaries the caller got:", summaries)
 
-await asyncio.sleep(LATENCY)  # the other calls were not cancelled: let them land
+    await asyncio.sleep(LATENCY)  # the other calls were not cancelled: let them land
 print(upstream.stats)
 
 # %% [markdown]
@@ -221,15 +225,18 @@ async def parallel_with_errors(texts: list[str]) -> list[dict]:
     return await asyncio.gather(*[process_one(t) for t in texts])
 
 
-upstream.reset()
-for row in await parallel_with_errors(REVIEWS):
+with upstream.configured(faults=ONE_FAILS):
+    rows = await parallel_with_errors(REVIEWS)
+for row in rows:
     print(f"{row['text']!r:34} summary={row['summary']!r:34} error={(row['error'] or '')[:40]!r}")
 print(upstream.stats)
 
 # %% [markdown]
-# The seed catches `Exception`; catching `openai.APIError` (every error the SDK raises: HTTP
+# The seed catches `Exception`; catching `openai.APIError` (what an API call raises: HTTP
 # errors, timeouts, connection errors) keeps real bugs in your own code, such as a `KeyError`,
-# loud instead of turning them into error entries.
+# loud instead of turning them into error entries. (`APIError` is not every error of the SDK:
+# their base is `openai.OpenAIError`, which also covers errors raised before any call, such as
+# the `Missing credentials` of a client built without an API key: a bug to see, not an entry.)
 #
 # ### 3. `return_exceptions=True`: exceptions come back as values
 #
@@ -237,8 +244,8 @@ print(upstream.stats)
 # result list, in the failed call's place. You must then check each item's type.
 
 # %%
-upstream.reset()
-results = await asyncio.gather(*(summarize(r) for r in REVIEWS), return_exceptions=True)
+with upstream.configured(faults=ONE_FAILS):
+    results = await asyncio.gather(*(summarize(r) for r in REVIEWS), return_exceptions=True)
 for review, result in zip(REVIEWS, results, strict=True):
     if isinstance(result, Exception):
         print(f"✗ {review[:30]!r:34} {type(result).__name__}")
@@ -252,50 +259,59 @@ for review, result in zip(REVIEWS, results, strict=True):
 # failed. It **cancels** the tasks still running, waits for them to stop, and raises an
 # `ExceptionGroup` with the failures (catch it with `except*`).
 #
-# To see the cancellation, let the good reviews take longer than the failure: 3 latencies for
-# their calls, 1 for the failing one. First `gather(..., return_exceptions=True)` for
+# To see the cancellation, let the failure come early: the failing call answers 500 after half
+# a latency, the good reviews take 3 latencies. First `gather(..., return_exceptions=True)` for
 # comparison, which waits for everything.
 
 # %%
-upstream.configure(
-    faults=[
-        lab.Fault.matching("unreadable", status=500),  # first match wins: this one fails fast…
+FAILS_EARLY = {
+    "latency": LATENCY / 2,  # what the failing call takes, before its 500
+    "faults": [
+        lab.Fault.matching("unreadable", status=500),  # first match wins: this one fails early…
         lab.Fault.matching("Summarize", delay=3 * LATENCY),  # …and every other call is slow
-    ]
-)
+    ],
+}
 
-start = time.perf_counter()
-results = await asyncio.gather(*(summarize(r) for r in REVIEWS), return_exceptions=True)
-elapsed = time.perf_counter() - start
+with upstream.configured(**FAILS_EARLY):
+    start = time.perf_counter()
+    results = await asyncio.gather(*(summarize(r) for r in REVIEWS), return_exceptions=True)
+    elapsed = time.perf_counter() - start
+gather_stats = upstream.stats
 kept = sum(not isinstance(r, Exception) for r in results)
 print(f"gather(return_exceptions=True): {kept} summaries + 1 error after {elapsed:.2f} s")
-print(upstream.stats)
+print(gather_stats)
 
 # %%
-upstream.reset()
-start = time.perf_counter()
-try:
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(summarize(r)) for r in REVIEWS]
-except* openai.InternalServerError as failures:
-    elapsed = time.perf_counter() - start
-    print(f"TaskGroup raised {type(failures).__name__} after {elapsed:.2f} s:")
-    print("  failures:", [type(e).__name__ for e in failures.exceptions])
+with upstream.configured(**FAILS_EARLY):
+    start = time.perf_counter()
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(summarize(r)) for r in REVIEWS]
+    except* openai.InternalServerError as failures:
+        elapsed = time.perf_counter() - start
+        print(f"TaskGroup raised {type(failures).__name__} after {elapsed:.2f} s:")
+        print("  failures:", [type(e).__name__ for e in failures.exceptions])
 print("tasks:", ["cancelled" if t.cancelled() else type(t.exception()).__name__ for t in tasks])
-stats = upstream.stats
+group_stats = upstream.stats
 print(
-    f"upstream: {stats.count(500)} × 500, {stats.count(200)} × 200, "
-    f"{stats.count(None)} abandoned mid-call (cancelled)"
+    f"upstream: {group_stats.count(500)} × 500, {group_stats.count(200)} × 200, "
+    f"{group_stats.count(None)} abandoned mid-call (cancelled)"
 )
 
 # %% [markdown]
-# The group gave up after about 1 latency and cancelled the three slow calls (the upstream saw
-# them abandoned), where `gather` waited 3 latencies to keep them. The timeline shows it: gray
-# bars are calls that ended without an answer.
+# The group gave up as soon as the call failed, long before 3 latencies, and cancelled the three
+# slow calls (the upstream saw them abandoned), where `gather` waited 3 latencies to keep
+# them. The timelines show it: in the lower panel the three slow calls stop where the failure
+# ends; gray bars are calls that ended without an answer.
 
 # %%
 lab.plot_timeline(
-    lab.LoadReport.from_calls(stats.timeline), latency=LATENCY, title="TaskGroup: one failure"
+    {
+        "gather(return_exceptions=True)": lab.LoadReport.from_calls(gather_stats.timeline),
+        "asyncio.TaskGroup": lab.LoadReport.from_calls(group_stats.timeline),
+    },
+    latency=LATENCY,
+    title="One early failure",
 )
 
 # %% [markdown]
@@ -319,7 +335,7 @@ lab.plot_timeline(
 
 # %%
 LONG_REVIEW = "A very long review of everything about the product. It goes on and on."
-upstream.configure(faults=[lab.Fault.matching("very long", delay=5.0)])
+ONE_HANGS = [lab.Fault.matching("very long", delay=5.0)]  # set in each cell below
 BOUND = 2 * LATENCY
 
 # %% [markdown]
@@ -327,12 +343,13 @@ BOUND = 2 * LATENCY
 # cancelled and the block raises `TimeoutError`. The call is abandoned, not finished.
 
 # %%
-start = time.perf_counter()
-try:
-    async with asyncio.timeout(BOUND):
-        await summarize(LONG_REVIEW)
-except TimeoutError:
-    print(f"TimeoutError after {time.perf_counter() - start:.2f} s")
+with upstream.configured(faults=ONE_HANGS):
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(BOUND):
+            await summarize(LONG_REVIEW)
+    except TimeoutError:
+        print(f"TimeoutError after {time.perf_counter() - start:.2f} s")
 print(upstream.stats)
 
 # %% [markdown]
@@ -340,12 +357,12 @@ print(upstream.stats)
 # `gather`: bound each call, and the slow one becomes a `TimeoutError` in its place.
 
 # %%
-upstream.reset()
-start = time.perf_counter()
-results = await asyncio.gather(
-    *(asyncio.wait_for(summarize(r), BOUND) for r in [REVIEWS[0], LONG_REVIEW, REVIEWS[3]]),
-    return_exceptions=True,
-)
+with upstream.configured(faults=ONE_HANGS):
+    start = time.perf_counter()
+    results = await asyncio.gather(
+        *(asyncio.wait_for(summarize(r), BOUND) for r in [REVIEWS[0], LONG_REVIEW, REVIEWS[3]]),
+        return_exceptions=True,
+    )
 print(f"after {time.perf_counter() - start:.2f} s:")
 for result in results:
     print("  ", type(result).__name__ if isinstance(result, Exception) else result)
@@ -357,15 +374,16 @@ for result in results:
 # timeouts plus the backoff. `asyncio.timeout` bounds the total, retries included.
 
 # %%
-upstream.reset()
-start = time.perf_counter()
-try:
-    await strict_client.with_options(timeout=BOUND).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": f"Summarize: {LONG_REVIEW}"}]
-    )
-except openai.APITimeoutError as exc:
-    print(f"{type(exc).__name__}: {exc.message} after {time.perf_counter() - start:.2f} s")
-    print("an openai.APIError, like every SDK error:", isinstance(exc, openai.APIError))
+with upstream.configured(faults=ONE_HANGS):
+    start = time.perf_counter()
+    try:
+        await strict_client.with_options(timeout=BOUND).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"Summarize: {LONG_REVIEW}"}],
+        )
+    except openai.APITimeoutError as exc:
+        print(f"{type(exc).__name__}: {exc.message} after {time.perf_counter() - start:.2f} s")
+        print("an openai.APIError (an API call failed):", isinstance(exc, openai.APIError))
 print(upstream.stats)
 
 # %% [markdown]
@@ -409,7 +427,6 @@ async def analyze_one_by_one(request: AnalyzeRequest):
 # Fire 10 requests at each, at once: 30 upstream calls per run.
 
 # %%
-upstream.configure(faults=[])
 N = 10
 
 
@@ -417,6 +434,7 @@ def body(i: int) -> dict:
     return {"text": f"Review {i}: the update made everything faster and more reliable."}
 
 
+upstream.reset()
 async with lab.asgi_client(one_by_one_app) as client:
     slow_run = await lab.fire(client, "POST", "/analyze", json=body, n=N)
 slow_calls = upstream.stats

@@ -39,6 +39,7 @@ TEXTS = [
     for i in range(1, 101)
 ]
 LIMIT = 5
+# The notebook's upstream from here on; a cell that needs another one says so in a `with` block.
 upstream.configure(rate_limit=lab.RateLimit(max_concurrent=LIMIT, retry_after=0.25))
 
 aclient = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))  # retries 429s twice (the default)
@@ -58,17 +59,19 @@ async def summarize(text: str, client: AsyncOpenAI = aclient) -> str:
 # ## The trap: 100 calls at once
 #
 # `gather` starts all 100 calls together. First with a client that does not retry, to see what
-# the upstream answers to the first attempts. For this one look, each call takes a full second,
+# the upstream answers to the first attempts. For this one look, each call takes two seconds,
 # as a long LLM answer does: all 100 first attempts arrive while the first ones are still busy.
+# (`upstream.configured(...)` changes the latency for the `with` block only: it comes back when
+# the block ends, even if you interrupt the cell.)
 
 # %%
-upstream.configure(latency=1.0)
-results = await asyncio.gather(
-    *(summarize(t, strict_client) for t in TEXTS), return_exceptions=True
-)
+LONG_CALL = 2.0  # seconds per call, in the two cells of the trap
+with upstream.configured(latency=LONG_CALL):
+    results = await asyncio.gather(
+        *(summarize(t, strict_client) for t in TEXTS), return_exceptions=True
+    )
 failed = [r for r in results if isinstance(r, Exception)]
 print(upstream.stats)
-upstream.configure(latency=LATENCY)
 print(
     f"{len(results) - len(failed)} summaries, {len(failed)} failed:",
     {type(e).__name__ for e in failed},
@@ -76,27 +79,29 @@ print(
 
 # %% [markdown]
 # 5 calls got in; the other 95 were refused. Now the default client, which retries a 429 twice,
-# after the `retry-after` the upstream asked for.
+# after the `retry-after` the upstream asked for (0.25 s), with the same two-second calls.
 
 # %%
-upstream.reset()
-start = time.perf_counter()
-results = await asyncio.gather(*(summarize(t) for t in TEXTS), return_exceptions=True)
-retried = time.perf_counter() - start
+with upstream.configured(latency=LONG_CALL):
+    start = time.perf_counter()
+    results = await asyncio.gather(*(summarize(t) for t in TEXTS), return_exceptions=True)
+    retried = time.perf_counter() - start
 retry_stats = upstream.stats
 failed = [r for r in results if isinstance(r, Exception)]
 
-print(f"100 summaries with the SDK's retries: {retried:.2f} s ≈ {retried / LATENCY:.1f}× latency")
-print(f"HTTP calls: {retry_stats.calls / len(TEXTS):.1f}× as many as texts, most of them 429s")
-print(f"still failing after 2 retries: {len(failed) > 0}")
+print(f"{len(TEXTS)} texts with the SDK's retries: {retried:.2f} s")
+print(f"HTTP calls: {retry_stats.calls} for {len(TEXTS)} texts ({retry_stats})")
+print(f"texts still failing after 2 retries: {len(failed)} of {len(TEXTS)}")
 for error in failed[:1]:
     print(f"  e.g. {type(error).__name__}: {error.message}")
 
 # %% [markdown]
-# The retries multiplied the calls (every retry is one more request the upstream must refuse),
-# and many texts still failed: each wave of retries arrives together, so again only 5 get in.
-# The exact counts vary from run to run, since they depend on which retry lands when. With real
-# limits the `retry-after` is seconds, not a quarter of one.
+# The retries multiplied the calls (every retry is one more request the upstream must refuse)
+# and saved nothing: both waves of retries came back, 0.25 s apart, while the first 5 calls
+# still held every slot, so the upstream refused all 95 again, twice. With shorter calls some
+# retries get in, but each wave of retries arrives together, so again at most 5 of them; how
+# many then depends on which retry lands when. With real limits the `retry-after` is seconds,
+# not a quarter of one.
 #
 # ## The fix: one `asyncio.Semaphore(5)`
 #
@@ -150,14 +155,20 @@ lab.plot_in_flight(bounded_stats, limit=LIMIT, title="Semaphore(5): calls in fli
 # %% [markdown]
 # ## A progress bar
 #
-# A long batch deserves a progress bar. `tqdm.asyncio.tqdm.gather` is a drop-in for
-# `asyncio.gather`: it counts tasks as they finish, and still returns the results in the order
-# of the inputs. (`file=sys.stdout` prints it as plain text in the cell's output.)
+# A long batch deserves a progress bar. tqdm draws one; tick it as each task finishes (a done
+# callback), and run the tasks in an `asyncio.TaskGroup`, which waits for all of them and
+# returns them in the order of the inputs. (`file=sys.stdout` prints the bar as plain text in
+# the cell's output.)
+#
+# tqdm also has a drop-in for `gather`, `tqdm.asyncio.tqdm.gather`, but it runs the calls
+# through `asyncio.as_completed`, which does not cancel them when the caller is cancelled: stop
+# the cell with ■ and its calls go on in the background, landing in the next cells' counts. A
+# `TaskGroup` cancels every task it started when the cell is interrupted.
 
 # %%
 import sys
 
-from tqdm.asyncio import tqdm
+from tqdm import tqdm
 
 
 async def rate_limited_with_progress(texts: list[str], max_concurrent: int = 5) -> list[str]:
@@ -167,8 +178,12 @@ async def rate_limited_with_progress(texts: list[str], max_concurrent: int = 5) 
         async with semaphore:
             return await summarize(text)
 
-    tasks = [process_with_limit(t) for t in texts]
-    return await tqdm.gather(*tasks, desc="summaries", file=sys.stdout)
+    with tqdm(total=len(texts), desc="summaries", file=sys.stdout) as bar:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(process_with_limit(t)) for t in texts]
+            for task in tasks:
+                task.add_done_callback(lambda _: bar.update())
+    return [task.result() for task in tasks]
 
 
 upstream.reset()
@@ -194,6 +209,12 @@ results = await asyncio.gather(
     *(process_with_new_semaphore(t) for t in TEXTS), return_exceptions=True
 )
 print(upstream.stats)
+print(f"refused by the upstream (HTTP 429): {upstream.stats.count(429)} of {len(TEXTS)}")
+
+# %% [markdown]
+# All 100 calls were sent at once: no semaphore made any of them wait. "Max 5 in flight" is
+# the **upstream's** doing, not the semaphores': it let 5 calls in and refused the other 95
+# with a 429.
 
 # %% [markdown]
 # **A semaphore per request is not per upstream.** The seed's `rate_limited_parallel` creates
@@ -242,11 +263,10 @@ def batch(i: int) -> dict:
     return {"texts": TEXTS[10 * i : 10 * i + 10]}
 
 
-upstream.configure(rate_limit=None)
 for name, app in [("semaphore per request", per_request_app), ("shared semaphore", shared_app)]:
-    upstream.reset()
-    async with lab.asgi_client(app) as client:
-        report = await lab.fire(client, "POST", "/summaries", json=batch, n=3)
+    with upstream.configured(rate_limit=None):  # no limit: count what each version sends
+        async with lab.asgi_client(app) as client:
+            report = await lab.fire(client, "POST", "/summaries", json=batch, n=3)
     print(f"{name:22} {report.summary()}")
     print(f"{'':22} {upstream.stats}")
 
@@ -311,7 +331,7 @@ with lab.FakeServer(latency=LATENCY) as server:
 # flight can still be many per second. Here the upstream allows 10 calls per 0.5 s:
 
 # %%
-upstream.configure(rate_limit=lab.RateLimit(max_per_window=10, window=0.5, retry_after=0.25))
+PER_WINDOW = lab.RateLimit(max_per_window=10, window=0.5, retry_after=0.25)  # in each cell below
 WINDOW_TEXTS = TEXTS[:16]
 
 
@@ -325,7 +345,8 @@ async def with_semaphore(texts: list[str]) -> list:
     return await asyncio.gather(*(one(t) for t in texts), return_exceptions=True)
 
 
-await with_semaphore(WINDOW_TEXTS)
+with upstream.configured(rate_limit=PER_WINDOW):
+    await with_semaphore(WINDOW_TEXTS)
 print(upstream.stats)
 
 # %% [markdown]
@@ -364,9 +385,9 @@ async def paced(text: str) -> str:
         return await summarize(text, strict_client)
 
 
-upstream.reset()
-start = time.perf_counter()
-results = await asyncio.gather(*(paced(t) for t in WINDOW_TEXTS), return_exceptions=True)
+with upstream.configured(rate_limit=PER_WINDOW):
+    start = time.perf_counter()
+    results = await asyncio.gather(*(paced(t) for t in WINDOW_TEXTS), return_exceptions=True)
 print(f"{len(WINDOW_TEXTS)} calls paced 8 per 0.5 s: {time.perf_counter() - start:.2f} s")
 print(upstream.stats)
 
@@ -415,4 +436,5 @@ await lab.checks.check_bounded_batch(summarize_all, limit=5)
 #   not the upstream.
 # * `httpx2.Limits(max_connections=n)` on the client is another bound, for all its calls.
 # * Per-window limits need paced starts, not just fewer calls in flight.
-# * `tqdm.asyncio.tqdm.gather` adds a progress bar and keeps the order.
+# * A tqdm bar ticked by done callbacks, over an `asyncio.TaskGroup`, shows progress, keeps
+#   the order, and cancels every call when the cell is interrupted.

@@ -46,6 +46,11 @@ class ChatRequest(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
+    if not os.path.isdir(workdir.name):  # fail at startup, and say what to do about it
+        raise RuntimeError(
+            "the last cell of this notebook removed the audit folder: re-run the cell that "
+            "creates it (`workdir = tempfile.TemporaryDirectory()`, above)"
+        )
     openai_client = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
     print("startup:  OpenAI client created")
     audit_db = await aiosqlite.connect(AUDIT_DB)
@@ -228,9 +233,13 @@ with lab.FakeServer(latency=LATENCY) as server:
 #
 # The SDK's own defaults (`openai/_constants.py` in the installed SDK): at most **1000**
 # connections, at most **100** kept idle, each idle one for **5 s** (`keepalive_expiry`). To
-# change them, give the SDK an HTTP client. Use `openai.DefaultAsyncHttpxClient`: it keeps the
-# SDK's other defaults (a plain `httpx2.AsyncClient` would bring a 5 s timeout instead of the
-# SDK's 10 minutes). With at most 3 connections, 10 concurrent calls run 3 at a time:
+# change them, give the SDK an HTTP client. Use `openai.DefaultAsyncHttpxClient`: it starts
+# from the SDK's defaults and changes only what you pass. A plain `httpx2.AsyncClient` keeps
+# the SDK's timeout (the SDK sends its own, `Timeout(connect=5.0, read=600)`, with every
+# request; `AsyncOpenAI(http_client=httpx2.AsyncClient()).timeout` shows it), but brings
+# httpx2's pool limits instead of the SDK's (at most 100 connections and 20 idle, not 1000 and
+# 100), and does not follow redirects. With at most 3 connections, 10 concurrent calls run 3 at
+# a time:
 
 # %%
 import httpx2
@@ -252,17 +261,15 @@ with lab.FakeServer(latency=LATENCY) as server:
 #
 # ## What a leak looks like
 #
-# A lifespan that creates the client and never closes it. The app stops; its connection does not:
+# A lifespan that creates the client and never closes it. The app stops; its connection does
+# not. Then the fix, `close()`, on the same client:
+
 
 # %%
-server = lab.FakeServer(latency=LATENCY).start()  # stopped in the next cell
-leaked: list[AsyncOpenAI] = []
-
-
 @asynccontextmanager
 async def leaky_lifespan(app: FastAPI):
-    leaked.append(AsyncOpenAI(base_url=server.base_url))
-    yield {"openai": leaked[-1]}
+    app.state.openai = AsyncOpenAI(base_url=server.base_url)
+    yield {"openai": app.state.openai}
     # ✗ no close()
 
 
@@ -274,27 +281,27 @@ async def leaky_chat(request: ChatRequest, openai_client: OpenAIClient):
     return {"response": await ask(openai_client, 0)}
 
 
-async with lab.asgi_client(leaky_app) as client:
-    for _ in range(3):
-        await client.post("/chat", json={"message": "Summarize in 5 words: a leak"})
-await asyncio.sleep(0.05)
-print("app stopped; sockets still open to the upstream:", open_sockets(server))
+with lab.FakeServer(latency=LATENCY) as server:  # stopped when the block ends, however it ends
+    async with lab.asgi_client(leaky_app) as client:
+        for _ in range(3):
+            await client.post("/chat", json={"message": "Summarize in 5 words: a leak"})
+    await asyncio.sleep(0.05)
+    print("app stopped; sockets still open to the upstream:", open_sockets(server))
+
+    await leaky_app.state.openai.close()  # the fix: what the lifespan should have done
+    await asyncio.sleep(0.05)
+    print("after close(): sockets open to the upstream:", open_sockets(server))
 
 # %% [markdown]
-# One socket, the client's pooled connection, stays open after the app has stopped, until the
-# garbage collector happens to find the client (it then closes the socket with a
-# `ResourceWarning: unclosed transport`, hidden by default, shown under `python -X dev`, and an
-# error in this course's pytest settings). A worker that leaks a client per restart, or per
-# request, runs out of file descriptors: `OSError: [Errno 24] Too many open files`.
+# One socket, the client's pooled connection, stayed open after the app had stopped. Without
+# the `close()`, it stays open until the garbage collector happens to find the client (it then
+# closes the socket with a `ResourceWarning: unclosed transport`, hidden by default, shown under
+# `python -X dev`, and an error in this course's pytest settings). A worker that leaks a client
+# per restart, or per request, runs out of file descriptors:
+# `OSError: [Errno 24] Too many open files`.
 #
 # **The fix** is `close()`, which is what the first lifespan of this notebook does at shutdown
-# (in a `finally`; or use `async with AsyncOpenAI(...) as client:` around the `yield`):
-
-# %%
-await leaked.pop().close()
-await asyncio.sleep(0.05)
-print("after close(): sockets open to the upstream:", open_sockets(server))
-server.stop()
+# (in a `finally`; or use `async with AsyncOpenAI(...) as client:` around the `yield`).
 
 
 # %% [markdown]
@@ -359,7 +366,7 @@ await lab.checks.check_lifespan_client(exercise_app)
 # * A client that is never closed keeps its sockets open until the garbage collector finds it.
 
 # %%
-workdir.cleanup()
+workdir.cleanup()  # the lifespan above now says to re-run the cell that creates the folder
 
 # %% [markdown]
 # Next: **06 · Capstone** — one service, every pattern, under load and faults.

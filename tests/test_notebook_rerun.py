@@ -1,0 +1,168 @@
+"""Every notebook survives what learners do to it: cells run twice, long cells interrupted.
+
+nbval (run by the same `pytest`) proves that a notebook run once, top to bottom, prints what is
+stored. Learners do not run notebooks that way: they re-run a cell to see it again, and stop a
+slow one with ■ (JupyterLab sends SIGINT to the kernel). One execution per notebook (learner and
+solution, 00-06) checks both, cell by cell:
+
+* **run twice**: each code cell runs twice in a row; neither run raises, and both print what the
+  stored notebook printed (compared as nbval compares: text outputs, images skipped, after the
+  sanitizer of notebooks/nbval_sanitize.cfg). So a re-run counts from where it starts, restarts
+  what it started, and repeats its verdicts.
+* **interrupted**: a cell whose second run took longer than `LONG_CELL` seconds runs a third time
+  and is interrupted halfway through (`interrupt_kernel()`, SIGINT, as Jupyter does). Every later
+  cell still prints what is stored: an interrupted cell leaves no setting changed, no server
+  running and no count off.
+* **no port left bound**: when the notebook is done, the kernel listens on no TCP port it did
+  not listen on before its first cell (its own Jupyter channels).
+
+The notebook's cells are executed in a fresh kernel of this environment, from the notebook's
+folder, as nbval does; nothing is written back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from nbclient import NotebookClient
+from nbformat import NotebookNode
+from nbval.plugin import coalesce_streams, get_sanitize_patterns
+
+from labsupport.instructor.kernels import KERNEL_NAME, CurrentEnvKernelManager
+
+ROOT = Path(__file__).resolve().parent.parent
+LEARNER_NOTEBOOKS = sorted((ROOT / "notebooks").glob("0[0-6]_*.ipynb"))
+SANITIZE = get_sanitize_patterns((ROOT / "notebooks" / "nbval_sanitize.cfg").read_text())
+#: A cell whose (second) run takes longer than this is also interrupted halfway through.
+LONG_CELL = 1.0
+CELL_TIMEOUT = 120
+#: What nbval does not compare either.
+UNCOMPARED = frozenset({"image/png", "image/jpeg", "application/vnd.jupyter.widget-view+json"})
+RAISES_TAG = "raises-exception"
+
+
+def _sanitize(text: str) -> str:
+    for pattern, replacement in SANITIZE:
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
+def printed(outputs: list[NotebookNode]) -> dict[str, list[str]]:
+    """A cell's outputs as nbval compares them: per stream or MIME type, the sanitized texts in
+    order (streams coalesced, images left out); an error as "Type: message"."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for output in coalesce_streams(copy.deepcopy(outputs)):
+        if output.output_type == "stream":
+            found[output.name].append(_sanitize(output.text))
+        elif output.output_type == "error":
+            found["error"].append(f"{output.ename}: {_sanitize(output.evalue)}")
+        else:
+            for mime, value in output.get("data", {}).items():
+                if mime not in UNCOMPARED:
+                    found[mime].append(_sanitize(value if isinstance(value, str) else str(value)))
+    return dict(found)
+
+
+@dataclass
+class Exercise:
+    """What went wrong while exercising one notebook, and what was interrupted."""
+
+    problems: list[str] = field(default_factory=list)
+    interrupted: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _listening_ports(client: NotebookClient) -> set[int]:
+    """TCP ports the kernel process listens on."""
+    km = client.km
+    assert km is not None and km.provisioner is not None
+    connections = psutil.Process(km.provisioner.pid).net_connections(kind="tcp")  # type: ignore[attr-defined]
+    return {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
+
+
+async def exercise(path: Path) -> Exercise:
+    """Run `path` cell by cell as the module docstring says, and collect what went wrong."""
+    stored = nbformat.read(path, as_version=4)
+    notebook = copy.deepcopy(stored)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    client = NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT,
+        kernel_name=KERNEL_NAME,
+        kernel_manager_class=CurrentEnvKernelManager,
+        allow_errors=True,
+        record_timing=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    result = Exercise()
+    start = time.perf_counter()
+    async with client.async_setup_kernel():
+        own_ports = _listening_ports(client)  # the kernel's Jupyter channels, before any cell
+        for index, cell in enumerate(notebook.cells):
+            if cell.cell_type != "code":
+                continue
+            number = sum(c.cell_type == "code" for c in notebook.cells[: index + 1])
+            expected = printed(stored.cells[index].outputs)
+            may_raise = RAISES_TAG in cell.metadata.get("tags", ())
+            took = 0.0
+            for run in ("first run", "second run"):
+                began = time.perf_counter()
+                await client.async_execute_cell(cell, index)
+                took = time.perf_counter() - began
+                got = printed(cell.outputs)
+                if "error" in got and not may_raise:
+                    result.problems.append(f"cell {number}, {run}: raised {got['error'][0]}")
+                elif got != expected:
+                    result.problems.append(
+                        f"cell {number}, {run}: printed\n{_show(got)}\n  instead of\n"
+                        f"{_show(expected)}"
+                    )
+            if took > LONG_CELL:
+                running = asyncio.ensure_future(client.async_execute_cell(cell, index))
+                done, _ = await asyncio.wait({running}, timeout=took / 2)
+                if not done:
+                    await client.km.interrupt_kernel()  # type: ignore[union-attr]
+                    result.interrupted.append(number)
+                await running
+        ports = _listening_ports(client) - own_ports
+        if ports and not result.problems:
+            result.problems.append(f"ports still bound at the end: {sorted(ports)}")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _show(found: dict[str, list[str]]) -> str:
+    return "\n".join(f"  [{key}] {text!r}" for key, texts in found.items() for text in texts)
+
+
+def check_notebook(path: Path) -> None:
+    """Exercise `path`; fail with every problem found, one per line."""
+    result = asyncio.run(exercise(path))
+    # Shown with `pytest -s`: which cells were interrupted, and what the notebook cost.
+    print(f"{path.name}: interrupted cells {result.interrupted}, {result.seconds:.1f} s")
+    if result.problems:
+        pytest.fail("\n".join(result.problems), pytrace=False)
+
+
+def notebook_id(path: Path) -> str:
+    return str(path.relative_to(ROOT / "notebooks"))
+
+
+# The solution notebooks are in test_notebook_rerun_solutions.py: one file per xdist worker
+# (`--dist loadfile`), so the two halves run side by side.
+@pytest.mark.parametrize("path", LEARNER_NOTEBOOKS, ids=notebook_id)
+@pytest.mark.timeout(600)
+def test_learner_cells_run_twice_and_interrupted_keep_their_verdicts(path: Path) -> None:
+    """Run twice, interrupted, and no port left bound, as the module docstring says."""
+    check_notebook(path)
