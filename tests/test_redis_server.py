@@ -87,3 +87,14 @@ def test_missing_redis_server_says_the_install_command_in_one_line(
     assert install_command() in message and "\n" not in message
     # IPython shows this instead of a traceback.
     assert raised.value._render_traceback_() == [message]
+
+
+def test_doctor_finds_redis_server_or_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from labsupport.instructor.doctor import check_redis_server
+
+    assert check_redis_server().ok
+    monkeypatch.setenv("LAB_REDIS_SERVER", "/nonexistent/redis-server")
+    missing = check_redis_server()
+    assert (missing.ok, missing.fix) == (False, install_command())

@@ -7,7 +7,7 @@ status is 0 only when every check passed, so scripts can use it too.
 Checks: the Python version; every package in requirements.lock installed at its pinned version;
 that a Jupyter kernel starts in this environment and runs code; the lab mode (LAB_MODE) and,
 in live mode, that an API key is present (never shown); that a loopback port can be bound (the
-lab's servers need one).
+lab's servers need one); that `redis-server` is installed (notebook 07).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ DISTRIBUTION = "async-llm-lab"
 #: The lock next to the package: the repository root for the editable install every setup uses.
 DEFAULT_LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
 #: The report's first column is as wide as its longest check name, known before any check runs.
-CHECKS: Final = ("Python", "Packages", "Jupyter kernel", "Mode", "API key", "Loopback")
+CHECKS: Final = ("Python", "Packages", "Jupyter kernel", "Mode", "API key", "Loopback", "Redis")
 _INSTALL_FIX = "make venv  (conda/Binder: pip install -r requirements.lock)"
 
 
@@ -214,6 +214,18 @@ def check_loopback() -> Finding:
     return Finding("Loopback", True, "can bind a port on 127.0.0.1")
 
 
+def check_redis_server() -> Finding:
+    """The system's `redis-server` (notebook 07 starts its own on a loopback port)."""
+    from ..distributed.redis_server import install_command, redis_server_path
+
+    path = redis_server_path()
+    if path is None:
+        return Finding(
+            "Redis", False, "redis-server not found (notebook 07 needs it)", install_command()
+        )
+    return Finding("Redis", True, f"redis-server at {path}")
+
+
 def run_checks(lock: Path = DEFAULT_LOCK) -> Iterator[Finding]:
     """Run every check, in the order of the report, yielding each finding as it is made."""
     checks: list[Callable[[], Finding]] = [
@@ -223,6 +235,7 @@ def run_checks(lock: Path = DEFAULT_LOCK) -> Iterator[Finding]:
         check_mode,
         check_key,
         check_loopback,
+        check_redis_server,
     ]
     for check in checks:
         yield check()
