@@ -93,3 +93,16 @@ def test_the_live_observer_accepts_configured_and_says_it_cannot_script(
         pass
     assert capsys.readouterr().out == ""
     assert observer.settings == UpstreamSettings(latency=0.2)
+
+
+def test_an_answer_finished_after_a_reset_leaves_the_new_counters_alone() -> None:
+    upstream = labsupport.mock_openai(latency=0.0)
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    before_reset = upstream.answer("POST", "chat/completions", body, "async")
+    upstream.reset()
+    after_reset = upstream.answer("POST", "chat/completions", body, "async")
+    upstream.finish(before_reset)  # the server thread records a call the lesson already forgot
+    stats = upstream.stats
+    assert stats.calls == 1 and stats.in_flight == 1 and stats.status_counts == {}
+    upstream.finish(after_reset)
+    assert upstream.stats.status_counts == {200: 1} and upstream.stats.in_flight == 0

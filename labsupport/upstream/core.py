@@ -27,6 +27,7 @@ from typing import Self, Unpack
 
 from . import wire
 from .embeddings import DIMENSIONS, embed
+from .faults import Fault
 from .moderation import flagged_categories
 from .replies import count_tokens, reply_to
 from .settings import SettingsChanges, UpstreamSettings, combine
@@ -61,6 +62,7 @@ class Answer:
     chunk_gap: float = 0.0
     finished: bool = False
     in_flight: bool = True
+    epoch: float = 0.0  # the upstream's last reset before this call: finish() ignores older ones
 
     @property
     def streaming(self) -> bool:
@@ -192,7 +194,32 @@ class Upstream:
                 remaining = limit.max_per_window - len(self._window)
                 headers.update(wire.rate_limit_headers(limit.max_per_window, remaining, reset))
             self._timeline.append(UpstreamCall(number, now, now, None, client, prompt))
+            epoch = self._epoch
 
+        answer = self._compose(
+            route, endpoint, number, request, turn, headers, wait, problem, param, limited, fault
+        )
+        answer.epoch = epoch
+        if not answer.in_flight:
+            self.finish(answer)  # refused at the door: answered at once, never in flight
+        return answer
+
+    def _compose(
+        self,
+        route: str,
+        endpoint: str,
+        number: int,
+        request: wire.Request,
+        turn: Turn | None,
+        headers: dict[str, str],
+        wait: float,
+        problem: str | None,
+        param: str | None,
+        limited: str | None,
+        fault: Fault | None,
+    ) -> Answer:
+        """The answer to call `number`, once `answer()` has counted it."""
+        settings = self._settings
         if problem or limited:
             # Refused at the door: answered at once, never in flight.
             if problem:
@@ -202,7 +229,6 @@ class Upstream:
                 answer = _error_answer(429, "rate_limit_exceeded", limited or "", retry_after=retry)
             answer.call, answer.in_flight = number, False
             answer.headers.update(headers)
-            self.finish(answer)
             return answer
         if fault is not None and fault.status is not None:
             kind = _ERROR_TYPES.get(fault.status, "server_error")
@@ -215,7 +241,7 @@ class Upstream:
             wait = fault.delay
 
         if route == "chat" and turn is None:  # the fast path: plain chat
-            model = request.model
+            model, prompt = request.model, request.prompt
             reply = reply_to(prompt, request.token_limit(chat=True))
             usage = (count_tokens(prompt) + 8, count_tokens(reply.text))
             if request.streaming:
@@ -366,6 +392,8 @@ class Upstream:
             if answer.finished:
                 return
             answer.finished = True
+            if answer.epoch != self._epoch:
+                return  # sent before a reset: the counters it would change are gone
             status = answer.status if delivered else None
             entry = self._timeline[answer.call - 1]
             self._timeline[answer.call - 1] = entry.ended(end, status, client or entry.client)
