@@ -63,6 +63,21 @@ async def blocking_chat(request: ChatRequest):
 # Fire 20 requests at once, in process (`lab.asgi_client` talks to the app in memory), while a
 # loop-lag monitor (`lab.loop_lag`) measures how long the event loop could not run anything else.
 
+# %% [markdown]
+# **Predict first.** Each upstream call takes `LATENCY` seconds (0.1 s offline). How long will
+# all 20 requests take? Type your guess in the box (or set `PREDICTION` and run the cell again),
+# then run the measurement.
+
+# %%
+from labsupport.coaching import explore, predict
+
+PREDICTION = None  # your guess in seconds, e.g. 0.5
+blocking_guess = predict(
+    "20 requests at once, sync client inside async def: how many seconds for all of them?",
+    value=PREDICTION,
+)
+blocking_guess
+
 # %%
 N = 20
 body = {"message": "Summarize in 5 words: The event loop runs one task at a time."}
@@ -75,6 +90,14 @@ blocked_calls = upstream.stats.timeline
 print(blocked_run.summary(latency=LATENCY))
 print(lag)
 print(upstream.stats)
+print(
+    blocking_guess.compare(
+        blocked_run.wall,
+        because="each request waited for the one before it, on one blocked event loop",
+        investigate="the “event loop blocked” line: for how much of the wall time could the "
+        "loop run nothing else?",
+    )
+)
 
 # %% [markdown]
 # How to read it:
@@ -106,6 +129,17 @@ async def chat(request: ChatRequest):
     return {"response": response.choices[0].message.content}
 
 
+# %% [markdown]
+# **Predict again**, before you run it: the same 20 requests, now awaiting `AsyncOpenAI`.
+
+# %%
+PREDICTION = None  # your guess in seconds
+async_guess = predict(
+    "The same 20 requests, AsyncOpenAI awaited: how many seconds for all of them?",
+    value=PREDICTION,
+)
+async_guess
+
 # %%
 upstream.reset()
 async with lab.asgi_client(app) as client, lab.loop_lag() as lag:
@@ -116,6 +150,15 @@ print(async_run.summary(latency=LATENCY))
 print(lag)
 print(upstream.stats)
 print(async_run.bodies[0])
+print(
+    async_guess.compare(
+        async_run.wall,
+        because="all 20 calls waited for OpenAI together: while one request awaits, the loop "
+        "serves the others",
+        investigate="“max … in flight” in the upstream's line: how many calls were waiting at "
+        "once?",
+    )
+)
 
 # %% [markdown]
 # Same 20 requests, now in little more than **1 ×** the latency: all 20 calls were in flight
@@ -136,6 +179,19 @@ lab.plot_timeline(
     upstream={"sync client in async def": blocked_calls, "AsyncOpenAI, awaited": async_calls},
     latency=LATENCY,
 )
+
+# %% [markdown]
+# ## Explore: change one thing, predict, run
+#
+# Below, the same scenario with controls: how many requests, how slow each upstream call is, the
+# client (sync `OpenAI` in `async def`, or `AsyncOpenAI` awaited), and a shared
+# `asyncio.Semaphore` (0: none). Before each change, say what the timeline will look like: a
+# staircase or a block, and how wide. Each change runs the scenario again, offline (a small
+# FastAPI app, the real SDK, the simulated upstream; about a second), and redraws it. Try more
+# requests with the sync client; then the async client with a semaphore of 5.
+
+# %%
+explore(requests=10, latency=0.05, client="sync")
 
 # %% [markdown]
 # ## Two more sync traps

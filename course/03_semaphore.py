@@ -64,6 +64,23 @@ async def summarize(text: str, client: AsyncOpenAI = aclient) -> str:
 # (`upstream.configured(...)` changes the latency for the `with` block only: it comes back when
 # the block ends, even if you interrupt the cell.)
 
+# %% [markdown]
+# **Predict first.** 100 calls start together; the upstream takes 5 at a time and refuses the
+# rest with 429; this client does not retry. How many of the 100 get a 429? Type your guess in
+# the box (or set `PREDICTION` and run the cell again), then run the burst.
+
+# %%
+from labsupport.coaching import explore, predict
+
+PREDICTION = None  # your guess: a number from 0 to 100
+refused_guess = predict(
+    "100 calls at once, 5 allowed in flight, no retries: how many get HTTP 429?",
+    unit="calls refused with 429",
+    maximum=len(TEXTS),
+    value=PREDICTION,
+)
+refused_guess
+
 # %%
 LONG_CALL = 2.0  # seconds per call, in the two cells of the trap
 with upstream.configured(latency=LONG_CALL):
@@ -75,6 +92,14 @@ print(upstream.stats)
 print(
     f"{len(results) - len(failed)} summaries, {len(failed)} failed:",
     {type(e).__name__ for e in failed},
+)
+print(
+    refused_guess.compare(
+        upstream.stats.count(429),
+        because="5 calls took the 5 places, and each held it for two seconds, so every other "
+        "call arrived to a full upstream",
+        investigate="what the SDK's retries change (next cell): fewer 429s, or more?",
+    )
 )
 
 # %% [markdown]
@@ -151,6 +176,16 @@ lab.plot_timeline(
 
 # %%
 lab.plot_in_flight(bounded_stats, limit=LIMIT, title="Semaphore(5): calls in flight")
+
+# %% [markdown]
+# ## Explore: the bound against the limit
+#
+# The upstream still allows 5 calls in flight. Predict, then move the semaphore's bound: what
+# does the timeline look like at 6? At 3? At 0 (no semaphore)? And what does the sync client do
+# to it? Each change runs 20 requests again, offline, in about a second.
+
+# %%
+explore(requests=20, latency=0.05, bound=LIMIT, upstream_limit=LIMIT)
 
 # %% [markdown]
 # ## A progress bar
