@@ -56,3 +56,5 @@ html_theme_options = {
 html_last_updated_fmt = None
 html_copy_source = True
 html_show_sourcelink = False
+# No index page: the lessons define no index entries, so it would be an empty page.
+html_use_index = False
