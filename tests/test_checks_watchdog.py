@@ -8,6 +8,7 @@ import contextlib
 import signal
 import threading
 import time
+from typing import Any
 
 import nbformat
 import pytest
@@ -176,3 +177,53 @@ def test_in_a_real_kernel_a_deadlocking_answer_is_stopped_and_the_next_cell_answ
     assert "inside threading.Semaphore.acquire()" in summary and "`with slots:`" in summary
     assert printed[2] == "latency 0.05 limit None\n"  # the upstream is as the lesson left it
     assert printed[3] == "ok\n"
+
+
+async def _interrupt(client: Any, manager: Any, code: str) -> dict[str, Any]:
+    """Run `code`, interrupt the kernel 3 s later as Jupyter's stop button does; the reply."""
+    waiting = client.execute(code)
+    await asyncio.sleep(3)
+    await manager.interrupt_kernel()
+    reply: dict[str, Any] = await client._async_get_shell_msg(timeout=30)
+    assert reply["parent_header"]["msg_id"] == waiting
+    return reply["content"]  # type: ignore[no-any-return]
+
+
+async def _interrupted_kernel_session() -> tuple[dict[str, Any], str]:
+    """In a real kernel: interrupt a check whose answer awaits for a minute (its watchdog
+    thread and SIGUSR1 handler on), then run one more cell."""
+    manager = CurrentEnvKernelManager(kernel_name=KERNEL_NAME)
+    await manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        await client.execute_interactive(KERNEL_CELLS[0], timeout=60)
+        checked = await _interrupt(
+            client,
+            manager,
+            "async def summarize_all(texts):\n"
+            "    await asyncio.sleep(60)\n\n"
+            "await lab.checks.check_bounded_batch(summarize_all, limit=5)",
+        )
+        printed: list[str] = []
+        await client.execute_interactive(
+            "import signal, threading\n"
+            "print(signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL,\n"
+            "      [t.name for t in threading.enumerate() if 'watchdog' in t.name],\n"
+            "      upstream.settings.rate_limit)",
+            timeout=60,
+            output_hook=lambda m: printed.append(m["content"].get("text", "")),
+        )
+        return checked, "".join(printed)
+    finally:
+        client.stop_channels()
+        await manager.shutdown_kernel(now=True)
+
+
+def test_in_a_real_kernel_the_users_interrupt_stops_a_check_and_cleans_up() -> None:
+    checked, printed = asyncio.run(_interrupted_kernel_session())
+    # ipykernel 7 ends an interrupted top-level `await` by cancelling the cell's task.
+    assert checked["status"] == "error"
+    assert checked["ename"] in ("KeyboardInterrupt", "CancelledError")
+    assert printed == "True [] None\n"  # handler back, no watchdog left, upstream restored
