@@ -7,6 +7,7 @@ from .gather import check_parallel_fanout
 from .lifespan import check_lifespan_client
 from .result import CheckResult
 from .semaphore import check_bounded_batch
+from .shared_limit import check_shared_limit
 
 __all__ = [
     "CheckResult",
@@ -15,4 +16,5 @@ __all__ = [
     "check_bounded_batch",
     "check_lifespan_client",
     "check_parallel_fanout",
+    "check_shared_limit",
 ]

@@ -1,0 +1,290 @@
+"""The notebook 07 checker: a limiter shared by worker processes through Redis. Each answer
+below is the source of a notebook cell; the checker runs it in this process and in 3 uvicorn
+workers, and must reach the expected verdict and cause."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from labsupport.checks import check_shared_limit
+from labsupport.distributed import redis_server_path
+
+pytestmark = [
+    pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed"),
+    pytest.mark.timeout(240),
+]
+
+# ------------------------------------------------------------------------- right answers
+
+SET_NX_PX = """
+import asyncio
+import uuid
+
+RELEASE_IF_MINE = '''
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+'''
+
+
+class SlotLeases:
+    def __init__(self, redis, name, limit, lease):
+        self.redis = redis
+        self.keys = [f"slots:{name}:{i}" for i in range(limit)]
+        self.lease_ms = int(lease * 1000)
+        self.release_if_mine = redis.register_script(RELEASE_IF_MINE)
+
+    async def acquire(self):
+        token = uuid.uuid4().hex
+        while True:
+            for key in self.keys:
+                if await self.redis.set(key, token, nx=True, px=self.lease_ms):
+                    return f"{key} {token}"
+            await asyncio.sleep(0.02)
+
+    async def release(self, held):
+        key, token = held.split(" ")
+        await self.release_if_mine(keys=[key], args=[token])
+"""
+
+SORTED_SET_LUA = """
+import asyncio
+import uuid
+
+ACQUIRE = '''
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[3])
+    return 1
+end
+return 0
+'''
+
+
+class SlotLeases:
+    def __init__(self, redis, name, limit, lease):
+        self.redis, self.key, self.limit = redis, f"leases:{name}", limit
+        self.lease_ms = int(lease * 1000)
+        self.take = redis.register_script(ACQUIRE)
+
+    async def acquire(self):
+        token = uuid.uuid4().hex
+        while not await self.take(keys=[self.key], args=[self.limit, self.lease_ms, token]):
+            await asyncio.sleep(0.02)
+        return token
+
+    async def release(self, token):
+        await self.redis.zrem(self.key, token)
+"""
+
+LABSUPPORT_SEMAPHORE = """
+from labsupport.distributed import SharedSemaphore
+
+
+class SlotLeases:
+    def __init__(self, redis, name, limit, lease):
+        self.slots = SharedSemaphore(redis, name, limit=limit, lease=lease)
+
+    async def acquire(self):
+        return await self.slots.acquire()
+
+    async def release(self, token):
+        await self.slots.release(token)
+"""
+
+# ------------------------------------------------------------------------- wrong answers
+
+PER_PROCESS = """
+import asyncio
+
+
+class SlotLeases:
+    def __init__(self, redis, name, limit, lease):
+        self.semaphore = asyncio.Semaphore(limit)
+
+    async def acquire(self):
+        await self.semaphore.acquire()
+        return "local"
+
+    async def release(self, token):
+        self.semaphore.release()
+"""
+
+PER_PROCESS_TWO_EACH = PER_PROCESS.replace("asyncio.Semaphore(limit)", "asyncio.Semaphore(2)")
+
+CHECK_THEN_SET = """
+import asyncio
+
+
+class SlotLeases:
+    def __init__(self, redis, name, limit, lease):
+        self.redis, self.key, self.limit = redis, f"count:{name}", limit
+
+    async def acquire(self):
+        while True:
+            if int(await self.redis.get(self.key) or 0) < self.limit:  # check...
+                await self.redis.incr(self.key)  # ...then set: two steps
+                return "slot"
+            await asyncio.sleep(0.02)
+
+    async def release(self, token):
+        await self.redis.decr(self.key)
+"""
+
+COUNTER_WITHOUT_EXPIRY = """
+import asyncio
+
+
+class SlotLeases:
+    def __init__(self, redis, name, limit, lease):
+        self.redis, self.key, self.limit = redis, f"count:{name}", limit
+
+    async def acquire(self):
+        while True:
+            if await self.redis.incr(self.key) <= self.limit:  # atomic, but never expires
+                return "slot"
+            await self.redis.decr(self.key)
+            await asyncio.sleep(0.02)
+
+    async def release(self, token):
+        await self.redis.decr(self.key)
+"""
+
+SORTED_SET_NEVER_PRUNED = SORTED_SET_LUA.replace(
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)\n", ""
+)
+
+RELEASE_FORGOTTEN = SET_NX_PX.replace(
+    '        key, token = held.split(" ")\n        await self.release_if_mine(keys=[key], '
+    "args=[token])",
+    "        pass  # the lease will expire anyway",
+)
+
+ONE_LOCK = """
+import asyncio
+import uuid
+
+
+class SlotLeases:
+    def __init__(self, redis, name, limit, lease):
+        self.redis, self.key, self.lease_ms = redis, f"lock:{name}", int(lease * 1000)
+
+    async def acquire(self):
+        token = uuid.uuid4().hex
+        while not await self.redis.set(self.key, token, nx=True, px=self.lease_ms):
+            await asyncio.sleep(0.02)
+        return token
+
+    async def release(self, token):
+        await self.redis.delete(self.key)
+"""
+
+NEVER_WAITS = SET_NX_PX.replace(
+    "            await asyncio.sleep(0.02)", "            return 'none free: go ahead anyway'"
+)
+
+RAISES = SET_NX_PX.replace("nx=True, px=self.lease_ms", "nx=True, px=lease_ms")
+
+SYNC_METHODS = """
+class SlotLeases:
+    def __init__(self, redis, name, limit, lease):
+        self.redis = redis
+
+    def acquire(self):  # not async: the service would `await` a str
+        return "slot"
+
+    async def release(self, token):
+        pass
+"""
+
+CORPUS: dict[str, tuple[str, bool, str]] = {
+    # name: (source, passes, cause)
+    "SET NX PX per slot, compare-and-delete release": (SET_NX_PX, True, "ok"),
+    "a sorted set of leases in one Lua script": (SORTED_SET_LUA, True, "ok"),
+    "labsupport's SharedSemaphore, wrapped": (LABSUPPORT_SEMAPHORE, True, "ok"),
+    "asyncio.Semaphore(limit) per process": (PER_PROCESS, False, "per_process"),
+    "asyncio.Semaphore(2) per process": (PER_PROCESS_TWO_EACH, False, "too_few_slots"),
+    "GET then INCR": (CHECK_THEN_SET, False, "non_atomic"),
+    "INCR/DECR counter, no expiry": (COUNTER_WITHOUT_EXPIRY, False, "no_expiry"),
+    "leases never pruned": (SORTED_SET_NEVER_PRUNED, False, "no_expiry"),
+    "release forgotten": (RELEASE_FORGOTTEN, False, "not_released"),
+    "one lock for all": (ONE_LOCK, False, "too_few_slots"),
+    "acquire that never waits": (NEVER_WAITS, False, "over_limit"),
+    "acquire that raises": (RAISES, False, "error"),
+    "acquire is not async": (SYNC_METHODS, False, "not_a_limiter"),
+}
+# What the verdict must say, where its numbers are exact.
+EXPLAINED = {
+    "asyncio.Semaphore(limit) per process": (
+        "together the 3 workers had 15 calls in flight, not 5",
+        "The workers sent no command to Redis",
+    ),
+    # Too few for one process already: the in-process probe says so before any worker starts.
+    "asyncio.Semaphore(2) per process": ("only 2 holders at once",),
+    "SET NX PX per slot, compare-and-delete release": ("at most 5 calls in flight", "0 × 429"),
+    "one lock for all": ("only 1 holder at once",),
+}
+WRONG = sum(not passes for _, passes, _ in CORPUS.values())
+assert WRONG >= 8 and len(CORPUS) - WRONG >= 3
+
+
+def load(source: str, folder: Path) -> type:
+    """The SlotLeases class of `source`, loaded from a file as a notebook cell would be."""
+    path = folder / "cell.py"
+    path.write_text(textwrap.dedent(source))
+    spec = importlib.util.spec_from_file_location(f"cell_{abs(hash(source))}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found: type = module.SlotLeases
+    return found
+
+
+def lab_children() -> list[str]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if "redis-server" in command or "uvicorn" in command:
+            found.append(f"{child.pid} {command[:80]}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    yield
+    assert lab_children() == []
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_corpus(name: str, tmp_path: Path) -> None:
+    source, passes, cause = CORPUS[name]
+    result = asyncio.run(check_shared_limit(load(source, tmp_path)))
+    assert (result.passed, result.cause) == (passes, cause), str(result)
+    assert str(result).startswith("✅ PASSED" if passes else "❌ NOT YET")
+    if not passes:
+        assert result.hint
+    for expected in EXPLAINED.get(name, ()):
+        assert expected in str(result)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 11, True, 2.5])
+def test_bad_limit_is_refused(bad: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        asyncio.run(check_shared_limit(load(SET_NX_PX, tmp_path), limit=bad))
+
+
+def test_not_a_class_is_a_verdict_not_a_crash() -> None:
+    result = asyncio.run(check_shared_limit(lambda: None))
+    assert (result.passed, result.cause) == (False, "not_a_limiter")
