@@ -16,6 +16,9 @@ solution, 00-06) checks both, cell by cell:
 * **no port left bound**: when the notebook is done, the kernel listens on no TCP port it did
   not listen on before its first cell (its own Jupyter channels).
 
+And after a notebook's cleanup cell (04, 05), a cell that needs what it removed says which cell
+to re-run.
+
 The notebook's cells are executed in a fresh kernel of this environment, from the notebook's
 folder, as nbval does; nothing is written back.
 """
@@ -89,8 +92,9 @@ def _listening_ports(client: NotebookClient) -> set[int]:
     return {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
 
 
-async def exercise(path: Path) -> Exercise:
-    """Run `path` cell by cell as the module docstring says, and collect what went wrong."""
+async def exercise(path: Path, *, repeat_from: int = 0) -> Exercise:
+    """Run `path` cell by cell as the module docstring says, and collect what went wrong. Code
+    cells before the `repeat_from`-th (counted from 0) run once only, still compared."""
     stored = nbformat.read(path, as_version=4)
     notebook = copy.deepcopy(stored)
     for cell in notebook.cells:
@@ -116,7 +120,8 @@ async def exercise(path: Path) -> Exercise:
             expected = printed(stored.cells[index].outputs)
             may_raise = RAISES_TAG in cell.metadata.get("tags", ())
             took = 0.0
-            for run in ("first run", "second run"):
+            runs = ("first run", "second run") if number > repeat_from else ("only run",)
+            for run in runs:
                 began = time.perf_counter()
                 await client.async_execute_cell(cell, index)
                 took = time.perf_counter() - began
@@ -128,7 +133,7 @@ async def exercise(path: Path) -> Exercise:
                         f"cell {number}, {run}: printed\n{_show(got)}\n  instead of\n"
                         f"{_show(expected)}"
                     )
-            if took > LONG_CELL:
+            if took > LONG_CELL and number > repeat_from:
                 running = asyncio.ensure_future(client.async_execute_cell(cell, index))
                 done, _ = await asyncio.wait({running}, timeout=took / 2)
                 if not done:
@@ -146,9 +151,9 @@ def _show(found: dict[str, list[str]]) -> str:
     return "\n".join(f"  [{key}] {text!r}" for key, texts in found.items() for text in texts)
 
 
-def check_notebook(path: Path) -> None:
+def check_notebook(path: Path, *, repeat_from: int = 0) -> None:
     """Exercise `path`; fail with every problem found, one per line."""
-    result = asyncio.run(exercise(path))
+    result = asyncio.run(exercise(path, repeat_from=repeat_from))
     # Shown with `pytest -s`: which cells were interrupted, and what the notebook cost.
     print(f"{path.name}: interrupted cells {result.interrupted}, {result.seconds:.1f} s")
     if result.problems:
@@ -166,3 +171,41 @@ def notebook_id(path: Path) -> str:
 def test_learner_cells_run_twice_and_interrupted_keep_their_verdicts(path: Path) -> None:
     """Run twice, interrupted, and no port left bound, as the module docstring says."""
     check_notebook(path)
+
+
+# After the last cell removed the notebook's audit folder, a cell that needs it says which cell
+# to re-run, instead of aiosqlite's "unable to open database file".
+AFTER_CLEANUP = [
+    ("04_background_tasks.ipynb", "rows_before = count_rows()"),
+    ("05_lifespan.ipynb", "async with lab.asgi_client(app) as client:"),
+]
+
+
+@pytest.mark.parametrize(("name", "needs_the_folder"), AFTER_CLEANUP)
+@pytest.mark.timeout(300)
+def test_a_cell_run_after_the_cleanup_cell_says_what_to_re_run(
+    name: str, needs_the_folder: str
+) -> None:
+    """The cells before one that uses the database, then the cleanup cell, then that one."""
+    path = ROOT / "notebooks" / name
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    user = next(i for i, cell in enumerate(code) if needs_the_folder in cell.source)
+    (cleanup,) = [cell for cell in code if "workdir.cleanup()" in cell.source]
+    notebook.cells = [*code[:user], cleanup, code[user]]
+    client = NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT,
+        kernel_name=KERNEL_NAME,
+        kernel_manager_class=CurrentEnvKernelManager,
+        allow_errors=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    asyncio.run(client.async_execute())
+    printed_before = [printed(cell.outputs).get("error") for cell in notebook.cells[:-1]]
+    assert printed_before == [None] * (user + 1)
+    assert printed(notebook.cells[-1].outputs)["error"] == [
+        "RuntimeError: the last cell of this notebook removed the audit folder: re-run the cell "
+        "that creates it (`workdir = tempfile.TemporaryDirectory()`"
+        + (", under 'A durable audit log')" if name.startswith("04") else ", above)")
+    ]
