@@ -86,6 +86,13 @@ def test_a_close_guess_is_called_close() -> None:
     assert off.close is False and "95 more than you predicted" in off.text
 
 
+def test_one_of_a_count_is_singular() -> None:
+    one = compare(1, 1, unit="connections", because="it was reused", investigate=NEXT)
+    assert one.text.startswith("You predicted 1; there was 1 connection, exactly:")
+    refused = compare(None, 1, unit="calls refused with 429", because="b", investigate=NEXT)
+    assert refused.text.startswith("No prediction entered: there was 1 call refused with 429:")
+
+
 def test_no_prediction_prints_one_stable_line_and_the_next_step() -> None:
     text = compare(None, 2.07, because=BECAUSE, investigate=NEXT).text
     assert text == f"No prediction entered: it took 2.07 s: {BECAUSE}.\n  Investigate: {NEXT}"

@@ -248,6 +248,10 @@ def _ratio_words(guess: float, measured: float) -> str:
 def _measured(measured: float, unit: str) -> str:
     if unit == SECONDS:
         return f"it took {_seconds(measured)}"
+    if round(measured) == 1:  # "1 connection", "1 call refused with 429"
+        first, _, rest = unit.partition(" ")
+        singular = " ".join(part for part in (first.removesuffix("s"), rest) if part)
+        return f"there was 1 {singular}"
     return f"there were {measured:.0f} {unit}"
 
 
