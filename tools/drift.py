@@ -8,7 +8,8 @@ someone moves the lock. This tool tries that move in a scratch space, leaving th
    temporary lock, for this platform and Python;
 2. build a scratch virtual environment from it in a temporary directory, with labsupport;
 3. run the unit tests there (the notebook executions are left to `make test` after the move:
-   they take most of the suite's minutes and test the same packages);
+   they take most of the suite's minutes and test the same packages); the npm tools some tests
+   drive are the repository's own `node_modules/` (`make test` installs them);
 4. print which packages moved (old → new), which appeared or went, and which tests broke.
 
 The exit status is 0 when every test passed, 1 when one broke (or the environment could not be
@@ -125,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         [args.uv, "pip", "sync", "--quiet", "--python", str(python), str(lock)],
         # Not editable: nothing of the scratch environment is written into the repository.
         [args.uv, "pip", "install", "--quiet", "--no-deps", "--python", str(python), "."],
+        # What `make venv` sets up after installing: the kernels' hint for a missing setup().
+        [str(python), "-m", "labsupport.kernel_hint"],
     ]
     try:
         for step in steps:
