@@ -21,7 +21,7 @@ from fastapi import BackgroundTasks, FastAPI, Request
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
-AUDIT_SECONDS = 0.1
+AUDIT_SECONDS = 0.2
 SCHEMA = "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY, user_id TEXT, reply TEXT)"
 INSERT = "INSERT INTO audit (user_id, reply) VALUES (?, ?)"
 
@@ -136,7 +136,7 @@ def answer_create_task_forgotten(db_path: str) -> FastAPI:
 
     async def write_or_give_up(db: aiosqlite.Connection, row: tuple[str, str]) -> None:
         try:
-            await asyncio.sleep(20 * AUDIT_SECONDS)  # well after the database is closed
+            await asyncio.sleep(10 * AUDIT_SECONDS)  # well after the database is closed
             await slow_write_audit_row(db, row)
         except (ValueError, asyncio.CancelledError):  # "no active connection"; the loop's end
             pass
@@ -277,7 +277,7 @@ def answer_to_thread_forgotten(db_path: str) -> FastAPI:
     forgotten: set[asyncio.Task[None]] = set()
 
     def blocking_write(row: tuple[str, str]) -> None:
-        time.sleep(20 * AUDIT_SECONDS)  # still running when the check counts the rows
+        time.sleep(10 * AUDIT_SECONDS)  # still running when the check counts the rows
 
     async def audit(
         request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks
