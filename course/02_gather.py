@@ -74,6 +74,21 @@ async def get_summary(text: str) -> str:
 # another: three latencies, although no call needs another's answer.
 
 
+# %% [markdown]
+# **Predict first.** Each call takes `LATENCY` seconds (0.1 s offline). How long will the three
+# calls take, awaited one by one? Type your guess in the box (or set `PREDICTION` and run the
+# cell again), then run the measurement.
+
+# %%
+from labsupport.coaching import predict
+
+PREDICTION = None  # your guess in seconds
+one_by_one_guess = predict(
+    "Three independent calls, awaited one by one: how many seconds in all?", value=PREDICTION
+)
+one_by_one_guess
+
+
 # %%
 async def analysis_one_by_one(text: str) -> dict:
     sentiment = await get_sentiment(text)  # ✗ the topics call waits for this one…
@@ -93,6 +108,14 @@ print(
     f"ideal for 3 calls in a row: 3 latencies; measured/ideal = {one_by_one / (3 * LATENCY):.2f}×"
 )
 print(upstream.stats)
+print(
+    one_by_one_guess.compare(
+        one_by_one,
+        because="each await waited for its answer before the next call was sent",
+        investigate="“max … in flight” in the upstream's line: were two calls ever waiting "
+        "at once?",
+    )
+)
 
 # %% [markdown]
 # ## The fix: `asyncio.gather`
@@ -100,6 +123,15 @@ print(upstream.stats)
 # `asyncio.gather(a, b, c)` wraps each coroutine in a task, so all three calls start at once,
 # then waits until all are done. It returns their results **in the order you passed them**, not
 # in the order they finished. This is the seed's `parallel_analysis`.
+
+
+# %% [markdown]
+# **Predict again**: the same three calls, gathered?
+
+# %%
+PREDICTION = None  # your guess in seconds
+gathered_guess = predict("The same three calls, gathered: how many seconds?", value=PREDICTION)
+gathered_guess
 
 
 # %%
@@ -119,6 +151,14 @@ gathered_calls = upstream.stats.timeline
 print(f"gathered: {gathered:.2f} s ≈ {gathered / LATENCY:.1f}× latency")
 print(f"ideal for 3 calls together: 1 latency; measured/ideal = {gathered / LATENCY:.2f}×")
 print(upstream.stats)
+print(
+    gathered_guess.compare(
+        gathered,
+        because="the three calls were sent together and waited together: one latency, plus "
+        "a little Python",
+        investigate="the timeline below: where does each call start?",
+    )
+)
 print(result)
 
 # %% [markdown]

@@ -107,6 +107,21 @@ async def chat_background(request: ChatRequest, background_tasks: BackgroundTask
 # `lab.serve` runs the app in a real uvicorn server on 127.0.0.1. We send one request, note the
 # moment its response arrives, and compare it with the moment the audit entry was written.
 
+# %% [markdown]
+# **Predict first.** The upstream call takes `LATENCY` (0.05 s), the audit write `AUDIT_DELAY`
+# (0.30 s). With the write in a background task, how long will the client wait for its
+# response? Type your guess in the box (or set `PREDICTION` and run the cell again).
+
+# %%
+from labsupport.coaching import predict
+
+PREDICTION = None  # your guess in seconds
+background_guess = predict(
+    "Audit in a background task, served by uvicorn: how many seconds until the response?",
+    value=PREDICTION,
+)
+background_guess
+
 # %%
 body = {"message": "Summarize in 5 words: the printer jams on every page.", "user_id": "u1"}
 
@@ -133,7 +148,16 @@ def show(label, latency, entries, written):
 
 
 show("inline:", *await one_audited_request(inline_app, lab.serve))
-show("background task:", *await one_audited_request(background_app, lab.serve))
+background = await one_audited_request(background_app, lab.serve)
+show("background task:", *background)
+print(
+    background_guess.compare(
+        background[0],
+        because="the response was sent before the background task started: the client waited "
+        "for the upstream call only",
+        investigate="“entry written … after it”: when did the audit entry appear?",
+    )
+)
 
 # %% [markdown]
 # Inline, the response took the upstream call **plus** the audit write (≈ 0.35 s), and the entry

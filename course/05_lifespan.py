@@ -166,6 +166,31 @@ print(response.json(), "· stand-in calls:", canned.calls, "· upstream calls:",
 # opened. We also ask the operating system (through `psutil`) how many sockets this process
 # still has open to it.
 
+# %% [markdown]
+# **Predict first.** 10 calls, one after another. How many TCP connections will they open with a
+# new client per request? And with one shared client? Type both guesses (or set the
+# `PREDICTION`s and run the cell again), then run the measurement.
+
+# %%
+from labsupport.coaching import predict
+
+PREDICTION = None  # your guess: connections for 10 calls, a new client per request
+per_request_guess = predict(
+    "10 calls one by one, a new AsyncOpenAI per request: how many TCP connections?",
+    unit="connections",
+    value=PREDICTION,
+)
+per_request_guess
+
+# %%
+PREDICTION = None  # your guess: connections for 10 calls, one shared client
+shared_guess = predict(
+    "10 calls one by one, one shared AsyncOpenAI: how many TCP connections?",
+    unit="connections",
+    value=PREDICTION,
+)
+shared_guess
+
 # %%
 import asyncio
 import time
@@ -188,8 +213,10 @@ async def ask(openai_client: AsyncOpenAI, i: int) -> str:
     return response.choices[0].message.content
 
 
-async def measure(server, label: str, call, modes=("sequential", "concurrent")) -> None:
-    """Run `call(i)` for N requests one by one, then all at once; print new connections."""
+async def measure(server, label: str, call, modes=("sequential", "concurrent")) -> dict:
+    """Run `call(i)` for N requests one by one, then all at once; print new connections and
+    return them by mode."""
+    opened = {}
     for mode in modes:
         opened_before = server.connections
         start = time.perf_counter()
@@ -204,6 +231,8 @@ async def measure(server, label: str, call, modes=("sequential", "concurrent")) 
             f"{label:19} {N} {mode:10}  new connections: {server.connections - opened_before:2}"
             f" · open after: {open_sockets(server):2} · wall {wall:.2f} s"
         )
+        opened[mode] = server.connections - opened_before
+    return opened
 
 
 with lab.FakeServer(latency=LATENCY) as server:
@@ -212,11 +241,25 @@ with lab.FakeServer(latency=LATENCY) as server:
         async with AsyncOpenAI(base_url=server.base_url) as openai_client:
             return await ask(openai_client, i)
 
-    await measure(server, "client per request", client_per_request)
+    per_request = await measure(server, "client per request", client_per_request)
     async with AsyncOpenAI(base_url=server.base_url) as shared:
-        await measure(server, "one shared client", lambda i: ask(shared, i))
+        shared_opened = await measure(server, "one shared client", lambda i: ask(shared, i))
         await measure(server, "  … and again", lambda i: ask(shared, i), modes=["concurrent"])
     print("sockets open after the shared client was closed:", open_sockets(server))
+print(
+    per_request_guess.compare(
+        per_request["sequential"],
+        because="each new client starts with an empty pool, so each call opened its own connection",
+        investigate="“open after”: did closing each client close its socket?",
+    )
+)
+print(
+    shared_guess.compare(
+        shared_opened["sequential"],
+        because="the shared client kept its connection open, idle, and reused it for the next call",
+        investigate="the concurrent run: how many connections do 10 calls at once need?",
+    )
+)
 
 # %% [markdown]
 # How to read it:
