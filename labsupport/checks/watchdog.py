@@ -9,7 +9,9 @@ do for itself:
 * a **heartbeat** task notes, every few milliseconds, that the loop is running;
 * a **watchdog thread** notices when the heartbeat stops. It looks at what the main thread is
   doing (`sys._current_frames()`), and when the same learner frame has held the loop for
-  `block_limit` seconds (or the whole scenario ran past `time_limit`), it names the blocking call,
+  `block_limit` seconds (counted in CPU time when the frame kept running rather than waiting, so
+  that a starved CPU cannot make slow code look blocked), or the whole scenario ran past
+  `time_limit`, it names the blocking call,
   cancels the scenario, and interrupts the main thread with a real signal (SIGUSR1), again and
   again while the loop stays blocked: a hundred tasks may each block in turn;
 * during the scenario a SIGUSR1 handler raises a private `Exception` subclass, but only inside
@@ -64,10 +66,9 @@ RESIGNAL: Final = 0.005
 GIVE_UP: Final = 30.0
 """Seconds after stepping in when the watchdog stops interrupting (code that ignores signals)."""
 
-BUSY_CPU: Final = 0.02
-"""The share of a block's wall time the main thread must spend on the CPU to count as busy: a
-thread that waits (sleep, lock, socket) uses next to none; one that spins gets its share of the
-CPUs even on a machine loaded fifty to one."""
+WAITING_SHARE: Final = 0.9
+"""The share of the watchdog's looks that must find the main thread asleep in the kernel for a
+block to count as a wait (judged by the clock) rather than running code (judged by CPU time)."""
 
 BlockKind = Literal["threading", "sleep", "busy", "call"]
 """What held the loop: a `threading` primitive, `time.sleep`, Python code that never waited (a
@@ -196,7 +197,9 @@ class _Watchdog:
         self._signalled = 0.0
         self._frame: FrameType | None = None
         self._frame_since = 0.0
-        self._cpu_since = self._cpu_seen_at = 0.0
+        self._cpu_since = 0.0
+        self._looks = self._asleep = 0
+        self._main_native = threading.main_thread().native_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="labsupport watchdog", daemon=True)
 
@@ -266,15 +269,30 @@ class _Watchdog:
             # The stall began with this frame, or (after another frame) about one look ago.
             since = now - stalled if self._frame is None else now - HEARTBEAT
             self._frame, self._frame_since = learner, since
-            self._cpu_since, self._cpu_seen_at = self._main_cpu(), now
-        if now - self._frame_since >= self.block_limit or over_time:
+            self._cpu_since, self._looks, self._asleep = self._main_cpu(), 0, 0
+        # Running all along (a busy loop, or slow code on a starved CPU), or waiting (sleep,
+        # lock, socket)? The main thread's scheduler state tells (runnable, or asleep in the
+        # kernel). A wait is judged by the clock; code that runs, by the CPU time it used, so
+        # a loaded machine cannot make slow code look blocked.
+        self._looks += 1
+        self._asleep += self._main_asleep()
+        cpu = self._main_cpu() - self._cpu_since
+        waiting = self._asleep >= WAITING_SHARE * self._looks
+        held = now - self._frame_since if waiting else cpu
+        if held >= self.block_limit or over_time:
             self.timed_out = over_time
-            # Running all along (a busy loop), or waiting (sleep, lock, socket)? The main
-            # thread's CPU time tells, where the frame's position, sampled, could not.
-            watched = now - self._cpu_seen_at
-            busy = self._main_cpu() - self._cpu_since > BUSY_CPU * watched
-            self.blocked = _describe(frame, learner, stalled, busy=busy)
+            self.blocked = _describe(frame, learner, stalled, busy=not waiting)
             self._step_in(now)
+
+    def _main_asleep(self) -> int:
+        """1 if the main thread is asleep in the kernel now (waiting: a lock, a sleep, a
+        socket), 0 if it runs or waits for a CPU; 1 where the platform cannot tell."""
+        try:
+            with open(f"/proc/self/task/{self._main_native}/stat", "rb") as stat:
+                state = stat.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return 1
+        return int(state in (b"S", b"D"))
 
     def _main_cpu(self) -> float:
         """Seconds of CPU the main thread has used (0 where the platform cannot tell)."""
