@@ -113,6 +113,7 @@ async def exercise(path: Path, *, repeat_from: int = 0) -> Exercise:
     start = time.perf_counter()
     async with client.async_setup_kernel():
         own_ports = _listening_ports(client)  # the kernel's Jupyter channels, before any cell
+        bound_since: dict[int, int] = {}  # port → the cell after which it was first seen
         for index, cell in enumerate(notebook.cells):
             if cell.cell_type != "code":
                 continue
@@ -140,9 +141,14 @@ async def exercise(path: Path, *, repeat_from: int = 0) -> Exercise:
                     await client.km.interrupt_kernel()  # type: ignore[union-attr]
                     result.interrupted.append(number)
                 await running
+            for port in _listening_ports(client) - own_ports:
+                bound_since.setdefault(port, number)
         ports = _listening_ports(client) - own_ports
         if ports and not result.problems:
-            result.problems.append(f"ports still bound at the end: {sorted(ports)}")
+            since = ", ".join(f"{port} (since cell {bound_since.get(port)})" for port in ports)
+            result.problems.append(
+                f"ports still bound at the end: {since}; cells interrupted: {result.interrupted}"
+            )
     result.seconds = time.perf_counter() - start
     return result
 
