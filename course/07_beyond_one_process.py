@@ -61,9 +61,10 @@ show(service.make_limiter, service.ask)
 #
 # 4 workers, each with `LocalSlots(5)` (one `asyncio.Semaphore(5)` each), and a burst of 40
 # requests spread round-robin: 10 per worker, the way a load balancer spreads them over
-# replicas. Each upstream call takes 0.2 s. First without any limit at the upstream, to see how
-# many calls the workers send at once; then with the provider's limit of **5 in flight**
-# (`RateLimit(max_concurrent=5)`), to see what it answers.
+# replicas. Here each upstream call takes 1 s, as a long LLM answer does, so the workers'
+# calls surely overlap (elsewhere in this notebook, 0.2 s). First without any limit at the
+# upstream, to see how many calls the workers send at once; then with the provider's limit of
+# **5 in flight** (`RateLimit(max_concurrent=5)`), to see what it answers.
 
 # %%
 from labsupport.distributed import ServiceConfig, ServiceWorkers, WorkerTaggedServer
@@ -95,7 +96,7 @@ def per_worker(provider, workers):
     return {workers.label(pid): calls for pid, calls in provider.calls_by_worker().items()}
 
 
-with WorkerTaggedServer(latency=LATENCY) as provider:
+with WorkerTaggedServer(latency=1.0) as provider:  # long calls: the workers' waves overlap
     config = ServiceConfig(upstream_url=provider.base_url, limiter="local", limit=LIMIT)
     with ServiceWorkers(WORKERS, config) as workers:
         unlimited = await burst(workers)
