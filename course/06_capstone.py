@@ -123,6 +123,16 @@ N = 100
 audit_folder = tempfile.TemporaryDirectory()
 
 
+def fresh_audit(name):
+    """An empty audit database in the temporary folder: a cell run again starts from zero rows
+    (and after the clean-up cell at the end, the folder comes back)."""
+    folder = Path(audit_folder.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(name + "*"):  # the database, and its -wal and -shm files
+        leftover.unlink()
+    return folder / name
+
+
 async def audit_statuses(path):
     """How many audit rows the service wrote, by HTTP status."""
     async with aiosqlite.connect(path) as db:
@@ -134,7 +144,7 @@ def ticket(i):
     return {"message": f"Summarize in 5 words: ticket {i} says the export button is broken."}
 
 
-load_audit = Path(audit_folder.name) / "load.sqlite3"
+load_audit = fresh_audit("load.sqlite3")
 app = create_app(audit_path=load_audit, max_upstream_calls=BOUND)
 
 upstream.reset()
@@ -194,18 +204,19 @@ lab.plot_latencies(load, latency=LATENCY)
 # %%
 from labsupport import Fault, RateLimit
 
-fault_audit = Path(audit_folder.name) / "faults.sqlite3"
+fault_audit = fresh_audit("faults.sqlite3")
 flaky_app = create_app(audit_path=fault_audit, max_upstream_calls=BOUND, max_retries=0)
-upstream.configure(
+unreliable = upstream.configured(  # put back as it was when the block ends, even interrupted
     faults=[Fault.fraction(0.1, status=500)],
     rate_limit=RateLimit(max_per_window=90, window=60.0, retry_after=2.0),
 )
 
-async with lab.serve(flaky_app) as client:
-    flaky = await lab.fire(client, "POST", "/chat", json=ticket, n=N)
-    upstream_sent = dict(sorted(upstream.stats.status_counts.items()))
-    # The quota is used up by now, so one more request shows the whole 429 response.
-    limited = await client.post("/chat", json=ticket(N))
+with unreliable:
+    async with lab.serve(flaky_app) as client:
+        flaky = await lab.fire(client, "POST", "/chat", json=ticket, n=N)
+        upstream_sent = dict(sorted(upstream.stats.status_counts.items()))
+        # The quota is used up by now, so one more request shows the whole 429 response.
+        limited = await client.post("/chat", json=ticket(N))
 fault_rows = await audit_statuses(fault_audit)
 
 failed = [r for r in flaky.requests if r.status != 200]
@@ -245,19 +256,15 @@ lab.plot_timeline(
 # %%
 import socket
 
-upstream.configure(
-    faults=[
-        Fault.matching(r"^List 3 topics", status=500),
-        Fault.matching(r"(?i)slow", delay=2.0),
-    ],
-    rate_limit=None,
-)
 impatient_app = create_app(
-    audit_path=Path(audit_folder.name) / "more.sqlite3", upstream_timeout=0.2, max_retries=0
+    audit_path=fresh_audit("more.sqlite3"), upstream_timeout=0.2, max_retries=0
 )
-async with lab.serve(impatient_app) as client:
-    slow = await client.post("/chat", json={"message": "A slow question"})
-    partial = await client.post("/analyze", json={"text": "The update made everything faster."})
+with upstream.configured(
+    faults=[Fault.matching(r"^List 3 topics", status=500), Fault.matching(r"(?i)slow", delay=2.0)]
+):
+    async with lab.serve(impatient_app) as client:
+        slow = await client.post("/chat", json={"message": "A slow question"})
+        partial = await client.post("/analyze", json={"text": "The update made everything faster."})
 print(slow.status_code, slow.json())
 print(partial.status_code, partial.json())
 
@@ -266,7 +273,7 @@ with socket.socket() as closed_port:
     closed_port.bind(("127.0.0.1", 0))
     nowhere = f"http://127.0.0.1:{closed_port.getsockname()[1]}/v1"
     unreachable_app = create_app(
-        audit_path=Path(audit_folder.name) / "unreachable.sqlite3", base_url=nowhere, max_retries=0
+        audit_path=fresh_audit("unreachable.sqlite3"), base_url=nowhere, max_retries=0
     )
     async with lab.serve(unreachable_app) as client:
         unreachable = await client.post("/chat", json={"message": "Hello?"})
@@ -286,8 +293,9 @@ print(
 # %%
 import asyncio
 import sqlite3
+from contextlib import closing
 
-locked_audit = Path(audit_folder.name) / "locked.sqlite3"
+locked_audit = fresh_audit("locked.sqlite3")
 locked_app = create_app(audit_path=locked_audit, audit_capacity=50, audit_busy_timeout=0.2)
 
 
@@ -303,16 +311,15 @@ async def health_until(client, done):
 
 during = Counter()
 async with lab.serve(locked_app) as client:
-    admin = sqlite3.connect(locked_audit, isolation_level=None)
-    admin.execute("BEGIN IMMEDIATE")  # the lock, held by another connection
-    for wave in range(3):
-        burst = await lab.fire(
-            client, "POST", "/chat", json=lambda i, w=wave: ticket(100 * w + i), n=40
-        )
-        during.update(burst.status_counts)
-    degraded = await health_until(client, lambda r: r.status_code == 503)
-    admin.execute("ROLLBACK")  # the administrator is done
-    admin.close()
+    with closing(sqlite3.connect(locked_audit, isolation_level=None)) as admin:
+        admin.execute("BEGIN IMMEDIATE")  # the lock, held by another connection
+        for wave in range(3):
+            burst = await lab.fire(
+                client, "POST", "/chat", json=lambda i, w=wave: ticket(100 * w + i), n=40
+            )
+            during.update(burst.status_counts)
+        degraded = await health_until(client, lambda r: r.status_code == 503)
+        admin.execute("ROLLBACK")  # the administrator is done
     await health_until(client, lambda r: r.status_code == 200)
     after = await lab.fire(client, "POST", "/chat", json=lambda i: ticket(1000 + i), n=40)
 
@@ -372,7 +379,7 @@ with lab.FakeServer(latency=LATENCY) as fake_upstream, ExitStack() as processes:
     urls = [
         processes.enter_context(
             run_in_subprocess(
-                audit_path=Path(audit_folder.name) / f"process{number}.sqlite3",
+                audit_path=fresh_audit(f"process{number}.sqlite3"),
                 base_url=fake_upstream.base_url,
                 max_upstream_calls=BOUND,
             )
@@ -449,8 +456,8 @@ bad_requests = {
     "body over 64 KB": {"content": json.dumps({"message": "x" * 100_000}).encode()},
 }
 
-upstream.configure(faults=[], rate_limit=None)
-guarded_audit = Path(audit_folder.name) / "bad.sqlite3"
+upstream.reset()
+guarded_audit = fresh_audit("bad.sqlite3")
 async with lab.serve(create_app(audit_path=guarded_audit)) as client:
     for label, request in bad_requests.items():
         path = request.pop("path", "/chat")
@@ -463,6 +470,12 @@ async with lab.serve(create_app(audit_path=guarded_audit)) as client:
 print()
 print("upstream calls:", upstream.stats.calls)
 print("audit rows by status:", await audit_statuses(guarded_audit))
+
+# %% [markdown]
+# Clean up: remove the temporary audit folder. (Safe to run twice; a cell above run after it
+# makes the folder again.)
+
+# %%
 audit_folder.cleanup()
 
 # %% [markdown]

@@ -164,9 +164,28 @@ async def run_uvicorn(
         server.should_exit = True
         if not server.started:
             serving.cancel()  # should_exit is only checked once uvicorn is serving
-        # Wait for the task even if it failed: nothing may outlive the block.
-        await asyncio.wait([serving])
+        interrupted = await _wait_out(server, serving)
+    if interrupted:
+        raise asyncio.CancelledError  # the cell's interrupt goes on, now that the port is free
     serving.result()  # a crash while serving is raised here, after the cleanup
+
+
+async def _wait_out(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:
+    """Wait until uvicorn's task is done, even if it failed: nothing may outlive the block.
+
+    Interrupted while uvicorn drains (a cell interrupted mid-shutdown), stop at once, as
+    uvicorn's second Ctrl+C does (`force_exit`: no more waiting for requests and background
+    tasks), and still wait, so the port is released before the interrupt goes on; a second
+    interrupt cancels the task. Returns whether it was interrupted."""
+    interrupted = False
+    while not serving.done():
+        try:
+            await asyncio.wait([serving])
+        except asyncio.CancelledError:
+            if server.force_exit:
+                serving.cancel()
+            server.force_exit = interrupted = True
+    return interrupted
 
 
 async def _wait_until_started(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:

@@ -349,3 +349,37 @@ def test_serve_at_the_top_level_of_a_jupyter_cell() -> None:
         notebook, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
     ).execute()
     assert notebook.cells[1].outputs[0]["text"] == "{'ok': True} True True\n"
+
+
+@pytest.mark.anyio
+async def test_interrupted_while_draining_it_still_frees_the_port() -> None:
+    """A cell interrupted while `serve()` waits for a slow background task: uvicorn stops at
+    once (as on a second Ctrl+C), the port is released, and the interrupt goes on."""
+    app = FastAPI()
+    finished: list[bool] = []
+
+    async def slow_audit() -> None:
+        await asyncio.sleep(30)
+        finished.append(True)
+
+    @app.post("/chat")
+    async def chat(background: BackgroundTasks) -> dict[str, str]:
+        background.add_task(slow_audit)
+        return {"response": "ok"}
+
+    async def cell() -> None:
+        async with serve(app) as client:
+            ports.append(int(client.base_url.port or 0))
+            assert (await client.post("/chat")).status_code == 200
+
+    ports: list[int] = []
+    running = asyncio.create_task(cell())
+    while not ports:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the block has ended; uvicorn waits for the background task
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", ports[0]))  # free again
+    assert finished == []
