@@ -382,4 +382,5 @@ async def test_interrupted_while_draining_it_still_frees_the_port() -> None:
         await running
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", ports[0]))  # free again
-    assert finished == []
+    still_serving = [t for t in asyncio.all_tasks() if t.get_name() == f"uvicorn:{ports[0]}"]
+    assert still_serving == [] and finished == []
