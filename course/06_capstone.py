@@ -498,6 +498,9 @@ audit_folder.cleanup()
 #   upstream's, has one JSON shape that the OpenAPI schema documents.
 #
 # And one caveat: the bound is per process, so N workers can send N × 20 calls at once.
+# Notebook 07 takes it from there: it runs this pattern as several worker processes, moves the
+# limit into Redis so that all of them share it, and moves audit writes to a job queue that
+# survives `kill -9`.
 #
 # Where to go from here: add an endpoint of your own to `capstone_service.py`. The tests show
 # how to check it: `tests/test_capstone.py` under load and faults in this process,
