@@ -13,7 +13,7 @@
 # | 04 · background tasks | respond first, audit later, and lose nothing |
 # | 05 · lifespan | one pooled client from startup to shutdown, with real connections counted |
 # | 06 · capstone | one service with every pattern, under 1,000 requests and injected faults |
-# | 07 · beyond one process | one limit shared by worker processes in Redis, and jobs that survive kill -9 |
+# | 07 · beyond one process | one limit shared by workers in Redis; jobs that survive kill -9 |
 #
 # ## No API key, no network
 #
