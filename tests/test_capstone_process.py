@@ -341,7 +341,13 @@ def test_trickled_headers_and_body_get_408(upstream: FakeServer, tmp_path: Path)
                 b"content-length: %d\r\n\r\n" % len(body)
             )
             sent_body = trickle(slow_body, body, every=0.05)
-            body_answer = read_answer(slow_body)
+            try:
+                body_answer: bytes | None = read_answer(slow_body)
+            except ConnectionResetError:
+                # Our last byte reached the server after it closed: the kernel resets the
+                # connection and drops its unread 408. Cut off all the same (as the issue
+                # allows: a 408, or the connection closed).
+                body_answer = None
         with socket.create_connection(("127.0.0.1", port)) as gone:  # leaves mid-body
             gone.sendall(
                 b"POST /chat HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
@@ -357,9 +363,10 @@ def test_trickled_headers_and_body_get_408(upstream: FakeServer, tmp_path: Path)
         b'were not complete within 0.5 s."}}'
     )
     assert sent_body < len(body)
-    assert body_answer.startswith(b"HTTP/1.1 408 ")
-    assert b"connection: close" in body_answer
-    assert b"The request body was not complete within 0.5 s." in body_answer
+    if body_answer is not None:
+        assert body_answer.startswith(b"HTTP/1.1 408 ")
+        assert b"connection: close" in body_answer
+        assert b"The request body was not complete within 0.5 s." in body_answer
     assert upstream.stats.calls == 0
     assert health.status_code == 200
     # The trickled body's 408, and 499 for the client that left: no 400 that nobody received.

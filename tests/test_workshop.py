@@ -319,6 +319,8 @@ async def _execute(channels: Any, code: str) -> list[dict[str, Any]]:
     while True:
         raw = await channels.read_message()
         assert raw is not None, "the kernel's websocket closed"
+        if isinstance(raw, bytes):
+            continue  # a message with binary buffers (the explorer's image widget), not a reply
         message = json.loads(raw)
         if message.get("parent_header", {}).get("msg_id") != msg_id:
             continue
