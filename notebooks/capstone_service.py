@@ -1011,7 +1011,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=args.workers,
         http="capstone_service:GuardedH11Protocol",
         log_level=args.log_level,
-        backlog=args.max_connections,
         timeout_graceful_shutdown=10,
     )
 

@@ -95,9 +95,12 @@ def running(command: list[str], log: Path, port: int) -> Iterator[Service]:
                 raise AssertionError(
                     f"the service exited ({process.returncode}):\n{log.read_text()}"
                 )
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+            try:  # ready = answers HTTP; the service closes this connection itself, so it no
+                # longer counts against a connection cap when the test begins
+                httpx.get(f"http://127.0.0.1:{port}/health", headers={"connection": "close"})
+                break
+            except httpx.TransportError:
+                pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"the service did not listen:\n{log.read_text()}")
             time.sleep(0.05)
@@ -378,17 +381,20 @@ def test_trickled_headers_and_body_get_408(upstream: FakeServer, tmp_path: Path)
 def test_open_connections_are_capped(upstream: FakeServer, tmp_path: Path) -> None:
     port = free_port()
     cap, extra = 10, 15
+    # A header timeout far beyond the test's length: on a loaded machine the kept
+    # connections must not be closed as slow before they send their request.
     command = service_command(
-        port, tmp_path / "audit.sqlite3", upstream.base_url, max_connections=cap
+        port, tmp_path / "audit.sqlite3", upstream.base_url, max_connections=cap, header_timeout=120
     )
     with running(command, tmp_path / "service.log", port):
         sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(cap + extra)]
         try:
             refused: list[socket.socket] = []
-            for _ in range(200):  # until the extra connections have their answer (bounded)
+            deadline = time.monotonic() + 30  # until the extra connections have their answer
+            while len(refused) < extra and time.monotonic() < deadline:
+                # select returns at once while any socket is readable: poll, do not spin
+                time.sleep(0.05)
                 refused, _, _ = select.select(sockets, [], [], 0.1)
-                if len(refused) >= extra:
-                    break
             answers = [read_answer(sock) for sock in refused]
             kept = [sock for sock in sockets if sock not in refused]
             for sock in kept:
