@@ -66,6 +66,24 @@ show(service.make_limiter, service.ask)
 # upstream, to see how many calls the workers send at once; then with the provider's limit of
 # **5 in flight** (`RateLimit(max_concurrent=5)`), to see what it answers.
 
+# %% [markdown]
+# **Predict first.** 4 workers, each with its own `asyncio.Semaphore(5)`, 40 requests at once,
+# no limit at the upstream. How many calls will the upstream see in flight at once, at most?
+# Type your guess in the box (or set `PREDICTION` and run the cell again), then run the burst.
+
+# %%
+from labsupport.coaching import predict
+
+PREDICTION = None  # your guess: a number from 0 to 40
+per_worker_guess = predict(
+    "4 workers, an asyncio.Semaphore(5) each, 40 requests at once: how many calls in flight "
+    "at the upstream, at most?",
+    unit="calls in flight at once",
+    maximum=40,
+    value=PREDICTION,
+)
+per_worker_guess
+
 # %%
 from labsupport.distributed import ServiceConfig, ServiceWorkers, WorkerTaggedServer
 from labsupport.load import in_flight_steps
@@ -116,6 +134,14 @@ print()
 refused = limited.status_counts.get(429, 0)
 print(f"the provider allows {LIMIT} in flight: {limited_stats.max_in_flight} in flight at most,")
 print(f"  requests refused with 429: {'some' if refused else 'none'} of {N}")
+print(
+    per_worker_guess.compare(
+        trap_stats.max_in_flight,
+        because="each semaphore counted only its own worker's calls: 4 workers × 5 slots, and "
+        "no worker knew what the others had in flight",
+        investigate="the lines per worker: did any single worker ever pass its limit of 5?",
+    )
+)
 
 # %% [markdown]
 # Each worker kept its promise: at most 5 of *its* calls at a time. Together they sent **20**,
@@ -200,6 +226,21 @@ Markdown(f"```lua\n{distributed.shared_limit.ACQUIRE_LEASE.strip()}\n```")
 # while its call is in flight, and it is killed with `kill -9`. No `finally` runs, no release
 # is ever sent. How long until the slot is back? And last, Redis itself is killed.
 
+# %% [markdown]
+# **Predict first.** The same 4 workers and 40 requests, one `SharedSemaphore(5)` in Redis for
+# all of them. How many calls in flight at the upstream, at most?
+
+# %%
+PREDICTION = None  # your guess: a number from 0 to 40
+shared_guess = predict(
+    "4 workers, one SharedSemaphore(5) in Redis, 40 requests at once: how many calls in flight "
+    "at the upstream, at most?",
+    unit="calls in flight at once",
+    maximum=40,
+    value=PREDICTION,
+)
+shared_guess
+
 # %%
 import time
 
@@ -227,6 +268,14 @@ with (
         print(
             f"at most {LIMIT} in flight: {fix_stats.max_in_flight <= LIMIT}, 429s: "
             f"{fix_stats.count(429)}; every worker took part: {len(fix_calls) == WORKERS}"
+        )
+        print(
+            shared_guess.compare(
+                fix_stats.max_in_flight,
+                because="every worker took its slot from the same count in Redis, so the sum "
+                "of all workers' calls never passed 5",
+                investigate="the plot after this cell: how does each worker's share move?",
+            )
         )
         print()
 

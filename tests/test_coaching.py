@@ -306,6 +306,36 @@ def test_the_progress_file_carries_the_count_over_a_restart(
     assert "Fill in the blanks" in hints.coach(failed(), notebook=LESSON)
 
 
+def test_a_pass_in_the_progress_file_resets_the_count_over_a_restart(
+    fresh_ladder: hints.HintLadder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("LAB_PROGRESS", raising=False)
+    monkeypatch.setenv("LAB_PROGRESS_FILE", str(tmp_path / "progress.jsonl"))
+    for result in (failed(), failed(), Result(EXERCISE, True, "ok"), failed()):
+        labsupport.progress.record(result, notebook=LESSON)  # the last: the one shown
+    first = hints.coach(failed(), notebook=LESSON)
+    assert "Hint:" not in first, "the failures before the pass no longer count"
+    assert fresh_ladder.failures == {(EXERCISE, "loop_blocked"): 1}
+
+
+def test_the_progress_file_counts_only_the_same_cause(
+    fresh_ladder: hints.HintLadder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("LAB_PROGRESS", raising=False)
+    monkeypatch.setenv("LAB_PROGRESS_FILE", str(tmp_path / "progress.jsonl"))
+    for cause in ("not_awaited", "not_awaited", "loop_blocked"):  # the last: the one shown
+        labsupport.progress.record(failed(cause), notebook=LESSON)
+    assert "Hint:" not in hints.coach(failed("loop_blocked"), notebook=LESSON)
+
+
+def test_every_lesson_with_an_exercise_is_coached_with_a_faded_example() -> None:
+    lessons = set(labsupport.progress.COURSE_EXERCISES.values())
+    assert lessons <= hints.COACHED_NOTEBOOKS, "a lesson's check shows its whole result at once"
+    for lesson in sorted(lessons):
+        example = hints.faded_example(hints.lesson_source(lesson))
+        assert example is not None and hints.BLANK in example, lesson
+
+
 def test_the_faded_example_blanks_what_the_solution_adds() -> None:
     example = hints.faded_example(REPO_ROOT / "course" / "03_semaphore.py")
     assert example is not None
@@ -316,10 +346,11 @@ def test_the_faded_example_blanks_what_the_solution_adds() -> None:
 
 
 def test_a_result_finds_its_lesson_by_its_checker_exercise() -> None:
-    from labsupport.checks import async_client, semaphore
+    from labsupport.checks import async_client, semaphore, shared_limit
 
     assert hints.notebook_of(async_client.EXERCISE) == "01_async_client"
     assert hints.notebook_of(semaphore.EXERCISE) == "03_semaphore"
+    assert hints.notebook_of(shared_limit.EXERCISE) == "07_beyond_one_process"
     assert hints.notebook_of("an exercise of my own") is None
 
 

@@ -45,7 +45,14 @@ __all__ = [
 #: The lessons whose notebooks show coached results. A lesson joins once its stored notebooks
 #: have been rebuilt with the ladder (its first failure no longer shows the hint).
 COACHED_NOTEBOOKS: frozenset[str] = frozenset(
-    {"01_async_client", "02_gather", "03_semaphore", "04_background_tasks", "05_lifespan"}
+    {
+        "01_async_client",
+        "02_gather",
+        "03_semaphore",
+        "04_background_tasks",
+        "05_lifespan",
+        "07_beyond_one_process",
+    }
 )
 LAST_RUNG: Final = 4
 BLANK: Final = "___"
