@@ -13,15 +13,15 @@ unchanged and print real evidence. Scripted faults are skipped there, with a not
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 
-from .upstream import OPENAI_API_BASE, MockUpstream
-from .upstream.mock import PLACEHOLDER_KEY
-from .upstream.observed import ObservedUpstream
+from .upstream.mock import OPENAI_API_BASE, PLACEHOLDER_KEY, MockUpstream
 from .upstream.settings import LabUpstream, SettingsChanges, UpstreamSettings
+from .warmup import warm_after_each_cell, warm_up
+
+if TYPE_CHECKING:
+    from .upstream.observed import ObservedUpstream
 
 __all__ = [
     "MODE_VARIABLE",
@@ -68,6 +68,8 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
                 f"{MODE_VARIABLE}=live needs OPENAI_API_KEY in the environment (never in a "
                 "notebook). Unset LAB_MODE to work offline."
             )
+        from .upstream.observed import ObservedUpstream  # the SDK: only live mode needs it here
+
         base = os.environ.get("OPENAI_BASE_URL") or OPENAI_API_BASE
         observer = ObservedUpstream(base).start()
         try:
@@ -90,57 +92,19 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
     if _observer is not None:
         _observer.stop()
         _observer = None
-    first_setup = _upstream is None
     if _upstream is None:
         _upstream = MockUpstream()
     _upstream.start()  # with the socket guard, and the placeholder key if none is set
-    if first_setup:
-        _upstream.configure(UpstreamSettings(latency=0.0))
-        _warm_up()
     _upstream.configure(requested)
+    # The SDK's and FastAPI's cold start, over private transports (the upstream sees none of
+    # it): now for what is imported, in a notebook after the cell that imports the rest.
+    warm_up()
+    warm_after_each_cell()
     print(
         "Offline lab: a simulated OpenAI API answers in this kernel "
         f"({requested.latency:g} s per call). Nothing leaves this machine."
     )
     return _upstream
-
-
-def _warm_up() -> None:
-    """Run one request through the SDK (both clients) and a FastAPI app, once per process.
-
-    Run with the upstream at zero latency and no faults; `setup()` then configures (and so
-    resets) it. The first call in a process pays for lazy imports and for building pydantic
-    validators, tens of milliseconds that would otherwise land inside the lesson's first
-    measurement. It runs in a thread with its own event loop, because a notebook's loop is
-    already running.
-    """
-    from fastapi import FastAPI
-    from openai import AsyncOpenAI, OpenAI
-    from pydantic import BaseModel
-
-    from .serving import asgi_client
-
-    class Message(BaseModel):
-        message: str
-
-    app = FastAPI()
-    messages = [{"role": "user", "content": "warm-up"}]
-
-    @app.post("/warm-up")
-    async def warm(request: Message) -> dict[str, str]:
-        return {"response": request.message}
-
-    async def exercise() -> None:
-        async with AsyncOpenAI(api_key=PLACEHOLDER_KEY) as aclient:
-            await aclient.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
-        async with asgi_client(app) as client:
-            await client.post("/warm-up", json={"message": "hi"})
-
-    with OpenAI(api_key=PLACEHOLDER_KEY) as client:
-        client.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
-    worker = threading.Thread(target=asyncio.run, args=(exercise(),), name="lab warm-up")
-    worker.start()
-    worker.join()
 
 
 def current_upstream() -> LabUpstream | None:

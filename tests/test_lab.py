@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -68,3 +71,65 @@ def test_an_unknown_mode_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LAB_MODE", "online")
     with pytest.raises(ValueError, match="LAB_MODE must be one of offline, live"):
         labsupport.setup()
+
+
+def _run(code: str) -> list[str]:
+    """The lines `code` prints in a fresh interpreter (with the offline lab's environment)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_MODE", "OPENAI_BASE_URL")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_the_first_cell_imports_neither_the_sdk_nor_a_server() -> None:
+    """`setup()` needs the mock and the guard only: the lesson's next cell imports the SDK (and
+    FastAPI), and the first cell should not pay for them too."""
+    lines = _run(
+        "import sys\nimport labsupport as lab\nlab.setup()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'openai', 'fastapi', 'pydantic', 'matplotlib'}))\n"
+        "print(sorted(m for m in ('respx', 'httpcore', 'httpcore2') if m in sys.modules))"
+    )
+    assert lines[-2:] == ["[]", "['httpcore', 'httpcore2', 'respx']"]
+
+
+def test_the_warm_up_is_private_to_the_lab() -> None:
+    """Warming the SDK and FastAPI after the first cell sends nothing to the upstream: its
+    counters and call numbers (which scripted faults count) stay the lesson's."""
+    lines = _run(
+        "import labsupport as lab\nfrom labsupport import warmup\n"
+        "upstream = lab.setup(0.0, faults=[lab.Fault.on_call(1, status=500)])\n"
+        "print(warmup.cold_parts())\n"
+        "import fastapi, openai\nwarmup.warm_up()\n"
+        "print(warmup.cold_parts(), upstream.stats.calls)\n"
+        "try:\n"
+        "    openai.OpenAI(max_retries=0).models.list()\n"  # not a chat call: does not count
+        "    openai.OpenAI(max_retries=0).chat.completions.create(\n"
+        "        model='gpt-4o-mini', messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "except openai.InternalServerError:\n"
+        "    print('call 1 failed as scripted')"
+    )
+    assert lines[1:] == ["['openai', 'fastapi']", "[] 0", "call 1 failed as scripted"]
+
+
+def test_in_a_notebook_each_part_is_warmed_after_the_cell_that_imports_it() -> None:
+    lines = _run(
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "from labsupport import warmup\n"
+        "shell = InteractiveShell.instance()\n"
+        "cells = ['import labsupport as lab\\nupstream = lab.setup()', "
+        "'from openai import AsyncOpenAI', 'x = 1', 'from fastapi import FastAPI']\n"
+        "for cell in cells:\n"
+        "    shell.run_cell(cell).raise_error()\n"
+        "    print(warmup.cold_parts())\n"
+        "print(len(shell.events.callbacks['post_run_cell']), shell.user_ns['upstream'].stats.calls)"
+    )
+    assert lines[-5:] == [
+        "['openai', 'fastapi']",
+        "['fastapi']",
+        "['fastapi']",
+        "[]",
+        "0 0",
+    ]
