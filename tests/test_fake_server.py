@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
 import threading
+from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
 import pytest
@@ -159,3 +163,30 @@ def test_open_connections_counts_what_is_still_open() -> None:
             threading.Event().wait(0.01)
         assert server.open_connections == 0
     assert server.open_connections == 0
+
+
+def test_interrupted_while_starting_it_stops_and_frees_the_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl+C in a cell whose `with FakeServer()` is still starting: the interrupt lands in
+    `start()`'s wait for the server thread, which must not go on serving without an owner."""
+    from labsupport.upstream import fake_server
+
+    real_run_uvicorn = fake_server.run_uvicorn
+    main = threading.main_thread().ident or 0
+
+    @contextlib.asynccontextmanager
+    async def interrupted_while_starting(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with real_run_uvicorn(*args, **kwargs) as server:
+            signal.pthread_kill(main, signal.SIGINT)  # the main thread waits in start()
+            await asyncio.sleep(0.2)  # the interrupt lands before the server says it is ready
+            yield server
+
+    monkeypatch.setattr(fake_server, "run_uvicorn", interrupted_while_starting)
+    server = FakeServer()
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+    assert not server.active
+    assert not [t for t in threading.enumerate() if t.name.startswith("FakeServer:")]
+    with socket.socket() as probe:  # no SO_REUSEADDR: the port must be entirely free
+        probe.bind(("127.0.0.1", server.port))

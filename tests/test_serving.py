@@ -21,6 +21,7 @@ import pytest
 from fastapi import BackgroundTasks, FastAPI, Request
 
 from labsupport import serving
+from labsupport.checks.watchdog import guarded
 from labsupport.serving import asgi_client, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -384,3 +385,33 @@ async def test_interrupted_while_draining_it_still_frees_the_port() -> None:
         probe.bind(("127.0.0.1", ports[0]))  # free again
     still_serving = [t for t in asyncio.all_tasks() if t.get_name() == f"uvicorn:{ports[0]}"]
     assert still_serving == [] and finished == []
+
+
+@pytest.mark.anyio
+async def test_an_interrupted_check_frees_the_port_before_the_cell_ends() -> None:
+    """A checker serves the learner's app inside `guarded()` (notebook 04's check). Interrupted
+    mid-request (ipykernel cancels the cell's task), the cell may end only once the server has
+    stopped: the next cell must find the port free and no task of the check left."""
+    app = make_app()
+    ports: list[int] = []
+
+    async def scenario() -> None:
+        async with serve(app) as client:
+            ports.append(int(client.base_url.port or 0))
+            await client.get("/slow")
+            await asyncio.sleep(30)
+
+    async def cell() -> None:
+        await guarded(scenario(), block_limit=5.0, time_limit=60.0)
+
+    tasks_before = asyncio.all_tasks()
+    running = asyncio.create_task(cell())
+    while not ports:
+        await asyncio.sleep(0.01)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    # No waiting here: the next cell runs as soon as the interrupted one has ended.
+    with socket.socket() as probe:  # no SO_REUSEADDR: the port must be entirely free
+        probe.bind(("127.0.0.1", ports[0]))
+    assert asyncio.all_tasks() - tasks_before == set()

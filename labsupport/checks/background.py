@@ -137,16 +137,21 @@ async def check_background_audit(
     async def measure() -> _Measured:
         lag = LoopLagMonitor()
         with _server_errors() as server_errors, caught_warnings(), sqlite_threads() as threads:
-            async with serve(app) as client:
-                lag.start()  # once the server is up: its startup is not the app's fault
-                # The probe on a connection of its own: a failing background task may close it.
-                async with httpx.AsyncClient(base_url=client.base_url, trust_env=False) as alone:
-                    probe = await fire(alone, "POST", path, n=1, json=body)
-                rows_at_probe = await _count(count_rows) - rows_before
-                burst = await fire(client, "POST", path, n=n, json=lambda i: body(i + 1))
-                responses_done = time.perf_counter()
-            shutdown = time.perf_counter() - responses_done
-            lag.stop()
+            try:
+                async with serve(app) as client:
+                    lag.start()  # once the server is up: its startup is not the app's fault
+                    # The probe on a connection of its own: a failing background task may
+                    # close it.
+                    async with httpx.AsyncClient(
+                        base_url=client.base_url, trust_env=False
+                    ) as alone:
+                        probe = await fire(alone, "POST", path, n=1, json=body)
+                    rows_at_probe = await _count(count_rows) - rows_before
+                    burst = await fire(client, "POST", path, n=n, json=lambda i: body(i + 1))
+                    responses_done = time.perf_counter()
+                shutdown = time.perf_counter() - responses_done
+            finally:
+                lag.stop()  # interrupted too: its watcher task must not outlive the check
             gc.collect()  # coroutines never awaited warn when collected: inside, not later
         return _Measured(
             probe,

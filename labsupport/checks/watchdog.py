@@ -25,7 +25,8 @@ frame, and the checker measures that as usual.
 
 The user's own interrupt (Jupyter's SIGINT) is untouched and raises `KeyboardInterrupt` as ever.
 Afterwards the previous SIGUSR1 handler is back. Whatever the scenario changed is restored by its
-own `with` blocks (the upstream's `configured(...)`), which unwind with the cancellation.
+own `with` blocks (the upstream's `configured(...)`), which unwind with the cancellation; an
+interrupted `guarded()` waits for that before the interrupt goes on.
 
 Limits: signals reach only the main thread, so a scenario awaited in another thread's event loop
 (not the case in a notebook) only gets the time limit, which needs a loop that is not blocked.
@@ -65,6 +66,11 @@ RESIGNAL: Final = 0.005
 
 GIVE_UP: Final = 30.0
 """Seconds after stepping in when the watchdog stops interrupting (code that ignores signals)."""
+
+UNWIND_LIMIT: Final = 15.0
+"""Seconds an interrupted scenario may take to clean up (a server draining its requests for
+`serving.GRACEFUL_SHUTDOWN_TIMEOUT` seconds, then the app's shutdown) before the interrupt goes
+on without it."""
 
 WAITING_SHARE: Final = 0.9
 """The share of the watchdog's looks that must find the main thread asleep in the kernel for a
@@ -139,7 +145,8 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
     """Await `scenario` as its own task, under the watchdog described in the module docstring.
 
     Never raises what the scenario raises (it is returned as `error`); a cancellation of the
-    caller, or a `KeyboardInterrupt`, still propagates after the cleanup.
+    caller, or a `KeyboardInterrupt`, still propagates, once the scenario it cancelled has
+    unwound (its servers stopped, its settings restored).
     """
     if not 0 < block_limit <= time_limit:
         if inspect.iscoroutine(scenario):
@@ -154,11 +161,11 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
     try:
         await asyncio.wait([task])
     finally:
+        if not task.done():  # we were cancelled (or interrupted) ourselves
+            await _unwound(task)  # still watched: its clean-up is code that may block too
         dog.stop()  # joins the thread: no signal is on its way once it returns
         dog.restore_handler(previous)
         heartbeat.cancel()
-        if not task.done():  # we were cancelled (or interrupted) ourselves
-            task.cancel()
         await asyncio.wait([heartbeat])
     error: BaseException | None = None
     value: T | None = None
@@ -175,6 +182,25 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
         timed_out=dog.timed_out,
         interruptible=dog.interruptible,
     )
+
+
+async def _unwound(task: asyncio.Future[Any]) -> None:
+    """Cancel the scenario and wait until it has unwound, so that what it started is undone
+    before the interrupt goes on: a server it runs has stopped and freed its port, a setting it
+    changed is back. Without the wait, the cell would end while that clean-up still runs in the
+    background, and the next cell would find the port still bound.
+
+    Each further interrupt is passed on to the scenario (`serve()` then stops at once); one that
+    does not end within `UNWIND_LIMIT` seconds (learner code that swallows cancellations) is
+    left to finish on its own."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNWIND_LIMIT
+    task.cancel()
+    while not task.done() and (remaining := deadline - loop.time()) > 0:
+        try:
+            await asyncio.wait([task], timeout=remaining)
+        except asyncio.CancelledError:
+            task.cancel()
 
 
 class _Watchdog:

@@ -126,7 +126,12 @@ class FakeServer(Upstream, Switch):
 
         self._thread = threading.Thread(target=run, name=f"FakeServer:{self._port}", daemon=True)
         self._thread.start()
-        ready.wait()
+        try:
+            ready.wait()
+        except BaseException:  # Ctrl+C while it starts: the thread would serve on, port and all
+            ready.wait()
+            self.stop()
+            raise
         if self._server is None:
             self.stop()
             raise RuntimeError("FakeServer did not start") from (failure[0] if failure else None)
