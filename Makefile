@@ -63,11 +63,16 @@ lab: venv
 
 # pytest's options (--nbval --nbval-current-env, the sanitizer, timeouts) live in pyproject.toml,
 # so a bare `pytest` in the repository root is the same strict run.
+# Where Linux allows it (user namespaces, iproute2), pytest runs in a network namespace of its own
+# with only loopback up: no test, kernel or server it starts can send a packet off this machine,
+# whatever it tries. LAB_NETNS tells the hygiene probes (tests/nbval_hygiene.py) to verify it.
+NETNS := $(shell unshare --user --map-root-user --net true 2>/dev/null && command -v ip)
 test: venv $(NODE_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy labsupport tools
-	$(BIN)/pytest
+	$(if $(NETNS),unshare --user --map-root-user --net \
+		sh -c '$(NETNS) link set lo up && LAB_NETNS=loopback-only exec "$$0" "$$@"') $(BIN)/pytest
 
 lock: | $(BIN)/uv
 	$(BIN)/uv pip compile pyproject.toml $(EXTRAS) --python-version 3.11 --universal \

@@ -6,25 +6,22 @@ Two kinds of evidence:
   unclosed client, a destroyed pending task, a coroutine never awaited, except the one
   deliberate demonstration in 01), and no notebook, course source, service or test holds
   anything shaped like a real API key.
-* **Dynamic**: every learner notebook (``notebooks/*.ipynb``, whatever exists) is executed once
-  more, inside a Linux network namespace that has nothing but loopback (``unshare -rn``), so no
-  packet could leave even if the course tried. Probe cells appended to each notebook then
-  report: the lab's socket guard is on and refuses a non-loopback address before any socket
-  call; the namespace itself cannot reach it either; no listening port and no lab thread is
-  left; and garbage collection shows no ResourceWarning. Without ``unshare`` the notebooks run
-  normally and only the namespace check is skipped (the guard evidence still holds).
-
-Run by itself, this file is the executor used inside the namespace:
-``python tests/test_notebook_hygiene.py REPORT.json NOTEBOOK...``.
+* **Dynamic**, in the run strict nbval makes of every notebook (learner and solution): the
+  plugin ``tests/nbval_hygiene.py`` wraps each one in a baseline and a probe cell, which fails
+  the notebook if its socket guard is off or lets a non-loopback connection through, if a port
+  is still listening or a lab thread alive, or if garbage collection reports a leak; and, when
+  ``make test`` runs the suite in a loopback-only network namespace, if anything could leave
+  it. The tests here check that every notebook gets the probes, that the probe does fail a
+  notebook that leaves things behind, and that the namespace holds.
 """
 
 from __future__ import annotations
 
-import asyncio
+import errno
 import json
 import os
 import re
-import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,13 +30,10 @@ from typing import Any
 
 import pytest
 
+from tests.nbval_hygiene import BASELINE_NAME, PROBE_NAME, UNROUTABLE
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-MARKER = "HYGIENE-PROBE:"
-PARALLEL_NOTEBOOKS = 2  # one per core; nothing here compares timings
-RUN_TIMEOUT_SECONDS = 900
-# TEST-NET-1 (RFC 5737): reserved for documentation, never routed to a real host.
-UNROUTABLE = "192.0.2.1"
 
 LEAK_PATTERNS = {
     "ResourceWarning": re.compile(r"ResourceWarning"),
@@ -164,204 +158,73 @@ def test_leak_scanner_allows_only_the_deliberate_demonstration() -> None:
     assert leaks_in(notebook("x", "ResourceWarning: unclosed <socket>"), "03.ipynb")
 
 
-# ----------------------------------------------------------------- dynamic: run them offline
-
-# Prepended: the kernel's own listening ports (ZMQ channels, and ipykernel's internal pipe).
-PRELUDE_CELL = """\
-import os as _os
+# ------------------------------------------------- dynamic: probes in nbval's run of each notebook
 
 
-def _hygiene_listening():
-    own = set()
-    for fd in _os.listdir("/proc/self/fd"):
-        try:
-            target = _os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            own.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        with open(table) as lines:
-            for line in list(lines)[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in own:  # 0A: LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+def _collected(*args: str) -> list[str]:
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0"]
+    command += ["-p", "no:cacheprovider", *args]
+    listing = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stdout[-3000:] + listing.stderr[-3000:]
+    return listing.stdout.splitlines()
 
 
-_hygiene_kernel_ports = _hygiene_listening()"""
+def test_every_notebook_nbval_runs_is_wrapped_in_the_hygiene_probes() -> None:
+    ids = _collected("notebooks")
+    notebooks = sorted({line.split("::")[0] for line in ids if ".ipynb::" in line})
+    assert len(notebooks) == len(committed_notebooks())
+    for notebook in notebooks:
+        mine = [line.split("::", 1)[1] for line in ids if line.startswith(f"{notebook}::")]
+        assert mine[0] == BASELINE_NAME and mine[-1] == PROBE_NAME, (notebook, mine)
+        assert mine.count(BASELINE_NAME) == mine.count(PROBE_NAME) == 1, (notebook, mine)
 
-UNGUARDED_CONNECT = f"""\
-import socket
-try:
-    socket.create_connection(("{UNROUTABLE}", 80), timeout=2).close()
-    print("connected")
-except OSError as error:
-    print(f"OSError {{error.errno}}")
-"""
 
-PROBE_CELLS = [
-    # Leaks show up when their objects are collected; make that happen inside a cell.
-    "import gc\n\ngc.collect()\ngc.collect()",
-    f"""\
-import json, socket, threading
-
-import labsupport
-
-probe = {{"guard": labsupport.guard_active(), "interfaces": [n for _, n in socket.if_nameindex()]}}
-try:
-    socket.create_connection(("{UNROUTABLE}", 80), timeout=2).close()
-    probe["guarded_connect"] = "connected"
-except labsupport.NetworkBlockedError:
-    probe["guarded_connect"] = "NetworkBlockedError"
-except OSError as error:
-    probe["guarded_connect"] = f"OSError {{error.errno}}"
-if probe["interfaces"] == ["lo"]:  # only in the namespace: nothing can leave even unguarded
-    import subprocess, sys
-
-    unguarded = subprocess.run(  # a process without the lab: only the namespace stops it
-        [sys.executable, "-c", {UNGUARDED_CONNECT!r}], capture_output=True, text=True
-    )
-    probe["unguarded_connect"] = unguarded.stdout.strip()
-probe["listening"] = sorted(_hygiene_listening() - _hygiene_kernel_ports)
-probe["threads"] = [[t.name, t.daemon] for t in threading.enumerate()]
-print("{MARKER}" + json.dumps(probe))""",
+LEAVES_THINGS_BEHIND = [
+    "import labsupport as lab\n\nlab.setup()",
+    # A server socket left listening, a non-daemon thread left waiting, and a socket only the
+    # garbage collector finds (it is in a reference cycle): what a careless cell leaves.
+    "import gc, socket, threading\n\ngc.disable()  # only the probe's collection finds the cycle\n"
+    "server = socket.socket()\nserver.bind(('127.0.0.1', 0))\nserver.listen()\n"
+    "stop = threading.Event()\nthreading.Thread(target=stop.wait, name='poller').start()\n\n"
+    "class Holder:\n    pass\n\n"
+    "cycle = Holder()\ncycle.self = cycle\ncycle.sock = socket.socket()\ndel cycle",
+    # Lets the kernel shut down after the probe: the thread above is not a daemon.
+    "import atexit\n\natexit.register(stop.set)",
 ]
 
 
-def _execute_all(report_path: Path, paths: list[Path]) -> None:
-    """Run each notebook with the probe cells appended; write a JSON report per notebook."""
+def test_the_probe_fails_a_notebook_that_leaves_things_behind(tmp_path: Path) -> None:
     import nbformat
 
-    from labsupport.instructor.kernels import notebook_client
-
-    async def run_one(path: Path, slots: asyncio.Semaphore) -> dict[str, Any]:
-        notebook = nbformat.read(path, as_version=4)
-        notebook.cells.insert(0, nbformat.v4.new_code_cell(PRELUDE_CELL))
-        notebook.cells += [nbformat.v4.new_code_cell(source) for source in PROBE_CELLS]
-        client = notebook_client(notebook, cwd=path.parent)
-        result: dict[str, Any] = {"error": None, "probe": None}
-        async with slots:
-            try:
-                await client.async_execute()
-            except Exception as error:
-                result["error"] = f"{type(error).__name__}: {str(error)[-2000:]}"
-        for cell in notebook.cells:
-            for output in cell.get("outputs", []):
-                if output.get("output_type") == "stream" and MARKER in output.get("text", ""):
-                    line = output["text"].split(MARKER, 1)[1].splitlines()[0]
-                    result["probe"] = json.loads(line)
-        result["leaks"] = leaks_in(json.loads(nbformat.writes(notebook)), path.name)
-        return result
-
-    async def run_all() -> dict[str, Any]:
-        slots = asyncio.Semaphore(PARALLEL_NOTEBOOKS)
-        results = await asyncio.gather(*(run_one(path, slots) for path in paths))
-        return {path.name: result for path, result in zip(paths, results, strict=True)}
-
-    report_path.write_text(json.dumps(asyncio.run(run_all()), indent=1))
-
-
-def _namespace_command() -> list[str] | None:
-    """`unshare` into new user+network namespaces with loopback up, or None if not possible."""
-    unshare, ip = shutil.which("unshare"), shutil.which("ip")
-    if sys.platform != "linux" or unshare is None or ip is None:
-        return None
-    command = [
-        unshare,
-        "--user",
-        "--map-root-user",
-        "--net",
-        "sh",
-        "-c",
-        f'"{ip}" link set lo up && exec "$0" "$@"',
-    ]
-    probe = subprocess.run([*command, "true"], capture_output=True, timeout=30)
-    return command if probe.returncode == 0 else None
-
-
-@pytest.fixture(scope="module")
-def offline_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    paths = sorted(NOTEBOOKS.glob("*.ipynb"))
-    if not paths:
-        pytest.skip("no notebooks/*.ipynb to run")
-    report = tmp_path_factory.mktemp("hygiene") / "report.json"
-    namespace = _namespace_command()
-    env = {**os.environ, "PYTHONWARNINGS": "default::ResourceWarning"}
-    env.pop("LAB_MODE", None)  # the offline lab, whatever the calling shell says
-    command = [sys.executable, str(Path(__file__).resolve()), str(report), *map(str, paths)]
-    completed = subprocess.run(
-        [*(namespace or []), *command],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_SECONDS,
+    cells = [nbformat.v4.new_code_cell(source) for source in LEAVES_THINGS_BEHIND]
+    notebook = tmp_path / "careless.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
+    command = [sys.executable, "-m", "pytest", "-c", os.devnull, "--rootdir", str(tmp_path)]
+    command += ["-p", "tests.nbval_hygiene", "-p", "no:cacheprovider", "--nbval-lax"]
+    command += ["--nbval-current-env", "-q", "--color=no", "-rf", notebook.name]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # `tests.nbval_hygiene`, as conftest.py names it
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return {"isolated": namespace is not None, "notebooks": json.loads(report.read_text())}
+    report = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # IPython colours its tracebacks
+
+    assert result.returncode == 1, report[-3000:]
+    assert "1 failed, 4 passed" in report, report[-3000:]  # baseline, 3 cells, probe
+    assert f"FAILED {notebook.name}::{PROBE_NAME}" in report, report[-3000:]
+    found = report[report.index("AssertionError: hygiene: ") :].splitlines()[0]
+    assert re.search(r"still listening on ports \[\d+\]", found), found
+    assert "thread 'poller' (daemon=False) still alive" in found, found
+    assert "while collecting garbage: ResourceWarning: unclosed <socket.socket" in found, found
 
 
-@pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 60)
-def test_every_notebook_runs_offline_without_errors(offline_run: dict[str, Any]) -> None:
-    errors = {
-        name: result["error"]
-        for name, result in offline_run["notebooks"].items()
-        if result["error"] or result["probe"] is None
-    }
-    assert not errors, json.dumps(errors, indent=1)
-
-
-@pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 60)
-def test_guard_refuses_non_loopback_in_every_notebook(offline_run: dict[str, Any]) -> None:
-    for name, result in offline_run["notebooks"].items():
-        probe = result["probe"]
-        assert probe is not None, f"{name} did not finish"
-        assert probe["guard"], f"{name}: the socket guard was off"
-        assert probe["guarded_connect"] == "NetworkBlockedError", (name, probe)
-
-
-@pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 60)
-def test_notebooks_ran_in_a_loopback_only_namespace(offline_run: dict[str, Any]) -> None:
-    if not offline_run["isolated"]:
+def test_the_suite_runs_in_a_loopback_only_namespace() -> None:
+    if os.environ.get("LAB_NETNS") != "loopback-only":
         pytest.skip(
-            "`unshare --user --net` is not available here (not Linux, no util-linux/iproute2, "
-            "or user namespaces disabled); the socket-guard evidence still ran"
+            "not run by `make test` in a network namespace (Linux without user namespaces or "
+            "iproute2?); the socket guard's evidence in every notebook still holds"
         )
-    for name, result in offline_run["notebooks"].items():
-        probe = result["probe"]
-        assert probe is not None, f"{name} did not finish"
-        assert probe["interfaces"] == ["lo"], (name, probe["interfaces"])
-        # ENETUNREACH: with the guard off, the kernel itself has no route off this machine.
-        assert probe["unguarded_connect"].startswith("OSError"), (name, probe)
-
-
-@pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 60)
-def test_nothing_left_running_after_a_notebook(offline_run: dict[str, Any]) -> None:
-    lab_thread = re.compile(r"^(FakeServer|lab |uvicorn)")
-    # The event loop's default executor (asyncio_N: name lookups, to_thread) is the kernel's.
-    kernel_thread = re.compile(r"^(MainThread|asyncio_\d+)$")
-    problems = []
-    for name, result in offline_run["notebooks"].items():
-        probe = result["probe"]
-        if probe is None:
-            continue  # reported by test_every_notebook_runs_offline_without_errors
-        if probe["listening"]:
-            problems.append(f"{name}: still listening on ports {probe['listening']}")
-        for thread, daemon in probe["threads"]:
-            if lab_thread.match(thread) or not (daemon or kernel_thread.match(thread)):
-                problems.append(f"{name}: thread {thread!r} (daemon={daemon}) still alive")
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.timeout(RUN_TIMEOUT_SECONDS + 60)
-def test_executed_outputs_show_no_leaks(offline_run: dict[str, Any]) -> None:
-    problems = [
-        problem for result in offline_run["notebooks"].values() for problem in result["leaks"]
-    ]
-    assert not problems, "\n".join(problems)
-
-
-if __name__ == "__main__":
-    _execute_all(Path(sys.argv[1]), [Path(arg) for arg in sys.argv[2:]])
+    assert [name for _, name in socket.if_nameindex()] == ["lo"]
+    # With no guard at all (this process has none), the kernel itself has no route off the host.
+    with pytest.raises(OSError) as refused:
+        socket.create_connection((UNROUTABLE, 80), timeout=2).close()
+    assert refused.value.errno == errno.ENETUNREACH
