@@ -1,18 +1,25 @@
 """The learner's notebooks in a real browser: JupyterLab + headless Chromium, Run All.
 
 nbval and `labsupport check` talk to the kernel directly; this test goes through what a learner
-uses: the JupyterLab front end, its kernel session, and its output renderers (are the plots
-really images on the page?). For each learner notebook it opens JupyterLab on a copy of the
-notebooks, runs every cell with JupyterLab's own "Run All" command, waits for the kernel to go
-idle, then reads JupyterLab's notebook model (not the page: an error output and a warning look
-alike in the DOM) and checks that every code cell ran, that no cell failed except those tagged
-`raises-exception`, and that every plot the stored notebook has is an image on the page. A
-screenshot of each notebook goes to test-artifacts/ (gitignored) for a human to look at.
+uses: the JupyterLab front end, its kernel session, its output renderers (are the plots really
+images on the page?) and its widgets. For each learner notebook it opens JupyterLab on a copy of
+the notebooks and runs every cell with JupyterLab's own commands, as a learner who plays along:
+at each prediction box (labsupport.coaching.predict) it types a guess (at the first, a word
+first, and reads the box's "not a number"), then runs on; after the last box, "Run All Below"
+(a notebook without boxes: "Run All"). When the kernel is idle it reads JupyterLab's notebook
+model (not the page: an error output and a warning look alike in the DOM) and checks that every
+code cell ran, that no cell failed except those tagged `raises-exception`, that each measurement
+compared the typed guess, and that every plot the stored notebook has is an image on the page.
+In a notebook with an explorer it then moves the first slider and waits for the new figure. A
+screenshot of each notebook goes to test-artifacts/ (gitignored) for a human to look at. One
+run per notebook carries all of this: the widgets need no second execution.
 
 Chromium is Debian's (/usr/bin/chromium, or LAB_CHROMIUM), driven by Playwright; Playwright's
 own browser download is never used. CI installs Chromium (.ci/run), so a missing browser FAILS
 this test: a silent skip would let CI go green without the browser check ever running. On a
-machine without Chromium, set LAB_SKIP_BROWSER=1 to skip it deliberately.
+machine without Chromium, set LAB_SKIP_BROWSER=1 to skip it deliberately. The widgets need
+JupyterLab's widget manager (jupyterlab-widgets, locked with ipywidgets): without it a widget
+renders as text, and this test fails.
 
 Everything stays on this machine: JupyterLab listens on 127.0.0.1 with news and update checks
 off, and Chromium resolves no host name but 127.0.0.1.
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -42,6 +50,11 @@ CHROMIUM = Path(os.environ.get("LAB_CHROMIUM", "/usr/bin/chromium"))
 NOTEBOOK_SECONDS = 120
 # 07 starts about 15 worker processes and waits out an arq job's in-progress mark (12 s).
 NOTEBOOK_SECONDS_FOR = {"07_beyond_one_process": 420}
+#: A prediction box (labsupport.coaching.predict), and the comparison printed for a guess of 1
+#: (seconds: "You predicted 1.00 s; it took …"; a count: "You predicted 1; there were …").
+PREDICTION = re.compile(r"^(\w+) = predict\(", re.MULTILINE)
+TYPED_PREDICTION = "1"
+COMPARED = re.compile(r"You predicted 1(\.00 s)?; (it took|there (was|were)) ")
 
 CHROMIUM_ARGS = [
     # No network but loopback: no name resolves, except the JupyterLab server's address.
@@ -154,7 +167,6 @@ _PANEL_READY = """() => {
     const kernel = panel?.sessionContext?.session?.kernel;
     return Boolean(panel?.context?.isReady && kernel && kernel.status === 'idle');
 }"""
-_RUN_ALL = """async () => await window.jupyterapp.commands.execute('notebook:run-all-cells')"""
 _READ_MODEL = """() => {
     const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
     const result = [];
@@ -178,6 +190,40 @@ _SHOW_FIRST_PLOT = """() => {
     document.querySelector('.jp-OutputArea-output img')?.scrollIntoView({block: 'center'});
 }"""
 _SHUTDOWN = """async () => await window.jupyterapp.shell.currentWidget.sessionContext.shutdown()"""
+_CODE_CELLS = """() => {
+    const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+    const result = [];
+    for (let i = 0; i < cells.length; i++) {
+        const cell = cells.get(i);
+        if (cell.type === 'code') result.push({index: i, source: cell.sharedModel.getSource()});
+    }
+    return result;
+}"""
+# Runs cells `first` … `last` one at a time, each to its end, as Shift+Enter does; returns the
+# cells JupyterLab reported failed (a cell tagged `raises-exception` is meant to).
+_RUN_CELLS = """async ([first, last]) => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const failed = [];
+    for (let index = first; index <= last; index++) {
+        panel.content.activeCellIndex = index;
+        if (!(await window.jupyterapp.commands.execute('notebook:run-cell'))) failed.push(index);
+    }
+    return failed;
+}"""
+# JupyterLab's "Run Selected Cell and All Below" from cell `first` ("Run All" when it is 0).
+_RUN_ALL_FROM = """async (first) => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    panel.content.activeCellIndex = first;
+    const passed = await window.jupyterapp.commands.execute(
+        first === 0 ? 'notebook:run-all-cells' : 'notebook:run-all-below'
+    );
+    return passed ? [] : [-1];
+}"""
+_EXPLORER_IMAGE = """() => {
+    const img = document.querySelector('.lab-explorer img');
+    return img && img.complete && img.naturalWidth > 0 ? img.src : null;
+}"""
+_EXPLORER_CAPTION = """() => document.querySelector('.lab-explorer-caption')?.textContent || ''"""
 
 
 def _stored_plots(notebook: Path) -> int:
@@ -187,6 +233,56 @@ def _stored_plots(notebook: Path) -> int:
         for cell in cells
         for output in cell.get("outputs", ())
     )
+
+
+def _code_cells(page: Any) -> list[dict[str, Any]]:
+    cells: list[dict[str, Any]] = page.evaluate(_CODE_CELLS)
+    return cells
+
+
+def _predictions(cells: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """Each prediction box as (its cell, the cell that compares it, its variable's name)."""
+    found = []
+    for cell in cells:
+        for name in PREDICTION.findall(cell["source"]):
+            compared = [
+                later["index"]
+                for later in cells
+                if later["index"] > cell["index"] and f"{name}.compare(" in later["source"]
+            ]
+            assert compared, f"cell {cell['index']}: nothing compares {name}"
+            found.append((cell["index"], compared[0], name))
+    return found
+
+
+def _type_prediction(page: Any, cell: int, *, nonsense_first: bool) -> None:
+    """Type a guess into the box as a learner does; first a word, if asked."""
+    box = page.locator(f".jp-Cell:nth-child({cell + 1}) .lab-prediction input")
+    feedback = page.locator(f".jp-Cell:nth-child({cell + 1}) .lab-prediction")
+    box.scroll_into_view_if_needed()
+    if nonsense_first:
+        box.fill("soon")
+        box.press("Tab")
+        feedback.filter(has_text="'soon' is not a number").wait_for()
+    box.fill(TYPED_PREDICTION)
+    box.press("Tab")  # the learner moves on; the box has sent its value to the kernel
+    feedback.filter(has_text="✓ your prediction").wait_for()
+
+
+def _move_the_explorer(page: Any) -> None:
+    """Three steps left on the explorer's first slider (requests): a new run, a new figure."""
+    explorer = page.locator(".lab-explorer").first
+    explorer.scroll_into_view_if_needed()
+    page.wait_for_function(_EXPLORER_IMAGE)
+    before_image = page.evaluate(_EXPLORER_IMAGE)
+    requests_before = int(page.evaluate(_EXPLORER_CAPTION).split(" requests")[0].split()[-1])
+    expected = json.dumps(f"{requests_before - 3} requests")
+    handle = explorer.locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(3):
+        handle.press("ArrowLeft")
+    page.wait_for_function(f"() => ({_EXPLORER_CAPTION})().startsWith({expected})")
+    page.wait_for_function(f"() => ({_EXPLORER_IMAGE})() !== {json.dumps(before_image)}")
 
 
 @pytest.mark.timeout(max(NOTEBOOK_SECONDS, *NOTEBOOK_SECONDS_FOR.values()) + 60)
@@ -199,8 +295,18 @@ def test_run_all_in_jupyterlab(notebook: Path, jupyterlab: str, browser: Any) ->
         # `?reset` starts from an empty workspace instead of a remembered layout.
         page.goto(f"{base}/lab/tree/{notebook.name}?reset&token={token}")
         page.wait_for_function(_PANEL_READY, polling=200)
+        predictions = _predictions(_code_cells(page))
 
-        run_all_passed = page.evaluate(_RUN_ALL)
+        # Run All, as a learner who types a guess into each prediction box as it appears:
+        # the cells up to a box, the guess, and on; after the last box, Run All Below.
+        refused: list[int] = []
+        first = 0
+        for number, (asked, _, _) in enumerate(predictions):
+            refused += page.evaluate(_RUN_CELLS, [first, asked])
+            page.wait_for_function(_PANEL_READY, polling=200)
+            _type_prediction(page, asked, nonsense_first=number == 0)
+            first = asked + 1
+        refused += page.evaluate(_RUN_ALL_FROM, first)
         page.wait_for_function(_PANEL_READY, polling=200)
         cells = page.evaluate(_READ_MODEL)
 
@@ -214,8 +320,15 @@ def test_run_all_in_jupyterlab(notebook: Path, jupyterlab: str, browser: Any) ->
             if output["output_type"] == "error"
         ]
         assert not failures, "\n".join(failures)
-        if not any("raises-exception" in cell["tags"] for cell in cells):
-            assert run_all_passed is True, "JupyterLab's Run All reported a failure"
+        tagged = {cell["index"] for cell in cells if "raises-exception" in cell["tags"]}
+        assert set(refused) <= tagged, f"JupyterLab reported these cells failed: {refused}"
+
+        texts = {cell["index"]: _output_text(cell["outputs"]) for cell in cells}
+        for _, measured, name in predictions:
+            assert COMPARED.search(texts[measured]), (name, texts[measured])
+            assert "Investigate:" in texts[measured], (name, texts[measured])
+        if any("explore(" in cell["source"] for cell in _code_cells(page)):
+            _move_the_explorer(page)
 
         expected_plots = _stored_plots(notebook)
         plots = sum(
@@ -230,6 +343,27 @@ def test_run_all_in_jupyterlab(notebook: Path, jupyterlab: str, browser: Any) ->
         page.evaluate(_SHUTDOWN)
     finally:
         page.close()
+
+
+def _output_text(outputs: list[dict[str, Any]]) -> str:
+    texts = [
+        output.get("text") or output.get("data", {}).get("text/plain", "") for output in outputs
+    ]
+    return "".join("".join(text) if isinstance(text, list) else text for text in texts)
+
+
+def test_every_lesson_with_an_exercise_asks_for_a_prediction() -> None:
+    """The prediction checks above must check something: 01-05 and 07 each ask at least once,
+    and 01 and 03 have an explorer."""
+
+    def sources(path: Path) -> str:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        return "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
+
+    code = {path.stem[:2]: sources(path) for path in LEARNER_NOTEBOOKS}
+    asking = {lesson for lesson, source in code.items() if PREDICTION.search(source)}
+    assert asking >= {"01", "02", "03", "04", "05", "07"}, sorted(asking)
+    assert {lesson for lesson, source in code.items() if "explore(" in source} >= {"01", "03"}
 
 
 def test_notebook_01_has_a_plot_to_check() -> None:
