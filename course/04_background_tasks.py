@@ -274,6 +274,8 @@ from contextlib import asynccontextmanager
 import aiosqlite
 from fastapi import Request
 
+if (last_run := globals().get("workdir")) is not None:  # this cell run again:
+    last_run.cleanup()  # remove the folder of its last run first
 workdir = tempfile.TemporaryDirectory()  # removed in the last cell
 AUDIT_DB = os.path.join(workdir.name, "audit.sqlite3")
 SCHEMA = """CREATE TABLE IF NOT EXISTS audit (

@@ -172,18 +172,7 @@ def notebook_id(path: Path) -> str:
 
 # The solution notebooks are in test_notebook_rerun_solutions.py: one file per xdist worker
 # (`--dist loadfile`), so the two halves run side by side.
-# Known bug, open in issue 10: in 04, an interrupted cell sometimes leaves a listening port
-# behind (seen in about half the runs); every other guarantee of that run still holds.
-KNOWN_PORT_LEAK = pytest.mark.xfail(
-    reason="issue 10: 04 sometimes leaves a port bound after an interrupted cell", strict=False
-)
-NOTEBOOK_PARAMS = [
-    pytest.param(path, marks=KNOWN_PORT_LEAK) if path.name == "04_background_tasks.ipynb" else path
-    for path in LEARNER_NOTEBOOKS
-]
-
-
-@pytest.mark.parametrize("path", NOTEBOOK_PARAMS, ids=notebook_id)
+@pytest.mark.parametrize("path", LEARNER_NOTEBOOKS, ids=notebook_id)
 @pytest.mark.timeout(600)
 def test_learner_cells_run_twice_and_interrupted_keep_their_verdicts(path: Path) -> None:
     """Run twice, interrupted, and no port left bound, as the module docstring says."""
