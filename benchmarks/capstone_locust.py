@@ -8,8 +8,10 @@ Each request is one upstream call of `latency` seconds and at most `bound` run a
 ideal throughput is bound / latency (200 req/s at 20 and 0.1 s), whatever the number of users.
 The report: req/s once every user is running, against that ideal (target ≥ 0.95); p50/p95/p99
 as locust measured them; errors; and the audit log's rows against the 2xx answers locust got
-(every one audited, none twice). Locust lets every user finish its request in flight when the
-run time is up (`--stop-timeout`), so each request the service answered is one locust counted.
+(every one audited, none twice); and the CPU time each process used per request, so that
+`service ms × ideal req/s` says how many cores the service needs to reach the ideal. Locust
+lets every user finish its request in flight when the run time is up (`--stop-timeout`), so
+each request the service answered is one locust counted.
 
 Run: `python benchmarks/capstone_locust.py` (about 40 s); `--help` for smaller runs. The same
 file is the locustfile: locust imports it (not as `__main__`) and finds `ChatUser` below.
@@ -18,8 +20,10 @@ file is the locustfile: locust imports it (not as `__main__`) and finds `ChatUse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -32,6 +36,8 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = ROOT / "notebooks" / "capstone_service.py"
@@ -56,10 +62,14 @@ class Capacity:
     audit_rows: int
     audit_statuses: dict[str, int]
     duplicated_rows: int
+    cpu_seconds: dict[str, float]  # CPU each process used while locust ran (service, ...)
 
     @property
     def ratio(self) -> float:
         return self.steady_rps / self.ideal_rps
+
+    def cpu_ms_per_request(self, name: str) -> float:
+        return 1000 * self.cpu_seconds[name] / max(1, self.requests)
 
     @property
     def every_2xx_audited_once(self) -> bool:
@@ -75,7 +85,13 @@ class Capacity:
             f"(bound / latency): {self.ratio:.2f} of ideal\n"
             f"  p50 / p95 / p99: {self.p50_ms:.0f} / {self.p95_ms:.0f} / {self.p99_ms:.0f} ms\n"
             f"  audit rows {self.audit_rows} {self.audit_statuses}, duplicated "
-            f"{self.duplicated_rows}: every 2xx audited once: {self.every_2xx_audited_once}"
+            f"{self.duplicated_rows}: every 2xx audited once: {self.every_2xx_audited_once}\n"
+            f"  CPU per request: "
+            + ", ".join(
+                f"{name} {self.cpu_ms_per_request(name):.2f} ms" for name in self.cpu_seconds
+            )
+            + f"; at the ideal the service alone needs "
+            f"{self.cpu_ms_per_request('service') * self.ideal_rps / 1000:.2f} cores"
         )
 
 
@@ -141,13 +157,21 @@ def measure(
         locust += ["--only-summary", "--loglevel", "WARNING"]
         results = folder / "locust.json"
         with (
-            process(fake, upstream_port, "fake upstream", folder / "upstream.log"),
-            process(service, service_port, "service", folder / "service.log"),
+            process(
+                fake, upstream_port, "fake upstream", folder / "upstream.log"
+            ) as upstream_process,
+            process(service, service_port, "service", folder / "service.log") as service_process,
         ):
             env = {**os.environ, RESULTS_VARIABLE: str(results)}
+            servers = {"service": psutil.Process(service_process.pid)}
+            servers["upstream"] = psutil.Process(upstream_process.pid)
+            before = {name: cpu_seconds(process) for name, process in servers.items()}
+            locust_before = _children_cpu_seconds()
             run = subprocess.run(
                 locust, env=env, check=False, capture_output=True, text=True, timeout=run_time + 120
             )
+            used = {name: cpu_seconds(process) - before[name] for name, process in servers.items()}
+            used["locust"] = _children_cpu_seconds() - locust_before
         if not results.exists():
             raise RuntimeError(f"locust wrote no results:\n{run.stdout}\n{run.stderr}")
         # The service has stopped: its audit log is drained.
@@ -171,7 +195,24 @@ def measure(
         audit_rows=len(rows),
         audit_statuses=dict(sorted(audit_statuses.items())),
         duplicated_rows=len(rows) - len({prompt for _, prompt in rows}),
+        cpu_seconds=used,
     )
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU of `process` and its children (the worker processes, if any)."""
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = each.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _children_cpu_seconds() -> float:
+    """CPU of this process's children that have been waited for (locust, once it has run)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:

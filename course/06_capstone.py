@@ -98,6 +98,10 @@ show("body guard")
 # Slow clients are also cut off before the app sees them: uvicorn has no time limit on a new
 # connection's headers and no cap on open connections, so the service runs on a subclass of
 # its HTTP protocol that adds both (used when the service runs in its own process, below).
+# It also closes a refused connection the way nginx does: a socket closed while the client
+# is still sending makes the kernel send a reset, and the client's read fails with
+# "connection reset" instead of showing its 408; so the service shuts down its side first
+# and reads what still arrives for a moment before it closes.
 
 # %%
 show("slow connections")
@@ -424,7 +428,9 @@ print(
 # once all users run against that ideal (the target is 0.95 of it), p50/p95/p99 latency
 # (about 1,000 / 200 = 5 s: each request queues behind the others for a slot), the errors,
 # and whether every 2xx has exactly one audit row. On two shared cores the fake upstream,
-# locust and the service compete for the CPU, so run it on a quiet machine.
+# locust and the service compete for the CPU, so run it on a quiet machine; it also prints
+# the CPU time each process used per request, and so how many cores the service alone needs
+# to keep up with the ideal (its milliseconds per request × 200 per second).
 
 # %% [markdown]
 # ## Bad input never reaches the upstream

@@ -48,13 +48,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 import aiosqlite
+import h11
 import openai
 import uvicorn
 from fastapi import Depends, FastAPI, Request
@@ -594,7 +595,7 @@ def _not_json(body: bytes) -> ClientError | None:
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with the two limits it lacks for slow clients.
+    """uvicorn's HTTP/1.1 protocol with the limits it lacks for slow clients.
 
     * **Header timeout**: a new connection must send its request line and headers within
       `CAPSTONE_HEADER_TIMEOUT` seconds (default 10), or it gets a JSON 408 and is closed.
@@ -603,6 +604,14 @@ class GuardedH11Protocol(H11Protocol):
     * **Connection cap**: beyond `CAPSTONE_MAX_CONNECTIONS` open connections (default 2,048) a
       new one gets a JSON 503 and is closed at once, so trickling clients cannot exhaust the
       process's file descriptors.
+    * **Lingering close**: a connection closed while its client is still sending (a 408 for
+      headers or a body too slow, a 413 for a chunked body too large) is not closed at once.
+      Closing a socket with unread bytes makes the kernel send a reset instead of a normal
+      close: what is not yet sent of the answer is dropped, and the client's read fails with
+      "connection reset" instead of ending after it. So, like nginx's `lingering_close`, the
+      service sends the answer, shuts down its writing side, reads and discards what still
+      arrives until the client closes or `LINGER_SECONDS` (2) pass, and only then closes.
+      A lingering connection still counts against the cap.
 
     The limits come from the environment because uvicorn builds one protocol per connection,
     in every worker process. Use it with `uvicorn --http capstone_service:GuardedH11Protocol`,
@@ -614,14 +623,24 @@ class GuardedH11Protocol(H11Protocol):
         self.header_timeout = float(os.environ.get("CAPSTONE_HEADER_TIMEOUT", "10"))
         self.max_connections = int(os.environ.get("CAPSTONE_MAX_CONNECTIONS", "2048"))
         self._header_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Every close uvicorn makes (its request cycle's too) goes through `_close`.
+        self._socket = transport
+        self.transport = _ClosedThrough(transport, self._close)  # type: ignore[assignment]
         if len(self.connections) > self.max_connections:
             message = f"This server has {self.max_connections} connections open; retry soon."
-            self._answer_and_close(refusal(503, "too_many_connections", message, 1))
+            # Closed at once, not lingering: this limit exists to free sockets.
+            self._answer_and_close(refusal(503, "too_many_connections", message, 1), linger=False)
             return
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        if self._linger_timer is None:
+            super().data_received(data)
+        # else: the rest of a request already answered and refused; discarded
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -630,9 +649,10 @@ class GuardedH11Protocol(H11Protocol):
             self._header_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        for timer in (self._header_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = None
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
@@ -645,7 +665,7 @@ class GuardedH11Protocol(H11Protocol):
             message = f"The request headers were not complete within {self.header_timeout:g} s."
             self._answer_and_close(refusal(408, "request_timeout", message))
 
-    def _answer_and_close(self, problem: ClientError) -> None:
+    def _answer_and_close(self, problem: ClientError, *, linger: bool = True) -> None:
         body = json.dumps(ErrorBody(error=problem.info).model_dump()).encode()
         retry = b"" if problem.retry_after is None else b"retry-after: %d\r\n" % problem.retry_after
         head = b"HTTP/1.1 %d %s\r\n" % (problem.status, _REASONS[problem.status])
@@ -656,7 +676,39 @@ class GuardedH11Protocol(H11Protocol):
             + b"connection: close\r\n\r\n"
             + body
         )
-        self.transport.close()
+        # Before its request is complete, a client may still be sending: linger.
+        self._close(linger=linger)
+
+    def _close(self, *, linger: bool | None = None) -> None:
+        """Close now, or linger if `linger` (None: if the client is in the middle of a body)."""
+        transport = self._socket
+        if transport.is_closing() or self._linger_timer is not None:
+            return  # closed already, or lingering until its timer closes it
+        if linger is None:
+            linger = self.conn.their_state is h11.SEND_BODY
+        if not linger:
+            transport.close()
+            return
+        # Send what is written, then FIN; keep reading (and discarding) so that no byte of
+        # the client's stays unread when the socket closes. The client's own close ends it
+        # early: the protocol's `eof_received` lets asyncio close the transport.
+        transport.write_eof()
+        transport.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+
+
+LINGER_SECONDS: Final = 2.0
+
+
+class _ClosedThrough:
+    """A transport whose `close()` calls `close` instead; everything else is the transport's."""
+
+    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
+        self._transport = transport
+        self.close = close
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 _REASONS: Final = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}
@@ -736,7 +788,9 @@ def _retry_wait(error: openai.APIError, attempt: int) -> float | None:
     return min(0.5 * 2 ** (attempt - 1), 8.0) * (1 - 0.25 * random.random())
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
+    # `async def`, though it never awaits: FastAPI runs a plain `def` dependency in its thread
+    # pool, a round trip to another thread on every request for one attribute lookup.
     resources: Resources = request.state.resources
     return resources
 
@@ -960,6 +1014,7 @@ _SETTINGS: Final = {  # create_app's options that `main()` passes on, and how to
     "max_upstream_calls": int,
     "upstream_timeout": float,
     "max_retries": int,
+    "max_body_bytes": int,
     "body_timeout": float,
     "audit_capacity": int,
     "audit_busy_timeout": float,
@@ -989,6 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-upstream-calls", type=int)
     parser.add_argument("--upstream-timeout", type=float)
     parser.add_argument("--max-retries", type=int)
+    parser.add_argument("--max-body-bytes", type=int)
     parser.add_argument("--body-timeout", type=float)
     parser.add_argument("--audit-capacity", type=int)
     parser.add_argument("--audit-busy-timeout", type=float)
