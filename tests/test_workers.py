@@ -5,6 +5,9 @@ arq jobs that survive it; and no process left behind by any of them."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,15 +39,20 @@ def body(i: int) -> dict[str, str]:
     return {"message": f"Summarize in 5 words: ticket {i}", "request_id": f"r{i}"}
 
 
+FORK_SERVER = "_serve_forks"  # in the command line of the fork server and of its forks
+
+
 def lab_children() -> list[str]:
+    """Redis servers and workers still running; the fork server itself stays for the next start."""
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
             command = " ".join(child.cmdline())
+            forked = FORK_SERVER in command and child.ppid() != os.getpid()
         except psutil.NoSuchProcess:
             continue
-        if "redis-server" in command or "uvicorn" in command or "distributed.jobs" in command:
-            found.append(f"{child.pid} {command[:80]}")
+        if "redis-server" in command or forked:
+            found.append(f"{child.pid} {child.status()} {command[:80]}")
     return found
 
 
@@ -190,3 +198,42 @@ def test_a_worker_that_cannot_start_says_why_and_leaves_nothing(tmp_path: Path) 
     )
     with pytest.raises(RuntimeError, match="broken on purpose"):
         ServiceWorkers(1, config).start()
+
+
+STARTER = """
+import sys
+from labsupport.distributed import ServiceConfig, ServiceWorkers
+
+workers = ServiceWorkers(2, ServiceConfig(upstream_url="http://127.0.0.1:9/v1")).start()
+print(*workers.pids, flush=True)
+sys.stdin.read()
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_and_their_fork_server_die_with_the_process_that_started_them() -> None:
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert starter.stdout is not None
+    try:
+        workers = [int(pid) for pid in starter.stdout.readline().split()]
+        forked_by = {psutil.Process(pid).ppid() for pid in workers}
+    finally:
+        starter.kill()  # as a killed kernel: no atexit, no cleanup
+        starter.wait()
+        starter.stdin.close()  # type: ignore[union-attr]
+        starter.stdout.close()
+    assert len(workers) == 2 and len(forked_by) == 1 and starter.pid not in forked_by
+    deadline = time.monotonic() + 30  # SIGTERM: each shuts down gracefully
+    left = [*workers, *forked_by]
+    while any(running(pid) for pid in left) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in left if running(pid)] == []

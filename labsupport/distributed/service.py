@@ -14,7 +14,7 @@ task, inside this process; `/queued` enqueues an arq job in Redis before it answ
 separate queue worker (`labsupport.distributed.jobs`).
 
 Workers are configured through environment variables (`ServiceConfig.to_environment()`), since
-uvicorn builds the app in a fresh process: `uvicorn --factory
+uvicorn builds the app in the worker's own process: `uvicorn --factory
 labsupport.distributed.service:app_from_environment`.
 """
 
@@ -119,8 +119,19 @@ def load_limiter_class(source_path: str, class_name: str) -> type:
 # ----------------------------------------------------------------------------- the service
 
 
-WORKER: Final = str(os.getpid())
+WORKER = str(os.getpid())
 """This worker process, as the upstream (header) and the client (`"worker"` field) see it."""
+
+
+def _name_the_fork() -> None:
+    # Workers are forked from a server that imported this module once, before any of them
+    # existed: each child names itself again.
+    global WORKER
+    WORKER = str(os.getpid())
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_name_the_fork)
 
 
 class ChatRequest(BaseModel):

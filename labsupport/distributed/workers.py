@@ -10,28 +10,45 @@ balancer; `client()` sends request i to worker i mod N, so each gets the same sh
 `uvicorn --workers N` the processes share one port and the kernel hands each connection to
 whichever worker accepts first, so the split depends on timing.)
 
+A worker starts as a fork, not as a new interpreter: a small fork server (one per process that
+starts workers, itself a child process) imports uvicorn, FastAPI, the SDK and arq once, then
+forks each worker from that state, which saves each start seconds of imports on a busy machine.
+Once forked, a worker is what `python -m uvicorn --factory
+labsupport.distributed.service:app_from_environment ...` would be: uvicorn's command line and
+signal handling (SIGTERM: graceful shutdown), with the environment and working directory of the
+process that started it at that moment, plus its `ServiceConfig`. (`multiprocessing`'s
+"forkserver" would also re-run the starting script's `__main__` module in every worker, and
+report a failure there outside the worker's log.)
+
 Nothing outlives its owner: leaving the `with` block (or `stop()`) sends SIGTERM, then SIGKILL
 after a grace period, and waits for every process, so no port and no zombie is left; an
 interrupted start stops what it had started; processes still running when Python exits are
-stopped then; and on Linux a worker also dies with the process that started it (a killed
-kernel). Their output goes to log files, so notebook cells stay quiet; `log(i)` reads one.
+stopped then; and on Linux a worker also dies with the fork server, which dies with the process
+that started it (a killed kernel). Their output goes to log files, so notebook cells stay
+quiet; `log(i)` reads one.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib
 import itertools
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final, Self
+from typing import Any, Final, NoReturn, Self
 
 import httpx
 import redis
@@ -50,34 +67,56 @@ STOP_TIMEOUT: Final = 5.0
 HEALTH_KEY: Final = "arq:queue:health-check"
 """The key an arq worker on the default queue refreshes while it runs."""
 
+PRELOAD: Final = (
+    "labsupport.distributed.service",
+    "labsupport.distributed.jobs",
+    "uvicorn.main",
+    "uvicorn.lifespan.on",
+    "uvicorn.loops.auto",
+    "uvicorn.protocols.http.auto",
+    "uvicorn.protocols.websockets.auto",
+)
+"""What the fork server imports before it forks a worker: what a worker would import itself."""
+
 _children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
 
 
 class ChildProcess:
-    """One child process with its output in a log file; `stop()` and `kill()` reap it."""
+    """One worker process, `python -m <module> <arguments>` forked by the fork server, with its
+    output in a log file; `stop()` and `kill()` wait until it is gone."""
 
-    def __init__(self, name: str, command: Sequence[str], env: dict[str, str], log: Path) -> None:
-        self.name, self.command, self.env, self.log_path = name, list(command), env, log
-        self._process: subprocess.Popen[bytes] | None = None
+    def __init__(
+        self, name: str, module: str, arguments: Sequence[str], env: dict[str, str], log: Path
+    ) -> None:
+        if module not in _MAINS:
+            raise ValueError(f"module must be one of {sorted(_MAINS)}; got {module!r}")
+        self.name, self.module, self.arguments = name, module, list(arguments)
+        self.env, self.log_path = env, log
+        self._pid: int | None = None
 
     @property
     def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
+        return self._pid
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._pid is not None and _exists(self._pid)
 
     def start(self) -> None:
-        environment = {**os.environ, **self.env, "LAB_PARENT_PID": str(os.getpid())}
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment,
-            )
+        request = {
+            "module": self.module,
+            "arguments": self.arguments,
+            "env": {**os.environ, **self.env},
+            "cwd": os.getcwd(),
+            "log": str(self.log_path),
+        }
+        # Asked from a thread, which Ctrl+C does not interrupt: the pid of the worker the server
+        # forks always reaches this object, so an interrupted start can stop that worker too.
+        with ThreadPoolExecutor(1, thread_name_prefix="lab fork request") as pool:
+            pool.submit(self._forked, request).result()
+
+    def _forked(self, request: Mapping[str, object]) -> None:
+        self._pid = _FORK_SERVER.fork(request)
         _children.add(self)
 
     def wait_until(self, ready: Callable[[], bool], what: str) -> None:
@@ -104,17 +143,165 @@ class ChildProcess:
         return text[-characters:].strip() or "(no output)"
 
     def _reap(self, first: signal.Signals) -> None:
-        process, self._process = self._process, None
+        pid, self._pid = self._pid, None
         _children.discard(self)
+        if pid is None or not _exists(pid):
+            return
+        os.kill(pid, first)
+        if not _gone_within(pid, STOP_TIMEOUT):
+            os.kill(pid, signal.SIGKILL)
+            _gone_within(pid, None)
+
+
+class _ForkServer:
+    """The lab's side of the fork server: starts it on first use, asks it for forks.
+
+    One JSON line per request on its stdin, its answer is the child's pid on its stdout. It
+    ignores SIGCHLD, so the kernel reaps its children as they exit: none is ever a zombie, and a
+    pid that no longer exists is a worker that has exited.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def fork(self, request: Mapping[str, object]) -> int:
+        with self._lock:
+            process = self._running()
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                process.stdin.write(json.dumps(request).encode() + b"\n")
+                process.stdin.flush()
+                answer = process.stdout.readline()
+            except OSError:  # the server died: start another one next time
+                self._close()
+                raise
+            if not answer:
+                self._close()
+                raise RuntimeError("the workers' fork server exited (try importing labsupport)")
+            return int(answer)
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", f"from {__name__} import _serve_forks; _serve_forks()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        return self._process
+
+    def _close(self) -> None:
+        """End of its stdin: the server exits (and on Linux its remaining children get SIGTERM)."""
+        process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(first)
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait()
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+_FORK_SERVER: Final = _ForkServer()
+
+
+def _serve_forks() -> None:
+    """The fork server's main loop (in its own process): import `PRELOAD`, then fork on request.
+
+    It exits when its stdin ends: the process that started it closed it, or died, however it
+    died. (Not PR_SET_PDEATHSIG: that fires when the *thread* that started it ends, and the
+    server outlives the `ServiceWorkers` and threads that use it.) Its workers die with it, on
+    Linux, through their own PR_SET_PDEATHSIG: the server's only thread forked them.
+    """
+    for module in PRELOAD:
+        with contextlib.suppress(ImportError):  # the worker imports it again; its log says why
+            importlib.import_module(module)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+    server = os.getpid()
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _run_child(request, server)
+        sys.stdout.write(f"{pid}\n")
+        sys.stdout.flush()
+
+
+def _run_child(request: dict[str, Any], server: int) -> NoReturn:
+    """In a forked worker: the log as its output, its environment and directory, then its main."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(null)
+        os.close(log)
+        os.environ.clear()
+        os.environ.update({**request["env"], "LAB_PARENT_PID": str(server)})
+        os.chdir(request["cwd"])
+        _MAINS[request["module"]](request["arguments"])
+        code = 0
+    except SystemExit as exit:  # what `python -m` does with it
+        if exit.code is None or isinstance(exit.code, int):
+            code = exit.code or 0
+        else:
+            print(exit.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _uvicorn(arguments: list[str]) -> None:
+    """`python -m uvicorn ARGUMENTS`: uvicorn's command line (it ends with SystemExit)."""
+    from uvicorn.main import main
+
+    main.main(args=arguments, prog_name="uvicorn")
+
+
+def _queue_worker(arguments: list[str]) -> None:
+    """`python -m labsupport.distributed.jobs`."""
+    from .jobs import main
+
+    main()
+
+
+_MAINS: Final[dict[str, Callable[[list[str]], None]]] = {
+    "uvicorn": _uvicorn,
+    "labsupport.distributed.jobs": _queue_worker,
+}
+
+
+def _exists(pid: int) -> bool:
+    """Whether the worker still runs. A zombie has exited: one left by the server's death, when
+    the worker's new parent does not reap it (PID 1 in some containers), must not count."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()  # "pid (name) state ..." on Linux
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _gone_within(pid: int, timeout: float | None) -> bool:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while _exists(pid):
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 class ServiceWorkers(Switch):
@@ -150,7 +337,8 @@ class ServiceWorkers(Switch):
             return self
         self._folder = tempfile.TemporaryDirectory(prefix="lab-workers-")
         try:
-            self._workers = [self._spawn(index) for index in range(self.count)]
+            for index in range(self.count):  # one at a time, so that stop() knows each
+                self._workers.append(self._spawn(index))
             for index in range(self.count):
                 self._wait_ready(index)
         except BaseException:
@@ -205,13 +393,14 @@ class ServiceWorkers(Switch):
         assert self._folder is not None
         port = _free_port()
         self._ports.append(port)
-        command = [
-            sys.executable, "-m", "uvicorn", "labsupport.distributed.service:app_from_environment",
+        arguments = [
+            "labsupport.distributed.service:app_from_environment",
             "--factory", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "3",
         ]  # fmt: skip
         log = Path(self._folder.name) / f"worker-{index + 1}.log"
-        worker = ChildProcess(f"worker {index + 1}", command, self.config.to_environment(), log)
+        env = self.config.to_environment()
+        worker = ChildProcess(f"worker {index + 1}", "uvicorn", arguments, env, log)
         worker.start()
         return worker
 
@@ -250,9 +439,9 @@ class QueueWorker(Switch):
         if self._folder is None:
             self._folder = tempfile.TemporaryDirectory(prefix="lab-queue-")
         env = {"LAB_JOBS_REDIS_URL": self.redis_url, "LAB_JOBS_AUDIT_PATH": self.audit_path}
-        command = [sys.executable, "-m", "labsupport.distributed.jobs"]
         log = Path(self._folder.name) / "queue-worker.log"
-        self._process = ChildProcess("queue worker", command, env, log)
+        module = "labsupport.distributed.jobs"
+        self._process = ChildProcess("queue worker", module, [], env, log)
         client = redis.Redis.from_url(self.redis_url, socket_timeout=1)
         try:
             # arq writes its health-check key when its main loop starts polling the queue; a
@@ -312,3 +501,4 @@ def _free_port() -> int:
 def _stop_all() -> None:
     for child in list(_children):
         child.stop()
+    _FORK_SERVER._close()
