@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from labsupport.checks import check_shared_limit
+from labsupport.checks import check_shared_limit, shared_limit
 from labsupport.distributed import redis_server_path
 
 pytestmark = [
@@ -288,3 +288,50 @@ def test_bad_limit_is_refused(bad: Any, tmp_path: Path) -> None:
 def test_not_a_class_is_a_verdict_not_a_crash() -> None:
     result = asyncio.run(check_shared_limit(lambda: None))
     assert (result.passed, result.cause) == (False, "not_a_limiter")
+
+
+class KeepsPolling:
+    """An acquire() that never gets a slot and loses the first `lost` cancels, as a polling
+    loop does when a library's own timeout inside it turns a cancel into an error it retries."""
+
+    def __init__(self, lost: int) -> None:
+        self.lost, self.cancels, self.polls = lost, 0, 0
+
+    async def acquire(self) -> str:
+        while True:
+            try:
+                self.polls += 1
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                self.cancels += 1
+                if self.cancels > self.lost:
+                    raise
+
+
+@pytest.mark.parametrize("lost", [0, 1, 3])
+def test_an_acquire_that_loses_cancels_is_stopped_not_waited_for(lost: int) -> None:
+    limiter = KeepsPolling(lost)
+
+    async def attempt() -> tuple[bool, bool]:
+        in_time, task = await shared_limit._within(limiter.acquire(), 0.05)
+        return in_time, task.cancelled()
+
+    assert asyncio.run(attempt()) == (False, True)
+    assert limiter.cancels == lost + 1
+
+
+def test_an_acquire_that_never_stops_is_left_running_and_the_check_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shared_limit, "CANCEL_GRACE", 0.02)
+    limiter = KeepsPolling(lost=10**9)
+
+    async def attempt() -> tuple[bool, bool, int]:
+        in_time, task = await shared_limit._within(limiter.acquire(), 0.05)
+        running = task in shared_limit._still_running
+        limiter.lost = 0  # let it end, so the loop closes cleanly
+        task.cancel()
+        await asyncio.wait([task])
+        return in_time, running, limiter.cancels
+
+    assert asyncio.run(attempt()) == (False, True, shared_limit.CANCEL_ATTEMPTS + 1)

@@ -23,7 +23,7 @@ import inspect
 import linecache
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -67,6 +67,10 @@ LEASE: Final = 2.0
 PROBE_LEASE: Final = 5.0
 """The lease in the in-process probe: longer than the probe, so expiry cannot hide a bug."""
 NO_RETRY_AFTER: Final = 600.0
+CANCEL_ATTEMPTS: Final = 5
+CANCEL_GRACE: Final = 1.0
+"""How often, and how long each time, the check cancels a learner's acquire() it gave up on."""
+_still_running: set[asyncio.Future[Any]] = set()
 
 
 async def check_shared_limit(limiter_class: Any, *, limit: int = 5) -> CheckResult:
@@ -123,10 +127,10 @@ async def _probe_one_process(cls: type, redis: Any, limit: int) -> CheckResult |
     tokens: list[Any] = []
     try:
         for _ in range(limit):
-            try:
-                async with asyncio.timeout(2.0):
-                    tokens.append(await limiter.acquire())
-            except TimeoutError:
+            in_time, attempt = await _within(limiter.acquire(), 2.0)
+            tokens += _token(attempt)  # released at the end, even if it came too late
+            _raise_its_error(attempt)
+            if not in_time:
                 held = len(tokens)
                 return _result(
                     "too_few_slots",
@@ -154,8 +158,8 @@ async def _probe_one_process(cls: type, redis: Any, limit: int) -> CheckResult |
         await limiter.release(tokens.pop())
         done, _ = await asyncio.wait([extra], timeout=1.5)
         if not done:
-            extra.cancel()
-            await asyncio.wait([extra])
+            await _stop(extra)
+            tokens += _token(extra)
             return _result(
                 "not_released",
                 "release() did not give the slot back: a waiter could not take it.",
@@ -337,19 +341,65 @@ async def _kill_a_holder(
 @contextlib.asynccontextmanager
 async def _all_slots(limiter: Any, limit: int, *, timeout: float) -> AsyncIterator[int]:
     """Take as many of `limit` slots as come within `timeout` s each; yield how many; release."""
-    tokens = []
+    tokens: list[Any] = []
+    taken = 0
     try:
         for _ in range(limit):
-            try:
-                async with asyncio.timeout(timeout):
-                    tokens.append(await limiter.acquire())
-            except TimeoutError:
+            in_time, attempt = await _within(limiter.acquire(), timeout)
+            tokens += _token(attempt)
+            if not in_time:
                 break
-        yield len(tokens)
+            _raise_its_error(attempt)
+            taken += 1
+        yield taken
     finally:
         for token in tokens:
             with contextlib.suppress(Exception):
                 await limiter.release(token)
+
+
+async def _within(acquiring: Awaitable[Any], seconds: float) -> tuple[bool, asyncio.Future[Any]]:
+    """Run `acquiring` for at most `seconds`, then stop it; (whether it ended in time, its task).
+
+    Not `asyncio.timeout()`: that cancels once, and a cancel can be lost. Inside a learner's
+    acquire() a library's own timeout (redis-py reads under one) may turn it into an error of
+    its own and let the polling loop go on, and then the check would wait for good. Here the
+    check goes on whatever the learner's code does (see `_stop`).
+    """
+    attempt = asyncio.ensure_future(acquiring)
+    await asyncio.wait([attempt], timeout=seconds)
+    if attempt.done():
+        return True, attempt
+    await _stop(attempt)
+    return False, attempt
+
+
+async def _stop(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` until it ends, `CANCEL_ATTEMPTS` times `CANCEL_GRACE` s at most. One that
+    still runs is kept (referenced) until it ends: its Redis is stopped when the check is done,
+    and a polling loop then fails."""
+    for _ in range(CANCEL_ATTEMPTS):
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_GRACE)
+        if task.done():
+            return
+    _still_running.add(task)
+    task.add_done_callback(_still_running.discard)
+
+
+def _raise_its_error(attempt: asyncio.Future[Any]) -> None:
+    """What the learner's acquire() raised, raised here (a stop of ours is not an error)."""
+    if attempt.done() and not attempt.cancelled():
+        error = attempt.exception()
+        if error is not None:
+            raise error
+
+
+def _token(attempt: asyncio.Future[Any]) -> list[Any]:
+    """The token `attempt` returned, as a list of 0 or 1 (cancelled or failed: none)."""
+    if not attempt.done() or attempt.cancelled() or attempt.exception() is not None:
+        return []
+    return [attempt.result()]
 
 
 # What connecting and this count send: not a sign that a limiter used Redis.
