@@ -36,6 +36,8 @@ from fastapi import Depends, FastAPI, Request
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
+if (last_run := globals().get("workdir")) is not None:  # this cell run again:
+    last_run.cleanup()  # remove the folder of its last run first
 workdir = tempfile.TemporaryDirectory()  # removed in the last cell
 AUDIT_DB = os.path.join(workdir.name, "audit.sqlite3")
 

@@ -124,6 +124,8 @@ import aiosqlite
 
 BOUND = 20
 N = 100
+if (last_run := globals().get("audit_folder")) is not None:  # this cell run again:
+    last_run.cleanup()  # remove the folder of its last run first
 audit_folder = tempfile.TemporaryDirectory()
 
 

@@ -419,6 +419,8 @@ from pathlib import Path
 
 from labsupport.distributed.jobs import audit_counts
 
+if (last_run := globals().get("audit_folder")) is not None:  # this cell run again:
+    last_run.cleanup()  # remove the folder of its last run first
 audit_folder = tempfile.TemporaryDirectory()
 background_audit = Path(audit_folder.name) / "background.sqlite3"
 
