@@ -72,9 +72,11 @@ SLOWER: Final = 2.5
 """How many times the reference app's wall time, with few calls overlapping, counts as "served a
 few at a time"."""
 
-BLOCKED_MORE: Final = 4.0
-"""How many times the reference app's blocked time (at least one upstream latency) counts as a
-blocked loop, when the calls still overlapped."""
+BLOCKED_EXTRA: Final = 4.0
+"""How many upstream latencies of blocked time, and of wall time, beyond the reference app's
+count as a blocked loop when the calls still overlapped. A difference, not a ratio: the reference
+runs just before, in the same conditions, so a busy machine slows and blocks both alike, and
+what remains is the app's own; measured twice before it counts."""
 
 SLOW_TWICE: Final = 4.0
 """How many times the reference app's wall time, measured twice in a row, counts as slow even
@@ -113,7 +115,9 @@ async def check_async_endpoint(app: Any, *, path: str = "/chat", n: int = 20) ->
             learner = await _run(app, path, n)
             gc.collect()  # a coroutine that was never awaited only warns when it is collected
         again: list[_Run] = []
-        if _needs_second_look(reference, learner, built.count, n):
+        if _needs_second_look(reference, learner, built.count, n) or _blocked_extra(
+            reference, learner, latency
+        ):
             # Slow once may be the machine; slow twice, each time next to the reference, is not.
             again = [await _run(reference_app, path, n), await _run(app, path, n)]
         return reference, learner, built.count, never_awaited(caught), again
@@ -220,9 +224,11 @@ def _verdict(
         slow_twice = ratio >= SLOW_TWICE and second_ratio >= SLOW_TWICE
         evidence.append(f"Measured again: {second_ratio:.1f}× the reference app's time.")
     # A loop blocked before each call lets the calls overlap (each request's first step runs
-    # in one go), so the blocked time itself decides, paired with the reference's own.
-    blocked_more = learner.lag.blocked >= BLOCKED_MORE * max(reference.lag.blocked, latency)
-    if ratio >= SLOWER and _blocked(learner) and (few_at_once or blocked_more):
+    # in one go), so the blocked time itself decides, beyond the reference's own, twice.
+    blocked_more = _blocked_extra(reference, learner, latency) and (
+        not again or _blocked_extra(again[0], again[1], latency)
+    )
+    if _blocked(learner) and ((ratio >= SLOWER and few_at_once) or blocked_more):
         if learner.stats is not None and any(c.client == "sync" for c in learner.stats.timeline):
             return fail(
                 "sync_client_in_async",
@@ -270,6 +276,16 @@ def _verdict(
 def _blocked(run: _Run) -> bool:
     """Whether the event loop was blocked for at least half of the run."""
     return run.lag.blocked >= 0.5 * run.report.wall
+
+
+def _blocked_extra(reference: _Run, learner: _Run, latency: float) -> bool:
+    """Whether `learner` blocked the loop, and took, `BLOCKED_EXTRA` latencies beyond `reference`
+    (both in seconds)."""
+    extra = BLOCKED_EXTRA * latency
+    return (
+        learner.lag.blocked - reference.lag.blocked >= extra
+        and learner.report.wall - reference.report.wall >= extra
+    )
 
 
 def _peak(run: _Run) -> int:
