@@ -1,4 +1,5 @@
 import asyncio
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,16 @@ import labsupport
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio only: the course targets asyncio."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the tests, as Ctrl+C does in a learner's kernel, even
+    when the suite was started with SIGINT ignored (a background job of a non-interactive shell
+    inherits SIG_IGN, and Python then installs no handler): the interrupt tests send real ones."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session", autouse=True)
