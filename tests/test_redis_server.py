@@ -1,18 +1,28 @@
 """The lab's redis-server: a child process on a free loopback port, memory only, gone when
-stopped; and a clear one-line message, with the install command, when it is not installed."""
+stopped; and a clear one-line message, with the install command, when it is not installed (in
+labsupport, in doctor, and as the whole output of notebook 07's first cell, in a real kernel)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
+import nbformat
 import psutil
 import pytest
 import redis
+from nbclient.exceptions import CellExecutionError
 
 from labsupport.distributed import RedisServer, RedisServerMissing, redis_server_path
 from labsupport.distributed.redis_server import install_command
+from labsupport.instructor.kernels import notebook_client
 
-pytestmark = pytest.mark.skipif(
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+MISSING = "/nonexistent/redis-server"
+"""`LAB_REDIS_SERVER` pointing here: a machine without redis-server, whatever this one has."""
+installed = pytest.mark.skipif(
     redis_server_path() is None, reason=f"redis-server is not installed ({install_command()})"
 )
 
@@ -36,6 +46,7 @@ def nothing_left_behind() -> Iterator[None]:
     assert lab_children() == []
 
 
+@installed
 def test_serves_on_loopback_in_memory_and_stops_without_a_trace() -> None:
     with RedisServer() as server:
         assert server.url == f"redis://127.0.0.1:{server.port}/0"
@@ -57,6 +68,7 @@ def test_serves_on_loopback_in_memory_and_stops_without_a_trace() -> None:
     probe.close()
 
 
+@installed
 def test_kill_is_a_crash_and_stop_after_it_is_harmless() -> None:
     server = RedisServer().start()
     client = redis.Redis.from_url(server.url, socket_timeout=1)
@@ -71,6 +83,7 @@ def test_kill_is_a_crash_and_stop_after_it_is_harmless() -> None:
         server.stop()  # idempotent
 
 
+@installed
 def test_two_servers_get_two_ports() -> None:
     with RedisServer() as first, RedisServer() as second:
         assert first.port != second.port
@@ -79,7 +92,7 @@ def test_two_servers_get_two_ports() -> None:
 def test_missing_redis_server_says_the_install_command_in_one_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("LAB_REDIS_SERVER", "/nonexistent/redis-server")
+    monkeypatch.setenv("LAB_REDIS_SERVER", MISSING)
     assert redis_server_path() is None
     with pytest.raises(RedisServerMissing) as raised:
         RedisServer().start()
@@ -89,12 +102,35 @@ def test_missing_redis_server_says_the_install_command_in_one_line(
     assert raised.value._render_traceback_() == [message]
 
 
+@installed
 def test_doctor_finds_redis_server_or_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from labsupport.instructor.doctor import check_redis_server
 
     assert check_redis_server().ok
-    monkeypatch.setenv("LAB_REDIS_SERVER", "/nonexistent/redis-server")
+    monkeypatch.setenv("LAB_REDIS_SERVER", MISSING)
     missing = check_redis_server()
     assert (missing.ok, missing.fix) == (False, install_command())
+
+
+@pytest.mark.parametrize(
+    "folder", [NOTEBOOKS, NOTEBOOKS / "solutions"], ids=["learner", "solution"]
+)
+def test_notebook_07_without_redis_server_says_the_command_and_stops(folder: Path) -> None:
+    stored = nbformat.read(folder / "07_beyond_one_process.ipynb", as_version=4)
+    first = next(cell for cell in stored.cells if cell.cell_type == "code")
+    run = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(first.source), nbformat.v4.new_code_cell("1 + 1")]
+    )
+    env = {**os.environ, "LAB_REDIS_SERVER": MISSING}
+    # Run All stops at the first cell: the next one never runs.
+    with pytest.raises(CellExecutionError, match="needs redis-server, which is not installed"):
+        asyncio.run(notebook_client(run, cwd=folder).async_execute(env=env))
+    first_cell, next_cell = run.cells
+    (error,) = first_cell.outputs  # nothing else: no setup banner, no stream
+    assert error.output_type == "error" and error.ename == "RedisServerMissing"
+    # One line, the install command in it, no traceback.
+    assert error.traceback == [str(RedisServerMissing())]
+    assert install_command() in error.traceback[0]
+    assert next_cell.outputs == [] and next_cell.execution_count is None
