@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -20,13 +21,20 @@ FULLY_EXPORTED = ["guard", "lab", "looplag", "serving", "upstream"]
 HEAVY = ["openai", "httpx", "httpx2", "respx", "uvicorn", "fastapi", "matplotlib", "nbclient"]
 
 
-def _ruff_order(name: str) -> tuple[int, str]:
-    """isort-style, as ruff's RUF022 keeps it: CONSTANTS, then Classes, then functions."""
-    return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+def _homes(package: types.ModuleType) -> dict[str, str]:
+    """Each name the package's stub (`__init__.pyi`) imports, and the module it comes from
+    (for `from . import checks`, the package itself)."""
+    stub = Path(package.__file__ or "").with_suffix(".pyi")
+    homes = {}
+    for node in ast.parse(stub.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                homes[alias.name] = ".".join(filter(None, [package.__name__, node.module]))
+    return homes
 
 
 def test_all_is_sorted_and_unique() -> None:
-    assert labsupport.__all__ == sorted(set(labsupport.__all__), key=_ruff_order)
+    assert labsupport.__all__ == sorted(set(labsupport.__all__))
 
 
 @pytest.mark.parametrize("module_name", FULLY_EXPORTED)
@@ -42,14 +50,23 @@ def test_every_exported_name_resolves_to_what_its_module_defines() -> None:
         if isinstance(value, types.ModuleType):
             assert value.__name__ == f"labsupport.{name}"
             continue
-        home = importlib.import_module(f"labsupport.{labsupport._HOMES[name]}")
+        home = importlib.import_module(_homes(labsupport)[name])
         assert name in home.__all__, f"{name} is not public in {home.__name__}"
         assert getattr(home, name) is value
     assert set(labsupport.__all__) <= set(dir(labsupport))
 
 
+@pytest.mark.parametrize("package", ["labsupport", "labsupport.upstream", "labsupport.coaching"])
+def test_every_lazy_package_exports_exactly_what_its_stub_imports(package: str) -> None:
+    module = importlib.import_module(package)
+    assert sorted(module.__all__) == sorted(_homes(module))
+    for name, home in _homes(module).items():
+        value = getattr(module, name)
+        assert value is getattr(importlib.import_module(home), name)
+
+
 def test_an_unknown_name_is_an_attribute_error() -> None:
-    with pytest.raises(AttributeError, match="has no attribute 'stup'"):
+    with pytest.raises(AttributeError, match="stup"):
         _ = labsupport.stup  # type: ignore[attr-defined]
 
 
