@@ -53,6 +53,8 @@ def test_repo2docker_builds_the_binder_environment_then_runs_post_build() -> Non
     positions = [dockerfile.find(step) for step in steps]
     assert -1 not in positions, dict(zip(steps, positions, strict=True))
     assert positions == sorted(positions), "environment, then the repository, then postBuild"
+    # binder/apt.txt: notebook 07 starts the system's redis-server.
+    assert re.search(r"apt-get install [^\n]*\bredis-server\b", dockerfile)
 
 
 def test_post_build_installs_the_lock_and_the_course_package() -> None:
