@@ -479,6 +479,25 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
         },
         "resolves only references inside the schema",
     ),
+    (
+        "bounds no value fits",
+        {
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "f",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"n": {"type": "integer", "minimum": 8, "maximum": 7}},
+                        },
+                    },
+                }
+            ],
+            "tool_choice": "required",
+        },
+        "cannot build an instance of the JSON Schema of function 'f': No integer lies",
+    ),
 ]
 
 

@@ -305,24 +305,49 @@ def _array(node: dict[str, Any], ctx: _Context, name: str, depth: int) -> list[A
         if len(values) >= wanted:
             return values[: int(min(high, len(values)))]
     built = [_build(items, ctx, name, depth + 1) for _ in range(int(wanted))]
-    return _distinct(built) if node.get("uniqueItems") else built
+    if not node.get("uniqueItems"):
+        return built
+    resolved = _resolve(ctx.root, items["$ref"]) if "$ref" in items else items
+    return _distinct(built, {**(resolved or {}), **items})
 
 
-def _distinct(values: list[Any]) -> list[Any]:
-    """Make scalar duplicates distinct ("x", "x 2"; 1, 2), for uniqueItems."""
+def _distinct(values: list[Any], items: dict[str, Any]) -> list[Any]:
+    """Make duplicates distinct, for uniqueItems, with values `items` still allows: another
+    value of its enum, a number moved within its bounds, a string with a counter."""
     seen: list[Any] = []
     for value in values:
-        candidate, step = value, 1
-        while candidate in seen:
-            step += 1
-            if isinstance(value, str):
-                candidate = f"{value} {step}"
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                candidate = value + step - 1
-            else:
-                raise SchemaError("uniqueItems over objects or booleans is not supported.")
-        seen.append(candidate)
+        if value in seen:
+            value = next((c for c in _alternatives(value, items) if c not in seen), seen)
+            if value is seen:
+                raise SchemaError(
+                    f"uniqueItems asks for {len(values)} distinct items, and the items' schema "
+                    f"allows only {len(seen)} the offline lab upstream can build."
+                )
+        seen.append(value)
     return seen
+
+
+def _alternatives(value: Any, items: dict[str, Any]) -> Iterator[Any]:
+    """Other values than `value` that `items` allows, nearest first (a bounded number)."""
+    if "const" in items:
+        return
+    if "enum" in items:
+        yield from items["enum"]
+    elif isinstance(value, bool):
+        yield not value
+    elif isinstance(value, int | float):
+        low, high = _bounds(items, integer=isinstance(value, int))
+        step = items.get("multipleOf") or 1
+        for distance in range(1, 1_000):
+            for candidate in (value + distance * step, value - distance * step):
+                if low <= candidate <= high:
+                    yield candidate
+    elif isinstance(value, str):
+        longest = items.get("maxLength", math.inf)
+        for number in range(2, 1_000):
+            suffix = f" {number}"
+            if len(suffix) < longest:
+                yield _bounded(value[: int(min(len(value), longest - len(suffix)))] + suffix, items)
 
 
 _COUNT = re.compile(r"\b(\d+)\s+(?:\w+\s+)?(?:topics?|items?|tags?|keywords?|examples?|names?)\b")
@@ -335,12 +360,7 @@ def _requested_count(text: str) -> int | None:
 
 def _number(node: dict[str, Any], ctx: _Context, *, integer: bool) -> float | int:
     """The prompt's next number, brought inside the schema's bounds (0 when it has none)."""
-    step = 1 if integer else 1e-3
-    low = max(node.get("minimum", -math.inf), node.get("exclusiveMinimum", -math.inf) + step)
-    high = min(node.get("maximum", math.inf), node.get("exclusiveMaximum", math.inf) - step)
-    if integer:
-        low = math.ceil(low) if math.isfinite(low) else low
-        high = math.floor(high) if math.isfinite(high) else high
+    low, high = _bounds(node, integer=integer)
     value = next(ctx.numbers, 0.0)
     value = min(max(round(value) if integer else value, low), high)
     multiple = node.get("multipleOf")
@@ -351,6 +371,23 @@ def _number(node: dict[str, Any], ctx: _Context, *, integer: bool) -> float | in
         if value < low:
             raise SchemaError(f"No multiple of {multiple} lies between {low} and {high}.")
     return int(value) if integer else float(value)
+
+
+def _bounds(node: dict[str, Any], *, integer: bool) -> tuple[float, float]:
+    """The least and greatest value `node` allows, as inclusive bounds; `SchemaError` if none."""
+    floor = max(node.get("minimum", -math.inf), node.get("exclusiveMinimum", -math.inf))
+    ceiling = min(node.get("maximum", math.inf), node.get("exclusiveMaximum", math.inf))
+    # Just inside an exclusive bound: the next integer, or a small step (less when bounds are near).
+    step = 1 if integer else min(1e-3, (ceiling - floor) / 4 or 1e-3)
+    low = floor + step if floor == node.get("exclusiveMinimum") else floor
+    high = ceiling - step if ceiling == node.get("exclusiveMaximum") else ceiling
+    if integer:
+        low = math.ceil(low) if math.isfinite(low) else low
+        high = math.floor(high) if math.isfinite(high) else high
+    if low > high:
+        kind = "integer" if integer else "number"
+        raise SchemaError(f"No {kind} lies between the bounds {floor} and {ceiling}.")
+    return low, high
 
 
 _TOPIC_NAMES = ("topic", "tag", "keyword", "categor", "theme", "subject")

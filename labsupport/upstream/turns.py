@@ -67,7 +67,10 @@ def take_turn(request: wire.Request, *, chat: bool) -> Turn:
 
     tool = tools.choose(offered, choice, request.prompt, called)
     if tool is not None:
-        call = tools.call(tool, context)
+        try:
+            call = tools.call(tool, context)
+        except structured.SchemaError as error:
+            raise RequestError(_unbuildable(f"function {tool.name!r}", error), "tools") from None
         # A forced function ends with "stop" in the real API; a chosen one with "tool_calls".
         finish = "stop" if isinstance(choice, tools.Tool) else "tool_calls"
         return Turn(None, (call,), finish, (prompt_tokens, count_tokens(call.arguments)), n)
@@ -87,7 +90,11 @@ def take_turn(request: wire.Request, *, chat: bool) -> Turn:
             except structured.SchemaError as error:
                 raise RequestError(str(error), "messages") from None
     if schema is not None:
-        text = json.dumps(structured.instance(schema, context))
+        try:
+            text = json.dumps(structured.instance(schema, context))
+        except structured.SchemaError as error:
+            where = "response_format" if chat else "text.format"
+            raise RequestError(_unbuildable(where, error), where) from None
     elif kind == "json_object":
         text = json.dumps({"answer": reply_to(context).text})
     elif convo.results:
@@ -140,6 +147,13 @@ def _output_format(fields: dict[str, Any], *, chat: bool) -> tuple[str, dict[str
     except structured.SchemaError as error:
         raise RequestError(str(error), where) from None
     return "json_schema", schema
+
+
+def _unbuildable(where: str, error: structured.SchemaError) -> str:
+    """Why no instance of a checked schema could be built (bounds no value fits, say)."""
+    return (
+        f"The offline lab upstream cannot build an instance of the JSON Schema of {where}: {error}"
+    )
 
 
 def _from_results(results: tuple[tuple[str, str], ...]) -> str:
