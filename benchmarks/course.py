@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_SECONDS = 60.0
+#: The architecture issue's target for the whole course with the project's two workers.
+TARGET_SECONDS = 40.0
 
 
 def timed_run(workers: int) -> tuple[float, str]:
@@ -34,12 +35,12 @@ def timed_run(workers: int) -> tuple[float, str]:
 
 
 def main() -> int:
-    print(f"The course under strict nbval (target < {TARGET_SECONDS:.0f} s)")
+    print(f"The course under strict nbval (target ≤ {TARGET_SECONDS:.0f} s with 2 workers)")
     missed = 0
     for workers, label in ((2, "2 workers (make test)"), (0, "one process")):
         wall, closing = timed_run(workers)
-        verdict = "ok" if wall < TARGET_SECONDS else "MISSED"
-        missed += workers == 2 and wall >= TARGET_SECONDS
+        verdict = "" if workers != 2 else "ok" if wall <= TARGET_SECONDS else "MISSED"
+        missed += verdict == "MISSED"
         print(f"{label:<24}{wall:>7.1f} s  {verdict:<7}{closing}")
     return 1 if missed else 0
 
