@@ -4,8 +4,11 @@ connection (as by every worker); clear errors for bad parameters and for Redis g
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,11 +17,14 @@ from labsupport.distributed import (
     LimiterUnavailable,
     LocalSlots,
     RedisServer,
+    ServiceConfig,
     SharedSemaphore,
     TokenBucket,
     connect,
     redis_server_path,
 )
+from labsupport.distributed.service import create_app
+from labsupport.serving import asgi_client
 
 pytestmark = [
     pytest.mark.anyio,
@@ -110,6 +116,43 @@ async def test_token_bucket_paces_starts_across_connections(
     await asyncio.gather(*(one(i) for i in range(8)))
     # 2 at once from the full bucket, then one per 1/20 s: the last starts ≥ 6 × 0.05 s later.
     assert max(starts) - min(starts) >= 0.25
+
+
+@contextmanager
+def frozen(server: RedisServer) -> Iterator[None]:
+    """Redis stops answering but keeps its connections open (SIGSTOP): a hung server, or a
+    network that drops packets. Only a socket timeout ends a wait for it."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
+async def test_redis_that_stops_answering_is_a_clear_error_not_a_hang(
+    server: RedisServer,
+) -> None:
+    client = connect(server.url, timeout=0.5)
+    semaphore = SharedSemaphore(client, "frozen", limit=5, lease=10.0)
+    await semaphore.acquire()  # connected
+    with frozen(server), pytest.raises(LimiterUnavailable, match=r"\(TimeoutError: "):
+        await asyncio.wait_for(semaphore.acquire(), 30)  # a bound on a hang, not a timing claim
+    await client.aclose()
+
+
+async def test_the_service_answers_503_when_redis_stops_answering(server: RedisServer) -> None:
+    # An upstream nobody listens on: a limiter that let the call through would make it a 502.
+    config = ServiceConfig(
+        upstream_url="http://127.0.0.1:9/v1", limiter="shared", redis_url=server.url
+    )
+    async with asgi_client(create_app(config)) as client:
+        with frozen(server):
+            response = await asyncio.wait_for(client.post("/chat", json={"message": "hi"}), 30)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["type"] == "limiter_unavailable"
+    assert "Redis did not answer" in error["message"]
 
 
 @pytest.mark.parametrize(
