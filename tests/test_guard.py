@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -183,3 +184,41 @@ def test_mock_openai_alone_gives_the_placeholder_key_and_takes_it_back(
     probe_report: dict[str, Any],
 ) -> None:
     assert probe_report["key_given"] and probe_report["key_removed"]
+
+
+IMPORT_LITELLM = """
+import json, sys
+reached = []
+sys.addaudithook(
+    lambda event, args: reached.append(f"{event} {args[1:]!r}")
+    if event in ("socket.connect", "socket.getaddrinfo") else None
+)
+from labsupport import mock_openai
+mock_openai().start()
+import litellm
+from litellm.litellm_core_utils.get_model_cost_map import get_model_cost_map_source_info
+info = get_model_cost_map_source_info()
+print(json.dumps({"source": info["source"], "reason": info["fallback_reason"],
+                  "models": len(litellm.model_cost), "reached": reached}))
+"""
+
+
+def test_import_litellm_offline_falls_back_to_its_bundled_price_list() -> None:
+    """litellm fetches its model price list at import and, on `httpx.HTTPError`, uses its bundled
+    copy: `NetworkBlockedError` is one, so the import succeeds as on a machine with no network."""
+    if importlib.util.find_spec("litellm") is None:  # not importorskip: that would fetch
+        pytest.skip("litellm (the clients extra) is not installed")
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_OFFLINE_MODE", "OPENAI_API_KEY"):
+        environment.pop(name, None)  # the switches that would skip the fetch
+    command = [*_in_a_loopback_only_namespace(), sys.executable, "-c", IMPORT_LITELLM]
+    done = subprocess.run(
+        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["source"] == "local" and report["models"] > 100
+    # The mock refused the request (an httpx one) before any socket: not DNS, not a timeout.
+    assert "NetworkBlockedError" in report["reason"]
+    assert "The offline lab blocked a request to https://" in report["reason"]
+    assert report["reached"] == []  # refused before the socket call reached C
