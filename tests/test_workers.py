@@ -177,10 +177,20 @@ def test_bad_worker_arguments_are_refused() -> None:
         ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="global")
     with pytest.raises(ValueError, match="needs redis_url"):
         ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="shared")
-    with pytest.raises(ValueError, match="lease"):
-        ServiceConfig(upstream_url="http://127.0.0.1:9/v1", lease=0)
-    with pytest.raises(ValueError, match="limit"):
-        ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limit=0)
+    for field, bad in [
+        ("lease", 0),
+        ("lease", "3"),
+        ("lease", 3600),
+        ("limit", 0),
+        ("limit", 2.5),
+        ("burst", 0),
+        ("rate", -1.0),
+        ("rate", float("nan")),
+        ("upstream_timeout", 0),
+        ("audit_delay", -0.5),
+    ]:
+        with pytest.raises(ValueError, match=rf"^{field} must"):
+            ServiceConfig(upstream_url="http://127.0.0.1:9/v1", **{field: bad})
     assert ServiceConfig.from_environment(config.to_environment()) == config
     paced = ServiceConfig(upstream_url="http://127.0.0.1:9/v1", rate=8.0, burst=2)
     assert ServiceConfig.from_environment(paced.to_environment()) == paced

@@ -41,7 +41,16 @@ from redis.asyncio import Redis
 
 from ._orphans import die_with_parent
 from .jobs import connect_queue, insert_audit_row
-from .shared_limit import LimiterUnavailable, LocalSlots, SharedSemaphore, TokenBucket, connect
+from .shared_limit import (
+    LimiterUnavailable,
+    LocalSlots,
+    SharedSemaphore,
+    TokenBucket,
+    _check_count,
+    _check_number,
+    _check_seconds,
+    connect,
+)
 from .upstream import WORKER_HEADER
 
 __all__ = ["Limiter", "ServiceConfig", "app_from_environment", "create_app", "load_limiter_class"]
@@ -84,10 +93,14 @@ class ServiceConfig:
             raise ValueError(f"limiter={self.limiter!r} needs redis_url")
         if self.limiter == "learner" and not (self.learner_source and self.learner_class):
             raise ValueError("limiter='learner' needs learner_source and learner_class")
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
-            raise ValueError(f"limit must be an int >= 1; got {self.limit!r}")
-        if not 0 < self.lease < 3600:
-            raise ValueError(f"lease must be between 0 and 3600 seconds; got {self.lease!r}")
+        for name in ("limit", "burst"):
+            _check_count(name, getattr(self, name))
+        _check_seconds("lease", self.lease)
+        if self.lease >= 3600:
+            raise ValueError(f"lease must be < 3600 seconds; got {self.lease!r}")
+        _check_seconds("upstream_timeout", self.upstream_timeout)
+        for name in ("rate", "audit_delay"):  # 0: no bucket; an audit write with no delay
+            _check_number(name, getattr(self, name), minimum=0.0)
 
     def to_environment(self) -> dict[str, str]:
         return {_PREFIX + name.upper(): str(value) for name, value in asdict(self).items()}

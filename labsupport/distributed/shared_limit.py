@@ -270,7 +270,15 @@ def _check_seconds(name: str, value: Any) -> None:
 
 
 def _check_positive(name: str, value: Any, unit: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number of {unit}; got {value!r}")
+    _check_number(name, value, unit=unit)
     if value <= 0:
         raise ValueError(f"{name} must be > 0 {unit}; got {value!r}")
+
+
+def _check_number(name: str, value: Any, *, unit: str = "", minimum: float | None = None) -> None:
+    """A finite number (not a bool), at least `minimum`; a ValueError naming `name` if not."""
+    what = f"a finite number of {unit}" if unit else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {what}; got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}; got {value!r}")
