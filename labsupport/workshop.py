@@ -2,10 +2,11 @@
 home on a JupyterHub.
 
 The link is an nbgitpuller link: a learner who opens it logs in to the hub, their server starts,
-and nbgitpuller clones the course into ``~/async-llm-lab`` (the repository's name), or, if it
-is already there, merges the newest commits without overwriting the learner's own changes; then
-JupyterLab opens the first notebook. The hub's user image needs nbgitpuller (the course's
-`workshop` extra, and so its lock, has it). deploy/ holds hub configurations that use it.
+and nbgitpuller clones the course into ``~/async-llm-lab`` (`COURSE_FOLDER`, whatever the
+repository or fork is called), or, if it is already there, merges the newest commits without
+overwriting the learner's own changes; then JupyterLab opens the first notebook. The hub's user
+image needs nbgitpuller (the course's `workshop` extra, and so its lock, has it). deploy/ holds
+hub configurations that use it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-__all__ = ["FIRST_NOTEBOOK", "github_url", "workshop_link"]
+__all__ = ["COURSE_FOLDER", "FIRST_NOTEBOOK", "github_url", "workshop_link"]
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 FIRST_NOTEBOOK = "notebooks/00_start_here.ipynb"
+#: The folder in each learner's home that the link pulls the course into. deploy/'s hubs import
+#: the course from there (PYTHONPATH) and the README sends learners there, so it is one fixed name.
+COURSE_FOLDER = "async-llm-lab"
 
 
 def workshop_link(
@@ -37,14 +41,13 @@ def workshop_link(
         raise ValueError(f"HUB_URL must look like https://hub.example.org, got {hub_url!r}")
     if not repository.strip() or not branch.strip():
         raise ValueError("the repository and the branch must not be empty")
-    folder = repository.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     query = urlencode(
         {
             "repo": repository,
             "branch": branch,
-            # Named, because nbgitpuller's own default keeps a ".git" ending in the folder name.
-            "targetpath": folder,
-            "urlpath": f"lab/tree/{folder}/{notebook}",
+            # Named: nbgitpuller's default is the repository's name, ".git" ending included.
+            "targetpath": COURSE_FOLDER,
+            "urlpath": f"lab/tree/{COURSE_FOLDER}/{notebook}",
         },
         safe="/:",
     )

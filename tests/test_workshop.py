@@ -34,7 +34,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from labsupport.__main__ import main
-from labsupport.workshop import workshop_link
+from labsupport.workshop import COURSE_FOLDER, workshop_link
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_CONFIG = REPO_ROOT / "deploy" / "jupyterhub_config.py"
@@ -69,7 +69,8 @@ def test_workshop_link_is_an_nbgitpuller_link_that_opens_the_first_notebook() ->
     }
     dotted = workshop_link("http://h:8000/prefix", repository="file:///srv/x.git", branch="main")
     assert dotted.startswith("http://h:8000/prefix/hub/user-redirect/git-pull?")
-    assert parse_qs(urlsplit(dotted).query)["targetpath"] == ["x"]
+    # The course's folder, whatever the repository (or a fork) is called: deploy/ imports it.
+    assert parse_qs(urlsplit(dotted).query)["targetpath"] == [COURSE_FOLDER]
 
 
 @pytest.mark.parametrize("hub", ["hub.example.org", "ftp://hub", "https://hub/?a=1", ""])
@@ -361,12 +362,20 @@ def test_three_learners_pull_the_course_and_run_notebook_01_through_the_hub(
         assert not errors, f"{user}, {notebook}:\n" + "\n".join(errors)
         hub.api("DELETE", f"/users/{user}/server")
 
-    # Every learner's check was recorded in their own home, under their hub name.
-    for user in LEARNERS:
-        lines = (hub.homes / user / ".async-llm-lab" / "progress.jsonl").read_text().splitlines()
-        assert [json.loads(line)["user"] for line in lines] == [user]
-
+    # Every learner's check was recorded in their own home, under their hub name, and their
+    # `labsupport progress` sends them on: back to 01, or to 02 once 01 passed.
     capsys.readouterr()
+    for user, notebook in LEARNERS.items():
+        progress = hub.homes / user / ".async-llm-lab" / "progress.jsonl"
+        lines = progress.read_text().splitlines()
+        assert [json.loads(line)["user"] for line in lines] == [user]
+        assert main(["progress", "--file", str(progress)]) == 0
+        table = capsys.readouterr().out
+        if "solutions" in notebook:
+            assert "Next: open notebooks/02_gather.ipynb" in table, table
+        else:
+            assert "Next: back to notebooks/01_async_client.ipynb" in table, table
+
     assert main(["class-report", str(hub.homes)]) == 0
     report = capsys.readouterr().out
     rows = {line.split()[0]: line for line in report.splitlines()[2:6] if line.strip()}
