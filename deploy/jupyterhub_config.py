@@ -8,7 +8,8 @@
 #
 # Settings from the environment (all optional but the password):
 #   WORKSHOP_PASSWORD        the learners' shared password (8 characters or more)
-#   WORKSHOP_ADMIN_PASSWORD  the instructor's (admin) password; the admin user is "instructor"
+#   WORKSHOP_ADMIN_PASSWORD  the instructor's (admin) password, 32 characters or more (JupyterHub
+#                            refuses a shorter one); the admin user is "instructor"
 #   WORKSHOP_BIND_URL        where the hub listens (default http://127.0.0.1:8000: put a TLS proxy
 #                            such as Caddy or nginx in front, or give an https:// URL with
 #                            c.JupyterHub.ssl_cert / ssl_key)
@@ -29,7 +30,8 @@ c = get_config()  # type: ignore[name-defined]
 COURSE = Path(__file__).resolve().parent.parent  # the instructor's checkout, with `make venv` run
 VENV = COURSE / ".venv"
 STATE = Path(os.environ.get("WORKSHOP_STATE", "/srv/jupyterhub"))
-#: The folder nbgitpuller clones the course into, in each learner's home (the repository's name).
+#: The folder the workshop link pulls the course into, in each learner's home
+#: (labsupport.workshop.COURSE_FOLDER, whatever the repository is called).
 COURSE_FOLDER = "async-llm-lab"
 
 # ------------------------------------------------------------------------------------ the hub
