@@ -133,7 +133,9 @@ async def _running_lifespan(app: ASGIApp, *, enabled: bool) -> AsyncIterator[ASG
     """Run the app's lifespan around the block and yield the app to send requests to.
 
     The yielded app puts the lifespan state into each request's scope; a startup that raises
-    raises here, with the app's own exception.
+    raises here, with the app's own exception. The shutdown runs however the block ends: also
+    when it raised or was interrupted (asgi-lifespan skips it then; uvicorn never does), so the
+    app's own cleanup, such as closing its client or database, is not lost with a failed cell.
     """
     if not enabled:
         yield app
@@ -146,15 +148,23 @@ async def _running_lifespan(app: ASGIApp, *, enabled: bool) -> AsyncIterator[ASG
             shutdown_timeout=LIFESPAN_TIMEOUT,
         ) as manager:
             started = True
-            yield manager.app
+            try:
+                yield manager.app
+            except BaseException:
+                try:
+                    await manager.shutdown()
+                except TimeoutError as exc:
+                    raise _lifespan_timeout("shutdown") from exc
+                raise  # the block's own exception goes on
             finished = True
     except TimeoutError as exc:
         if started and not finished:
-            raise  # raised inside the block, not by the lifespan
-        phase = "shutdown" if finished else "startup"
-        raise TimeoutError(
-            f"the app's lifespan {phase} did not finish within {LIFESPAN_TIMEOUT} s"
-        ) from exc
+            raise  # raised inside the block, or by a shutdown after it: already said
+        raise _lifespan_timeout("shutdown" if finished else "startup") from exc
+
+
+def _lifespan_timeout(phase: str) -> TimeoutError:
+    return TimeoutError(f"the app's lifespan {phase} did not finish within {LIFESPAN_TIMEOUT} s")
 
 
 def _copy_state_per_request(app: ASGIApp) -> ASGIApp:

@@ -101,6 +101,41 @@ async def test_serve_answers_on_a_loopback_port_with_lifespan_state() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("helper", [serve, asgi_client])
+async def test_a_block_that_raises_still_runs_the_lifespan_shutdown(helper: Any) -> None:
+    """A learner's cell fails inside the block: the app's cleanup (closing its client, its
+    database) runs all the same, and the cell shows the learner's own error."""
+    events: list[str] = []
+    with pytest.raises(ZeroDivisionError):
+        async with helper(make_app(events)) as client:
+            assert (await client.get("/hello")).status_code == 200
+            _ = 1 / 0
+    assert events == ["startup", "shutdown"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("helper", [serve, asgi_client])
+async def test_an_interrupted_block_still_runs_the_lifespan_shutdown(helper: Any) -> None:
+    """Interrupting the kernel cancels the cell's task mid-request; the shutdown still runs
+    before the interrupt goes on."""
+    events: list[str] = []
+    inside = asyncio.Event()
+
+    async def cell() -> None:
+        async with helper(make_app(events)) as client:
+            inside.set()
+            await client.get("/slow")
+            await asyncio.sleep(30)
+
+    running = asyncio.create_task(cell())
+    await inside.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert events == ["startup", "shutdown"]
+
+
+@pytest.mark.anyio
 async def test_serve_frees_the_port_and_leaves_no_task() -> None:
     tasks_before = asyncio.all_tasks()
     async with serve(make_app()) as client:
