@@ -1,5 +1,6 @@
 """Limits kept in Redis: a semaphore with expiring leases and a token bucket, shared by every
-connection (as by every worker); clear errors for bad parameters and for Redis going away."""
+connection (as by every worker); clear errors for bad parameters, and for Redis going away or
+hanging (the limiter raises, the service answers 503 for a limit or a job it cannot store)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,6 +22,7 @@ from labsupport.distributed import (
     ServiceConfig,
     SharedSemaphore,
     TokenBucket,
+    WorkerTaggedServer,
     connect,
     redis_server_path,
 )
@@ -153,6 +156,22 @@ async def test_the_service_answers_503_when_redis_stops_answering(server: RedisS
     error = response.json()["error"]
     assert error["type"] == "limiter_unavailable"
     assert "Redis did not answer" in error["message"]
+
+
+async def test_the_service_answers_503_when_redis_stops_answering_an_enqueue(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    with WorkerTaggedServer(latency=0.0) as upstream:
+        config = ServiceConfig(
+            upstream_url=upstream.base_url, redis_url=server.url, audit_path=str(tmp_path / "a")
+        )
+        async with asgi_client(create_app(config)) as client:
+            with frozen(server):  # the upstream answers; the job cannot be stored
+                request = client.post("/queued", json={"message": "hi", "request_id": "r1"})
+                response = await asyncio.wait_for(request, 30)
+        assert upstream.stats.count(200) == 1
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "queue_unavailable"
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,11 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import aiosqlite
-from arq import Worker, create_pool, func
+from arq import Worker, func
 from arq.connections import ArqRedis, RedisSettings
 
 from ._orphans import die_with_parent
+from .shared_limit import SOCKET_TIMEOUT
 
 __all__ = [
     "AUDIT_SCHEMA",
@@ -60,10 +61,18 @@ CREATE TABLE IF NOT EXISTS job_runs (  -- one row per time a job started
 
 
 async def connect_queue(redis_url: str) -> ArqRedis:
-    """A connection that can enqueue jobs (`await queue.enqueue_job(...)`)."""
-    settings = RedisSettings.from_dsn(redis_url)
-    settings.conn_retries = 0  # Redis down means 503 now, not five seconds of retrying
-    return await create_pool(settings)
+    """A connection that can enqueue jobs (`await queue.enqueue_job(...)`). Like the limiter's
+    client, its commands fail within `SOCKET_TIMEOUT` when Redis stops answering: arq's own
+    `create_pool` sets only a connect timeout, so an enqueue to a hung Redis waited for good."""
+    queue: ArqRedis = ArqRedis.from_url(
+        redis_url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+    )
+    try:
+        await queue.ping()  # Redis down at start-up: say so now, as create_pool did
+    except BaseException:
+        await queue.aclose()
+        raise
+    return queue
 
 
 @asynccontextmanager
