@@ -158,6 +158,24 @@ async def test_the_service_answers_503_when_redis_stops_answering(server: RedisS
     assert "Redis did not answer" in error["message"]
 
 
+async def test_redis_that_stops_answering_during_a_call_is_a_503_not_a_hang(
+    server: RedisServer,
+) -> None:
+    with WorkerTaggedServer(latency=0.5) as upstream:
+        config = ServiceConfig(
+            upstream_url=upstream.base_url, limiter="shared", limit=2, redis_url=server.url
+        )
+        async with asgi_client(create_app(config)) as client:
+            call = asyncio.create_task(client.post("/chat", json={"message": "hi"}))
+            while upstream.stats.in_flight < 1:  # the slot is taken, the call is running
+                await asyncio.sleep(0.01)
+            with frozen(server):  # ...and the release cannot reach Redis
+                response = await asyncio.wait_for(call, 30)
+        assert upstream.stats.count(200) == 1
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "limiter_unavailable"
+
+
 async def test_the_service_answers_503_when_redis_stops_answering_an_enqueue(
     server: RedisServer, tmp_path: Path
 ) -> None:
