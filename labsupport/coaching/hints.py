@@ -19,9 +19,9 @@ a kernel restart. ``str(result)`` is never coached: it always holds everything t
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
-import keyword
 import re
 import sys
 import tokenize
@@ -56,6 +56,15 @@ COACHED_NOTEBOOKS: frozenset[str] = frozenset(
 )
 LAST_RUNG: Final = 4
 BLANK: Final = "___"
+#: What a faded example never blanks: the control flow and the builtins are the skeleton of
+#: any answer, not the answer (a lesson's answer is in the names it adds, and in the keywords
+#: that carry its idea: `await`, `async with`, `try`/`except`). Blanking `for`, `in`, `if`
+#: and `range` too turned notebook 07's example into rows of blanks.
+_SKELETON: Final = frozenset(
+    {"def", "return", "class", "self", "for", "in", "while", "if", "elif", "else", "not"}
+    | {"and", "or", "is", "break", "continue", "pass", "True", "False", "None"}
+    | {name for name in dir(builtins) if not name.startswith("_")}
+)
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 _CHECKS_PACKAGE: Final = "labsupport.checks."
 _CELL_MARKER = re.compile(r"^# %%(?P<options>.*)$")
@@ -270,12 +279,15 @@ def _names(code: str) -> set[str]:
 def _blank_new_names(code: str, known: set[str]) -> str:
     lines = code.splitlines()
     spans: dict[int, list[tuple[int, int]]] = {}
+    previous = ""
     for token in tokenize.generate_tokens(io.StringIO(code).readline):
-        if token.type == tokenize.NAME and token.string not in known:
-            if keyword.iskeyword(token.string) and token.string in {"def", "return"}:
-                continue  # the skeleton of a function is not the answer
-            (row, start), (_, end) = token.start, token.end
-            spans.setdefault(row - 1, []).append((start, end))
+        attribute, previous = previous == ".", token.string
+        if token.type != tokenize.NAME or token.string in known:
+            continue
+        if token.string in _SKELETON and not attribute:  # `redis.set` is not the builtin
+            continue
+        (row, start), (_, end) = token.start, token.end
+        spans.setdefault(row - 1, []).append((start, end))
     for row, columns in spans.items():
         line = lines[row]
         for start, end in sorted(columns, reverse=True):
