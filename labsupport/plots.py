@@ -2,10 +2,10 @@
 
 Every function returns a `DescribedFigure`: a matplotlib ``Figure`` that carries a one-line text
 summary of what it shows (``fig.summary``). End a notebook cell with the call and the figure is
-shown once, with the summary stored beside the image as its plain-text form and as the image's
-alt text (the course site reads it from there); assign it (``fig = plot_timeline(...)``) and it
-is not shown until you display it. No figure stays open in pyplot, so repeated calls do not
-pile up.
+shown once, with the summary as its caption, stored beside the image as its plain-text form and
+as the image's alt text (the course site reads it from there); assign it
+(``fig = plot_timeline(...)``) and it is not shown until you display it. No figure stays open
+in pyplot, so repeated calls do not pile up.
 
 Every reader can read them: colours come from the Okabe–Ito palette (distinct under the common
 colour-vision deficiencies), no meaning rests on colour alone (failed requests are hatched as
@@ -73,18 +73,26 @@ Runs: TypeAlias = LoadReport | Mapping[str, LoadReport]
 class DescribedFigure(Figure):
     """A ``Figure`` with a one-line text summary of what it shows, for readers who cannot see it.
 
-    In a notebook the summary is the figure's ``text/plain`` form (what a text-only view shows)
-    and the ``alt`` text of its PNG in the output's metadata (what the course site puts on the
-    image). ``print(fig.summary)`` reads it.
+    In a notebook the summary is shown as a caption under the image, and stored with the image
+    as its ``text/plain`` form (what a text-only view shows) and as the ``alt`` text of its PNG
+    in the output's metadata (what the course site puts on the image). ``print(fig.summary)``
+    reads it.
     """
 
     summary: str = ""
 
-    def _repr_mimebundle_(
-        self, include: object = None, exclude: object = None
-    ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-        # IPython adds the PNG from matplotlib's inline formatter; this adds the words.
-        return {"text/plain": self.summary}, {"image/png": {"alt": self.summary}}
+    def _ipython_display_(self) -> None:
+        # JupyterLab draws only the richest form of an output (the PNG), with no alt text, so the
+        # words need an output of their own to be seen there: the caption.
+        from IPython.core.interactiveshell import InteractiveShell
+        from IPython.display import display
+
+        formatter = InteractiveShell.instance().display_formatter
+        assert formatter is not None  # IPython calls this method only from a running shell
+        png = formatter.formatters["image/png"](self)
+        image = {"image/png": png, "text/plain": self.summary}
+        display(image, raw=True, metadata={"image/png": {"alt": self.summary}})
+        display({"text/plain": self.summary}, raw=True)
 
 
 #: Okabe & Ito's palette (2008): eight colours that stay distinct under protanopia,

@@ -269,3 +269,6 @@ def test_a_returned_figure_is_shown_exactly_once_in_a_notebook_with_its_alt_text
     summary = "Request timeline, one bar per request from start to end: 1 request (all 2xx), "
     assert figure["data"]["text/plain"].startswith(summary)
     assert figure["metadata"]["image/png"]["alt"] == figure["data"]["text/plain"]
+    # JupyterLab shows only the PNG of that output: the words follow as a caption of their own.
+    after = notebook.cells[1].outputs[notebook.cells[1].outputs.index(figure) + 1]
+    assert after["data"] == {"text/plain": figure["data"]["text/plain"]}
