@@ -31,3 +31,12 @@ def test_failed_tests_are_found_whole_even_with_spaces_in_their_ids() -> None:
         "tests/d.py::w[ok]",
         "tests/b.py::u",
     ]
+
+
+def test_every_rerun_of_the_notebooks_is_left_to_make_test() -> None:
+    """Each of them executes every notebook again (minutes); `make test` runs them after a move."""
+    reruns = sorted(
+        p.relative_to(drift.REPO_ROOT).as_posix()
+        for p in drift.REPO_ROOT.glob("tests/test_notebook_rerun*.py")
+    )
+    assert reruns and set(reruns) <= set(drift.SLOW_TESTS)
