@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -247,3 +248,52 @@ def test_workers_and_their_fork_server_die_with_the_process_that_started_them() 
     while any(running(pid) for pid in left) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [pid for pid in left if running(pid)] == []
+
+
+INTERRUPTED_STARTER = """
+import signal, sys
+from labsupport.distributed import ServiceConfig, ServiceWorkers
+
+# As in a kernel: Ctrl+C (Jupyter's interrupt) is the running cell's business, not the workers'.
+signal.signal(signal.SIGINT, lambda *_: print("interrupted", flush=True))
+workers = ServiceWorkers(1, ServiceConfig(upstream_url="http://127.0.0.1:9/v1")).start()
+print(*workers.pids, flush=True)
+sys.stdin.readline()
+print(*(pid for pid in workers.pids if pid), flush=True)
+workers.stop()
+"""
+
+
+def test_an_interrupt_sent_to_the_kernels_process_group_leaves_the_workers_running() -> None:
+    """Jupyter interrupts a kernel with SIGINT to its whole process group: the fork server and
+    its workers must not be in that group (the server died at every interrupted cell, and the
+    next start dropped its pipes: ResourceWarnings)."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_STARTER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as Jupyter starts a kernel
+    )
+    assert starter.stdin is not None and starter.stdout is not None
+    try:
+        (worker,) = [int(pid) for pid in starter.stdout.readline().split()]
+        server = psutil.Process(worker).ppid()
+        os.killpg(starter.pid, signal.SIGINT)
+        assert starter.stdout.readline() == "interrupted\n"
+        time.sleep(1.0)  # a worker or server that got the SIGINT is gone by now
+        assert running(worker) and running(server)
+        starter.stdin.write("\n")
+        starter.stdin.flush()
+        assert starter.stdout.readline().split() == [str(worker)]
+        assert starter.wait(timeout=60) == 0
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+        starter.stdin.close()
+        starter.stdout.close()
+    deadline = time.monotonic() + 30
+    while (running(worker) or running(server)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(worker) and not running(server)

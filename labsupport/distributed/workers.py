@@ -182,12 +182,18 @@ class _ForkServer:
             return int(answer)
 
     def _running(self) -> subprocess.Popen[bytes]:
-        if self._process is None or self._process.poll() is not None:
+        if self._process is not None and self._process.poll() is not None:
+            self._close()  # it died: close our ends of its pipes too
+        if self._process is None:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", f"from {__name__} import _serve_forks; _serve_forks()"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
+                # Its own process group: Jupyter interrupts a kernel by sending SIGINT to the
+                # kernel's whole group, which killed the server (and every worker it forked)
+                # at each interrupted cell. The workers are stopped by their ServiceWorkers.
+                start_new_session=True,
             )
         return self._process
 
@@ -197,7 +203,8 @@ class _ForkServer:
         if process is None:
             return
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.close()
+        with contextlib.suppress(OSError):  # a dead server's pipe: nothing to flush into
+            process.stdin.close()
         try:
             process.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
