@@ -149,7 +149,7 @@ def test_every_figure_carries_a_one_line_summary_with_its_numbers() -> None:
     in_flight = plot_in_flight({"requests": mixed, "upstream": upstream}, limit=3)
     assert in_flight.summary == (
         "How many were in flight over time: requests: rises above the limit of 3; "
-        "upstream: reaches the limit of 3, never above it. Dashed line: the limit of 3."
+        "upstream: never above the limit of 3. Dashed line: the limit of 3."
     )
     assert plot_in_flight(upstream).summary == "How many were in flight over time: peak 3."
     for fig in (timeline, latencies, in_flight):
