@@ -475,7 +475,10 @@ show(service.queued, jobs.write_audit)
 # %%
 from labsupport.distributed import QueueWorker
 
-queued_audit = Path(audit_folder.name) / "queued.sqlite3"
+if (last_run := globals().get("queue_folder")) is not None:  # this cell run again:
+    last_run.cleanup()
+queue_folder = tempfile.TemporaryDirectory()
+queued_audit = Path(queue_folder.name) / "queued.sqlite3"
 
 
 def queued(i):
@@ -514,7 +517,8 @@ print(
     f"plain INSERT: {queued_counts['naive rows']} rows, "
     f"{queued_counts['naive duplicates']} duplicated"
 )
-audit_folder.cleanup()
+audit_folder.cleanup()  # the two audit files of this part are read: remove them
+queue_folder.cleanup()
 
 # %% [markdown]
 # **0 lost, 0 duplicated**: every job ran to the end, each write counted once. The price is

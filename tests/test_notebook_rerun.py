@@ -3,7 +3,7 @@
 nbval (run by the same `pytest`) proves that a notebook run once, top to bottom, prints what is
 stored. Learners do not run notebooks that way: they re-run a cell to see it again, and stop a
 slow one with ■ (JupyterLab sends SIGINT to the kernel). One execution per notebook (learner and
-solution, 00-06) checks both, cell by cell:
+solution, every lesson) checks both, cell by cell:
 
 * **run twice**: each code cell runs twice in a row; neither run raises, and both print what the
   stored notebook printed (compared as nbval compares: text outputs, images skipped, after the
@@ -43,7 +43,7 @@ from nbval.plugin import coalesce_streams, get_sanitize_patterns
 from labsupport.instructor.kernels import KERNEL_NAME, CurrentEnvKernelManager
 
 ROOT = Path(__file__).resolve().parent.parent
-LEARNER_NOTEBOOKS = sorted((ROOT / "notebooks").glob("0[0-6]_*.ipynb"))
+LEARNER_NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SANITIZE = get_sanitize_patterns((ROOT / "notebooks" / "nbval_sanitize.cfg").read_text())
 #: A cell whose (second) run takes longer than this is also interrupted halfway through.
 LONG_CELL = 1.0
