@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -1023,13 +1024,22 @@ _SETTINGS: Final = {  # create_app's options that `main()` passes on, and how to
 
 def app_from_environment() -> FastAPI:
     """`create_app()` with the options `main()` put in CAPSTONE_* variables (every worker
-    process builds its own app from them)."""
+    process builds its own app from them).
+
+    What exists by then (the modules of FastAPI, pydantic and the SDK, their classes, the app)
+    lives as long as the process, so it is frozen out of the garbage collector's sight
+    (`gc.freeze()`): under load a full collection otherwise walks all of it again, while the
+    event loop, and every request, waits.
+    """
     options = {
         name: kind(os.environ[_ENV + name.upper()])
         for name, kind in _SETTINGS.items()
         if _ENV + name.upper() in os.environ
     }
-    return create_app(**options)
+    app = create_app(**options)
+    gc.collect()  # what is garbage already is freed, not frozen for good
+    gc.freeze()
+    return app
 
 
 def main(argv: Sequence[str] | None = None) -> None:
