@@ -5,14 +5,18 @@ sqlite3 connection shared by `def` tasks, found by the threads that used it."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 
+import anyio.to_thread
 import pytest
 from corpus import Answer, answers
 from corpus import ex04_background_audit as corpus
 from fastapi import FastAPI
 
 from labsupport.checks import CheckResult, check_background_audit
+from labsupport.checks._sqlite import sqlite_threads
 from labsupport.checks.background import CAUSES
 
 pytestmark = pytest.mark.usefixtures("offline_lab")
@@ -80,3 +84,34 @@ def test_bad_arguments() -> None:
         asyncio.run(check_background_audit(app, lambda: 0, audit_seconds=0.1, n=1))
     with pytest.raises(TypeError, match=r"count_rows\(\) must return an int"):
         asyncio.run(check_background_audit(app, lambda: "many", audit_seconds=0.1))  # type: ignore[arg-type,return-value]
+
+
+def test_the_thread_watch_sees_every_worker_thread_and_puts_no_callback_into_sqlite(
+    tmp_path: Path,
+) -> None:
+    """Both ways to a worker thread are watched (anyio's, which Starlette's `def` tasks take,
+    and the executor's, under `asyncio.to_thread`). And SQLite gets no callback from the watch:
+    SQLite runs one holding the connection's lock, and with a second thread binding parameters
+    on that connection the two waited for each other for good (a frozen kernel). The
+    connection's own trace callback is still the one it had."""
+    connection = sqlite3.connect(tmp_path / "shared.sqlite3", check_same_thread=False)
+    traced: list[str] = []
+    connection.set_trace_callback(traced.append)
+    both_at_once = threading.Barrier(2, timeout=10)
+
+    def write(sql: str) -> None:
+        both_at_once.wait()  # two threads, surely
+        connection.execute(sql, ())
+
+    async def scenario() -> int:
+        with sqlite_threads() as seen:
+            await asyncio.gather(
+                anyio.to_thread.run_sync(write, "SELECT 1"), asyncio.to_thread(write, "SELECT 2")
+            )
+        return seen.most_threads
+
+    try:
+        assert asyncio.run(scenario()) == 2
+    finally:
+        connection.close()
+    assert sorted(traced) == ["SELECT 1", "SELECT 2"]
