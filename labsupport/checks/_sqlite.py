@@ -41,6 +41,9 @@ class SqliteThreads:
 
     def __init__(self) -> None:
         self._threads: dict[int, set[int]] = {}
+        # Held until the block ends: a closed connection's id would otherwise be reused by the
+        # next one (a connection per task looked like one shared by all their threads).
+        self._connections: dict[int, sqlite3.Connection] = {}
         self._lock = threading.Lock()
 
     @property
@@ -57,6 +60,7 @@ class SqliteThreads:
             owner = owner.connection
         if isinstance(owner, sqlite3.Connection):
             with self._lock:
+                self._connections[id(owner)] = owner
                 self._threads.setdefault(id(owner), set()).add(threading.get_ident())
 
     def watched(self, function: Callable[..., R]) -> Callable[..., R]:
@@ -93,4 +97,7 @@ def sqlite_threads() -> Iterator[SqliteThreads]:
         mock.patch.object(anyio.to_thread, "run_sync", run_sync),
         mock.patch.object(loop, "run_in_executor", run_in_executor),
     ):
-        yield seen
+        try:
+            yield seen
+        finally:
+            seen._connections.clear()

@@ -180,6 +180,25 @@ def answer_shared_sqlite3_connection(db_path: str) -> FastAPI:
     return service(db_path, audit)
 
 
+def answer_shared_sqlite3_connection_in_to_thread(db_path: str) -> FastAPI:
+    """NOT YET, shared_sqlite_connection: async background tasks that hand the write of one
+    shared `sqlite3` connection to `asyncio.to_thread`: the executor's threads share it."""
+    shared = sqlite3.connect(db_path, check_same_thread=False)
+
+    def write(row: tuple[str, str]) -> None:
+        time.sleep(AUDIT_SECONDS)
+        shared.execute(INSERT, row)
+        shared.commit()
+
+    async def write_in_a_thread(row: tuple[str, str]) -> None:
+        await asyncio.to_thread(write, row)
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        tasks.add_task(write_in_a_thread, (request.user_id, reply))
+
+    return service(db_path, audit)
+
+
 def answer_shared_sqlite3_connection_same_thread_check(db_path: str) -> FastAPI:
     """NOT YET, shared_sqlite_connection: one `sqlite3` connection from the main thread, used in
     `def` tasks: sqlite3 refuses every write from the other threads."""
