@@ -25,7 +25,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
 from typing import Any, ClassVar, Self, Unpack
 
 import httpcore
@@ -115,17 +115,17 @@ def _parsed_url(scheme: bytes, host: bytes, port: int | None, target: bytes) -> 
     return parse_url((scheme, host, port, target))
 
 
-class _AnswerStream:
+class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     """A response body that arrives `answer.wait` seconds late: blocking when read by a sync
-    client, awaiting when read by an async one."""
+    client, awaiting when read by an async one (so it is both of httpx's stream types)."""
 
     def __init__(self, upstream: Upstream, answer: Answer, read_timeout: float | None) -> None:
         self._upstream = upstream
         self._answer = answer
         self._read_timeout = read_timeout
         self._delivered = False
-        self._sync_parts: Iterator[bytes] | None = None
-        self._async_parts: AsyncIterator[bytes] | None = None
+        self._sync_parts: Generator[bytes, None, None] | None = None
+        self._async_parts: AsyncGenerator[bytes, None] | None = None
 
     def _steps(self) -> list[tuple[float, bytes]]:
         answer = self._answer
@@ -149,7 +149,7 @@ class _AnswerStream:
             self._sync_parts = self._parts()
         return self._sync_parts
 
-    def _parts(self) -> Iterator[bytes]:
+    def _parts(self) -> Generator[bytes, None, None]:
         try:
             steps = self._steps()
             for number, (wait, part) in enumerate(steps, start=1):
@@ -171,7 +171,7 @@ class _AnswerStream:
             self._async_parts = self._aparts()
         return self._async_parts
 
-    async def _aparts(self) -> AsyncIterator[bytes]:
+    async def _aparts(self) -> AsyncGenerator[bytes, None]:
         try:
             steps = self._steps()
             for number, (wait, part) in enumerate(steps, start=1):
@@ -188,12 +188,12 @@ class _AnswerStream:
 
     def close(self) -> None:
         if self._sync_parts is not None:
-            self._sync_parts.close()  # type: ignore[attr-defined]
+            self._sync_parts.close()
         self._upstream.finish(self._answer, delivered=self._delivered, client="sync")
 
     async def aclose(self) -> None:
         if self._async_parts is not None:
-            await self._async_parts.aclose()  # type: ignore[attr-defined]
+            await self._async_parts.aclose()
         self._upstream.finish(self._answer, delivered=self._delivered, client="async")
 
 
@@ -308,7 +308,7 @@ class MockUpstream(Upstream, Switch):
             return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
         timeout = (request.extensions.get("timeout") or {}).get("read")
         stream = _AnswerStream(self, answer, timeout)
-        return httpx.Response(answer.status, headers=answer.headers, stream=stream)  # type: ignore[arg-type]
+        return httpx.Response(answer.status, headers=answer.headers, stream=stream)
 
 
 def mock_openai(
