@@ -4,8 +4,11 @@
 2. the service: `python notebooks/capstone_service.py` under its own uvicorn, upstream bound 20;
 3. locust, headless: 1,000 users, each posting `/chat` again as soon as it has its answer.
 
-Each request is one upstream call of `latency` seconds and at most `bound` run at once, so the
-ideal throughput is bound / latency (200 req/s at 20 and 0.1 s), whatever the number of users.
+Each request is one upstream call of `latency` seconds and at most `bound` run at once in each
+worker process, so the ideal throughput is workers × bound / latency (200 req/s at one worker,
+20 and 0.1 s), whatever the number of users. How far below it the service stays shows as the
+time each upstream slot takes to turn over (Little's law: workers × bound / req/s) against the
+call's own `latency`: the difference is the service's own work and waiting, per call.
 The report: req/s once every user is running, against that ideal (target ≥ 0.95); p50/p95/p99
 as locust measured them; errors; and the audit log's rows against the 2xx answers locust got
 (every one audited, none twice); and the CPU time each process used per request, so that
@@ -68,6 +71,16 @@ class Capacity:
     def ratio(self) -> float:
         return self.steady_rps / self.ideal_rps
 
+    @property
+    def slot_cycle_ms(self) -> float:
+        """How often each upstream slot was freed and taken again, on average (Little's law)."""
+        return 1000 * self.workers * self.bound / self.steady_rps
+
+    @property
+    def core_share(self) -> float:
+        """How much of one core each worker process used (its event loop and its threads)."""
+        return self.cpu_ms_per_request("service") * self.steady_rps / 1000 / self.workers
+
     def cpu_ms_per_request(self, name: str) -> float:
         return 1000 * self.cpu_seconds[name] / max(1, self.requests)
 
@@ -82,7 +95,10 @@ class Capacity:
             f"upstream latency {self.latency:g} s, {self.workers} worker(s)\n"
             f"  {self.requests} requests, statuses {self.statuses}, errors {self.errors}\n"
             f"  steady {self.steady_rps:.1f} req/s vs ideal {self.ideal_rps:.0f} "
-            f"(bound / latency): {self.ratio:.2f} of ideal\n"
+            f"(workers × bound / latency): {self.ratio:.2f} of ideal\n"
+            f"  each upstream slot turned over every {self.slot_cycle_ms:.1f} ms for a "
+            f"{1000 * self.latency:.0f} ms call; the service used {self.core_share:.2f} of a "
+            "core per worker\n"
             f"  p50 / p95 / p99: {self.p50_ms:.0f} / {self.p95_ms:.0f} / {self.p99_ms:.0f} ms\n"
             f"  audit rows {self.audit_rows} {self.audit_statuses}, duplicated "
             f"{self.duplicated_rows}: every 2xx audited once: {self.every_2xx_audited_once}\n"
@@ -188,7 +204,7 @@ def measure(
         statuses=seen["statuses"],
         errors=seen["errors"],
         steady_rps=seen["steady_rps"],
-        ideal_rps=bound / latency,
+        ideal_rps=workers * bound / latency,
         p50_ms=seen["p50_ms"],
         p95_ms=seen["p95_ms"],
         p99_ms=seen["p99_ms"],
@@ -220,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--run-time", type=int, default=30, help="seconds of load")
     parser.add_argument("--latency", type=float, default=0.1, help="upstream seconds per call")
-    parser.add_argument("--bound", type=int, default=20, help="the service's upstream bound")
+    parser.add_argument(
+        "--bound", type=int, default=20, help="the upstream bound of each worker process"
+    )
     parser.add_argument("--workers", type=int, default=1, help="service worker processes")
     parser.add_argument("--target", type=float, default=0.95, help="of ideal req/s")
     parser.add_argument("--json", type=Path, help="also write the figures here")
