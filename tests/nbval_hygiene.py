@@ -1,8 +1,22 @@
-"""Hygiene probes that ride on nbval's own run of every notebook (a pytest plugin).
+"""What learners do to a notebook, and hygiene probes, riding on nbval's own run (a pytest plugin).
 
-nbval executes each notebook once, top to bottom, in its own kernel. This plugin adds two
-cells to that run, so the same execution that proves the stored outputs also proves the
-notebook is clean, without running every notebook a second time:
+nbval executes each notebook once, top to bottom, in its own kernel, and compares every cell's
+outputs with the stored ones. This plugin makes that one execution carry three more guarantees,
+so no notebook has to be executed again for them:
+
+**Run twice, interrupted.** Learners re-run a cell to see it again, and stop a slow one with ■
+(JupyterLab sends SIGINT to the kernel). So, in every learner notebook, each code cell runs a
+second time right after nbval's run and must print the stored outputs again (compared by nbval
+itself, with the sanitizer): a re-run counts from where it starts, restarts what it started and
+repeats its verdicts. A cell whose second run took longer than `LONG_CELL` seconds then runs a
+third time and is interrupted halfway through (`interrupt_kernel()`, as Jupyter does); nothing
+of that run is compared, but every later cell still is: an interrupted cell leaves no setting
+changed, no server running and no count off. A solution notebook is its learner notebook with
+the exercise cell swapped for the solution: the cells before the first one that differs were
+already exercised in the learner notebook, so there they run once. `--nbval-once` turns all of
+this off (one plain nbval run).
+
+**Hygiene probes.** Two cells are added to the run:
 
 * **before the first cell**, ``hygiene: baseline`` records the TCP ports the kernel itself
   listens on (its Jupyter channels);
@@ -12,7 +26,8 @@ notebook is clean, without running every notebook a second time:
     collecting (``conftest.py`` turns ResourceWarnings on for every kernel, so one shown by a
     lesson's own cell is an output strict nbval did not expect, and fails that cell);
   - the lab's socket guard is off, or lets a connection to a non-loopback address through;
-  - a port is still listening, or a lab thread (or any non-daemon thread) is still alive;
+  - a port is still listening (after every re-run and interruption above), or a lab thread (or
+    any non-daemon thread) is still alive;
   - the suite runs in a loopback-only network namespace (``make test`` puts it in one where
     Linux allows, and says so in ``LAB_NETNS``) and a process without the lab could still
     reach a non-loopback address, or the kernel sees an interface other than ``lo``.
@@ -23,11 +38,25 @@ executes them in the notebook's kernel and fails on an exception, but compares n
 
 from __future__ import annotations
 
+import copy
+import re
+import time
 from collections import defaultdict
+from collections.abc import Generator
+from pathlib import Path
+from queue import Empty
 
 import nbformat
 import pytest
-from nbval.plugin import IPyNbCell, IPyNbFile
+from nbval.plugin import IPyNbCell, IPyNbFile, NbCellError
+
+#: A cell whose second run takes longer than this (seconds) runs a third time, interrupted.
+LONG_CELL = 1.0
+#: The notebooks learners open; their solutions are in `solutions/`, under the same names.
+LESSON = re.compile(r"^[0-9][0-9]_.*\.ipynb$")
+#: A repeated cell runs up to three times: pytest-timeout's limit (pyproject) is for one.
+REPEATED_CELL_TIMEOUT = 360
+_REPEATED = pytest.StashKey[bool]()
 
 # TEST-NET-1 (RFC 5737): reserved for documentation, never routed to a real host.
 UNROUTABLE = "192.0.2.1"
@@ -133,6 +162,85 @@ _hygiene_found = _hygiene_problems()
 assert not _hygiene_found, "hygiene: " + "; ".join(_hygiene_found)"""
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--nbval-once",
+        action="store_true",
+        help="run each notebook cell once (no second run, no interrupted run)",
+    )
+
+
+def first_own_cell(solution: Path) -> int:
+    """How many code cells a solution notebook shares with its learner notebook, in order."""
+
+    def code(path: Path) -> list[str]:
+        notebook = nbformat.read(path, as_version=4)
+        return [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+
+    shared = 0
+    learner = solution.parent.parent / solution.name
+    for theirs, ours in zip(code(learner), code(solution), strict=False):
+        if theirs != ours:
+            break
+        shared += 1
+    return shared
+
+
+def _repeat_from(notebook: IPyNbFile) -> int | None:
+    """The first code cell of `notebook` to run twice, or None for none of them."""
+    path = Path(notebook.path)
+    if not LESSON.match(path.name):
+        return None
+    if path.parent.name == "solutions":
+        return first_own_cell(path)
+    return 0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """After nbval's run of a lesson's cell: its second run, then maybe an interrupted one."""
+    if not (isinstance(item, IPyNbCell) and item.stash.get(_REPEATED, False)):
+        return (yield)
+    # nbval merges the stored stream outputs into the first one, in place, to compare them:
+    # the second run needs them as stored.
+    stored = copy.deepcopy(item.cell.outputs)
+    yield  # nbval's run: executes the cell and compares its outputs; raises if they differ
+    item.cell.outputs = stored
+    began = time.monotonic()
+    try:
+        item.runtest()
+    except NbCellError as error:
+        raise NbCellError(
+            error.cell_num,
+            f"on its second run (a re-run must print what the first run printed): {error}",
+            error.source,
+            error.inner_traceback,
+        ) from None
+    took = time.monotonic() - began
+    if took > LONG_CELL:
+        item.user_properties.append(("interrupted", _interrupt_halfway(item, took)))
+
+
+def _interrupt_halfway(cell: IPyNbCell, took: float) -> bool:
+    """Run `cell` again and interrupt it `took / 2` seconds in (if it is still running then,
+    which it says); wait until the kernel is idle again. Nothing it printed is compared."""
+    kernel = cell.parent.kernel
+    timeout = cell.config.option.nbval_cell_timeout
+    message = kernel.execute_cell_input(cell.cell.source, allow_stdin=False)
+    interrupted = False
+    try:
+        kernel.await_reply(message, timeout=took / 2)
+    except Empty:
+        kernel.interrupt()  # SIGINT, as Jupyter sends it; an idle kernel ignores it
+        interrupted = True
+        try:
+            kernel.await_reply(message, timeout=timeout)
+        except Empty:
+            cell.raise_cell_error(f"still running {timeout} s after it was interrupted")
+    kernel.await_idle(message, timeout=timeout)
+    return interrupted
+
+
 def _probe(notebook: IPyNbFile, name: str, source: str, cell_num: int) -> IPyNbCell:
     options: defaultdict[str, bool] = defaultdict(bool, check=False)
     cell = nbformat.v4.new_code_cell(source)  # never run: nbval compares no output
@@ -140,12 +248,21 @@ def _probe(notebook: IPyNbFile, name: str, source: str, cell_num: int) -> IPyNbC
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Wrap each notebook's cells in a baseline and a probe cell run in its kernel."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the cells to run twice; wrap each notebook's cells in a baseline and a probe cell."""
     notebooks: dict[IPyNbFile, list[int]] = {}
     for index, item in enumerate(items):
         if isinstance(item, IPyNbCell) and isinstance(item.parent, IPyNbFile):
             notebooks.setdefault(item.parent, []).append(index)
+    if not config.getoption("nbval_once"):
+        for notebook, indices in notebooks.items():
+            repeat_from = _repeat_from(notebook)
+            for index in indices:
+                cell = items[index]
+                assert isinstance(cell, IPyNbCell)
+                if repeat_from is not None and cell.cell_num >= repeat_from:
+                    cell.stash[_REPEATED] = True
+                    cell.add_marker(pytest.mark.timeout(REPEATED_CELL_TIMEOUT))
     # Insert from the end of the list, so earlier indices stay valid.
     for notebook, indices in sorted(notebooks.items(), key=lambda entry: -entry[1][0]):
         first, last = indices[0], indices[-1]

@@ -37,7 +37,6 @@ REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 #: Test files that execute notebooks or drive a browser: minutes each, and `make test` runs them.
 SLOW_TESTS: Final = (
     "tests/test_notebook_rerun.py",
-    "tests/test_notebook_rerun_solutions.py",
     "tests/test_browser.py",
     "tests/test_live_mode.py",
 )
