@@ -452,8 +452,10 @@ print(
 # A job queue writes the work down *before* the response: the service enqueues a job in Redis
 # and answers; a separate **queue worker** process takes jobs from Redis and runs them. arq is
 # an asyncio job queue on Redis: `enqueue_job` stores the job, and the worker marks each job it
-# runs "in progress" with a key that expires (the job's timeout + 10 s). If the queue worker
-# dies, the mark expires and a queue worker runs the job again.
+# runs "in progress" with a key that expires. If the queue worker dies, the mark expires and a
+# queue worker runs the job again. arq makes the mark last the job's timeout + 10 s, so that a
+# job still running is never started again beside itself; the lab's worker shortens it to the
+# timeout (2 s) + 1 s, because its job cannot outlive its timeout: arq cancels it then.
 #
 # So a job can run **twice**: killed after its write but before arq recorded it as done, it
 # writes again. The job must be idempotent: here the audit row's primary key is the request id
@@ -522,9 +524,10 @@ queue_folder.cleanup()
 
 # %% [markdown]
 # **0 lost, 0 duplicated**: every job ran to the end, each write counted once. The price is
-# the wait (the in-progress mark must expire before another worker may take the job) and the
-# discipline: a job that can run twice must do no harm the second time. Sending an e-mail is
-# not idempotent by itself; recording "sent for request 42" first, and checking it, makes it so.
+# the wait (the in-progress mark must expire before another worker may take the job: a short
+# mark is safe only for a job whose timeout ends it first) and the discipline: a job that can
+# run twice must do no harm the second time. Sending an e-mail is not idempotent by itself;
+# recording "sent for request 42" first, and checking it, makes it so.
 #
 # | Post-request work | Survives the process | Runs |
 # |---|---|---|

@@ -26,7 +26,7 @@ from labsupport.distributed import (
     connect,
     redis_server_path,
 )
-from labsupport.distributed.jobs import audit_counts
+from labsupport.distributed.jobs import IN_PROGRESS_MARGIN, JOB_TIMEOUT, audit_counts
 
 pytestmark = [
     pytest.mark.anyio,
@@ -156,6 +156,12 @@ async def test_background_tasks_die_with_the_worker_queued_jobs_do_not(
             while (await audit_counts(str(queued)))["job runs"] < 3:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
+            # The jobs running now are marked in progress for JOB_TIMEOUT + the margin (arq's
+            # own mark: 12 000 ms); -2 is a mark gone since the scan, its job just done.
+            marks = [await redis.pttl(key) async for key in redis.scan_iter("arq:in-progress:*")]
+            longest = (JOB_TIMEOUT + IN_PROGRESS_MARGIN) * 1000
+            assert marks
+            assert all(0 < ms <= longest for ms in marks if ms != -2)
             queue.kill()  # mid-job: after the writes, before arq records them as done
             queue.start()
             while await redis.zcard("arq:queue"):

@@ -2,10 +2,10 @@
 
 A `BackgroundTasks` task lives in the memory of the process that answered: kill that process
 and the task is gone, without a trace. A job queue keeps the work in Redis instead, and a
-separate queue worker runs it. arq marks a job "in progress" with a key that expires (the job's
-timeout + 10 s); if its worker dies, the mark expires and a worker runs the job again. So a job
-can run **more than once**, and the job must be idempotent: here the audit row's primary key is
-the request id, and a second run's insert does nothing.
+separate queue worker runs it. arq marks a job "in progress" with a key that expires (here the
+job's timeout + 1 s); if its worker dies, the mark expires and a worker runs the job again. So a
+job can run **more than once**, and the job must be idempotent: here the audit row's primary key
+is the request id, and a second run's insert does nothing.
 
 Run a queue worker (what `QueueWorker` in `workers.py` starts):
 
@@ -30,6 +30,7 @@ from .shared_limit import SOCKET_TIMEOUT
 
 __all__ = [
     "AUDIT_SCHEMA",
+    "IN_PROGRESS_MARGIN",
     "JOB_TIMEOUT",
     "audit_counts",
     "connect_queue",
@@ -39,8 +40,11 @@ __all__ = [
 ]
 
 JOB_TIMEOUT: Final = 2.0
-"""Seconds a job may run. arq's in-progress mark lasts this + 10 s: after a worker is killed,
-its jobs run again about 12 s after they started."""
+"""Seconds a job may run: then arq cancels it, and the job fails (a timeout is not retried)."""
+
+IN_PROGRESS_MARGIN: Final = 1.0
+"""How much longer than `JOB_TIMEOUT` a job's in-progress mark lasts (arq's own margin is 10 s;
+see `build_worker`): after a worker is killed, its jobs run again 3 s after they started."""
 
 AFTER_WRITE_SECONDS: Final = 1.0
 """What the job does after its write (say, notify someone): a kill in this gap is the case that
@@ -132,7 +136,7 @@ async def audit_counts(path: str) -> dict[str, int]:
 
 def build_worker(redis_url: str, audit_path: str) -> Worker:
     """The queue worker: runs `write_audit` jobs from Redis, up to 10 at a time."""
-    return Worker(
+    worker = Worker(
         functions=[func(write_audit, timeout=JOB_TIMEOUT, max_tries=5)],
         redis_settings=RedisSettings.from_dsn(redis_url),
         ctx={"audit_path": audit_path},
@@ -140,6 +144,16 @@ def build_worker(redis_url: str, audit_path: str) -> Worker:
         keep_result=60,
         health_check_interval=1,
     )
+    # arq sets a job's in-progress mark once, as the job starts, and never renews it; while the
+    # mark exists no worker starts the job. arq makes it last the longest job timeout + 10 s
+    # (it has no setting for that): a job still running when its mark expired would be started
+    # again beside itself. Here it cannot be still running: its own timeout cancels it
+    # JOB_TIMEOUT after it starts, and the margin covers arq's Redis round trips before that
+    # clock starts and after it stops (removing the job from the queue). Were a slow run ever
+    # doubled, it would do no harm: the job is idempotent (the audit row's key is the request
+    # id). So a killed worker's jobs run again 3 s after they started instead of 12 s.
+    worker.in_progress_timeout_s = JOB_TIMEOUT + IN_PROGRESS_MARGIN
+    return worker
 
 
 def main() -> None:
