@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Final, Literal
 
 import httpx
@@ -201,7 +201,12 @@ async def _wait_until_started(server: uvicorn.Server, serving: asyncio.Task[None
         await asyncio.wait([serving], timeout=0.005)
 
 
-def client_kind(headers: Mapping[str, str]) -> ClientKind:
+def client_kind(headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]]) -> ClientKind:
     """Which SDK client sent a request: the SDK marks its async client's requests with
-    `x-stainless-async: async:…`; anything else (a sync client, curl, httpx) counts as sync."""
-    return "sync" if headers.get("x-stainless-async", "false") == "false" else "async"
+    `x-stainless-async: async:…`; anything else (a sync client, curl, httpx) counts as sync.
+    `headers` is a mapping (httpx's, case-insensitive) or the raw pairs httpcore sends."""
+    if isinstance(headers, Mapping):
+        marked = headers.get("x-stainless-async", "false") != "false"
+    else:
+        marked = any(k.lower() == b"x-stainless-async" and v != b"false" for k, v in headers)
+    return "async" if marked else "sync"

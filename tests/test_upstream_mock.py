@@ -442,8 +442,9 @@ def test_the_mock_still_sees_the_locked_sdks_transport(upstream: labsupport.Mock
     """If an SDK release moves off httpx2/httpcore2, this fails instead of the mock leaking."""
     client = AsyncOpenAI(api_key="test-key")
     assert isinstance(client._client, httpx2.AsyncClient)
+    # The async pool's method is the mock's stand-in (respx's, with a fast path in front).
     patched = httpcore2.AsyncConnectionPool.handle_async_request
-    assert "respx" in getattr(patched, "__module__", "") or hasattr(patched, "mock_calls")
+    assert getattr(patched, "__module__", "") == "labsupport.upstream.mock"
 
     async def main() -> None:
         await client.chat.completions.create(model="gpt-4o-mini", messages=ask("hello"))
@@ -527,3 +528,55 @@ def test_streaming_the_responses_api_sends_the_sdks_events(
     with pytest.raises(openai.BadRequestError, match="does not run background responses"):
         client.responses.create(model="gpt-4o-mini", input="hi", background=True)
     assert upstream.stats.status_counts == {200: 1, 400: 1}
+
+
+@pytest.mark.parametrize("latency", [0.0, 0.01])  # answered at once, or through a paced stream
+def test_async_pools_shortcut_answers_as_respx_does(latency: float) -> None:
+    """The async pools' requests for the API are answered without respx's httpx conversion;
+    the sync pools' go through respx. Both answers must be the same HTTP answer."""
+    body = {"model": "gpt-4o-mini", "messages": ask("Summarize in 5 words: one task.")}
+    url = "https://api.openai.com/v1/chat/completions?probe=1"
+
+    async def through_the_async_pool() -> httpx2.Response:
+        async with httpx2.AsyncClient() as client:
+            return await client.post(url, json=body, headers={"x-stainless-async": "async:x"})
+
+    with mock_openai(latency=latency) as upstream:
+        fast = asyncio.run(through_the_async_pool())
+        with httpx2.Client() as client:
+            slow = client.post(url, json=body)
+        stats = upstream.stats
+
+    def drop_varying(headers: httpx2.Headers) -> dict[str, str]:
+        return {k: v for k, v in headers.items() if k != "x-request-id"}
+
+    assert (fast.status_code, slow.status_code) == (200, 200)
+    assert drop_varying(fast.headers) == drop_varying(slow.headers)
+    assert fast.headers["content-type"] == "application/json"
+    assert {k: v for k, v in fast.json().items() if k not in ("id", "created")} == {
+        k: v for k, v in slow.json().items() if k not in ("id", "created")
+    }
+    assert [call.client for call in stats.timeline] == ["async", "sync"]
+    assert stats.count(200) == 2
+    assert stats.max_in_flight == 1
+
+
+def test_a_router_registered_before_the_mock_still_comes_first() -> None:
+    """respx's order holds with the shortcut: the first router answers (here a respx mock a
+    test started before the lab's)."""
+    import respx
+
+    mock_openai().start().stop()  # respx knows the "httpcore2" mocker once a lab mock has run
+    with (
+        respx.mock(using="httpcore2") as router,
+        mock_openai(latency=0) as upstream,
+    ):
+        router.post("https://api.openai.com/v1/chat/completions").respond(418)
+
+        async def call() -> int:
+            async with httpx2.AsyncClient() as client:
+                response = await client.post("https://api.openai.com/v1/chat/completions")
+                return response.status_code
+
+        assert asyncio.run(call()) == 418
+        assert upstream.stats.calls == 0

@@ -191,8 +191,7 @@ class FakeServer(Upstream, Switch):
                 break
         path: str = scope["path"]
         endpoint = path[len("/v1/") :] if path.startswith("/v1/") else path.lstrip("/")
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        answer = self.answer(scope["method"], endpoint, body, client_kind(headers))
+        answer = self.answer(scope["method"], endpoint, body, client_kind(scope["headers"]))
         raw_headers = [(k.encode(), v.encode()) for k, v in answer.headers.items()]
         delivered = False
         try:
