@@ -6,6 +6,10 @@ How the interception works, and why it cannot leak:
   patches the connection pools of *both* (its own "httpcore" mocker, and an "httpcore2" mocker
   registered here unless pytest-httpx2 already did), so every client the SDK builds, or a
   learner builds, is seen. The mock registers itself with both mockers and sees each request.
+  The SDK's async requests take a shortcut: httpcore2's async pools answer a request for the
+  mock's API straight from httpcore2's own request and response types, without respx turning
+  each into an httpx.Request and httpx.Response and back (most of the mock's cost per call);
+  every other request, and any router registered before the mock, goes through respx.
 * It answers requests to the OpenAI API base (and to whatever `OPENAI_BASE_URL` points at),
   lets loopback traffic (127.0.0.1, localhost, ::1) through to the lab's own servers, and
   refuses anything else with `NetworkBlockedError`: fail closed. While it runs, a socket guard
