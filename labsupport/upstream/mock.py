@@ -37,6 +37,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from typing import Any, ClassVar, Self, Unpack
 from urllib.parse import unquote
@@ -318,13 +319,20 @@ class MockUpstream(Upstream, Switch):
     async def async_handler(self, request: httpx.Request) -> httpx.Response:
         return self._dispatch(request)
 
-    def _dispatch(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        request_origin = origin(url.scheme, url.host, url.port)
-        path = url.path
+    def _endpoint(self, request_origin: str, path: str) -> str | None:
+        """The path after the API base this mock answers for ("chat/completions"), or None if
+        the request is not for one of its bases."""
         for base_origin, base_path in self._bases:
             if request_origin == base_origin and path.startswith(base_path + "/"):
-                return self._respond(request, path[len(base_path) + 1 :])
+                return path[len(base_path) + 1 :]
+        return None
+
+    def _dispatch(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        path = url.path
+        endpoint = self._endpoint(origin(url.scheme, url.host, url.port), path)
+        if endpoint is not None:
+            return self._respond(request, endpoint)
         if is_loopback(url.host):
             # respx sends the request on to the real connection pool: the lab's own servers.
             raise PassThrough(f"loopback: {url}", request=request, origin=None)  # type: ignore[arg-type]
@@ -347,18 +355,15 @@ class MockUpstream(Upstream, Switch):
         directly; None for any other URL (respx's path decides: pass through or block)."""
         url = request.url
         path = unquote(url.target.split(b"?", 1)[0].decode("ascii"))  # as httpx's URL.path
-        request_origin = origin(url.scheme.decode(), url.host.decode(), url.port)
-        for base_origin, base_path in self._bases:
-            if request_origin == base_origin and path.startswith(base_path + "/"):
-                break
-        else:
+        endpoint = self._endpoint(origin(url.scheme.decode(), url.host.decode(), url.port), path)
+        if endpoint is None:
             return None
         stream = request.stream
         assert isinstance(stream, AsyncIterable)  # the async pools' requests stream so
         content = b"".join([part async for part in stream])
         answer, body = self._answer_and_body(
             request.method.decode("ascii"),
-            path[len(base_path) + 1 :],
+            endpoint,
             content,
             request.headers,
             request.extensions,
@@ -373,7 +378,7 @@ class MockUpstream(Upstream, Switch):
         method: str,
         endpoint: str,
         content: bytes,
-        headers: Any,
+        headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]],
         extensions: Mapping[str, Any],
     ) -> tuple[Answer, bytes | _AnswerStream]:
         """Plan the answer; its body as bytes if nothing is left to wait for, else a stream
