@@ -170,29 +170,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def first_own_cell(solution: Path) -> int:
-    """How many code cells a solution notebook shares with its learner notebook, in order."""
-
-    def code(path: Path) -> list[str]:
-        notebook = nbformat.read(path, as_version=4)
-        return [cell.source for cell in notebook.cells if cell.cell_type == "code"]
-
+def first_own_cell(solution: Path, sources: list[str]) -> int:
+    """How many code cells the solution notebook at `solution`, whose code cells are
+    `sources`, shares with its learner notebook, in order."""
+    learner = nbformat.read(solution.parent.parent / solution.name, as_version=4)
+    theirs = [cell.source for cell in learner.cells if cell.cell_type == "code"]
     shared = 0
-    learner = solution.parent.parent / solution.name
-    for theirs, ours in zip(code(learner), code(solution), strict=False):
-        if theirs != ours:
+    for their_source, our_source in zip(theirs, sources, strict=False):
+        if their_source != our_source:
             break
         shared += 1
     return shared
 
 
-def _repeat_from(notebook: IPyNbFile) -> int | None:
-    """The first code cell of `notebook` to run twice, or None for none of them."""
+def _repeat_from(notebook: IPyNbFile, sources: list[str]) -> int | None:
+    """The first code cell of `notebook` (whose code cells are `sources`) to run twice, or
+    None for none of them."""
     path = Path(notebook.path)
     if not LESSON.match(path.name):
         return None
     if path.parent.name == "solutions":
-        return first_own_cell(path)
+        return first_own_cell(path, sources)
     return 0
 
 
@@ -256,10 +254,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             notebooks.setdefault(item.parent, []).append(index)
     if not config.getoption("nbval_once"):
         for notebook, indices in notebooks.items():
-            repeat_from = _repeat_from(notebook)
-            for index in indices:
-                cell = items[index]
-                assert isinstance(cell, IPyNbCell)
+            code = [cell for i in indices if isinstance(cell := items[i], IPyNbCell)]
+            repeat_from = _repeat_from(notebook, [cell.cell.source for cell in code])
+            for cell in code:
                 if repeat_from is not None and cell.cell_num >= repeat_from:
                     cell.stash[_REPEATED] = True
                     cell.add_marker(pytest.mark.timeout(REPEATED_CELL_TIMEOUT))
