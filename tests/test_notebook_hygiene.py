@@ -193,22 +193,28 @@ LEAVES_THINGS_BEHIND = [
 ]
 
 
+def pytest_with_the_plugin(folder: Path, *args: str) -> tuple[int, str]:
+    """pytest in `folder` with nbval and tests/nbval_hygiene.py, but without this project's
+    conftest and pyproject options: (its exit status, its report without colours)."""
+    command = [sys.executable, "-m", "pytest", "-c", os.devnull, "--rootdir", str(folder)]
+    command += ["-p", "tests.nbval_hygiene", "-p", "no:cacheprovider"]
+    command += ["--nbval-current-env", "-q", "--color=no", "-rf", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # `tests.nbval_hygiene`, as conftest.py names it
+    result = subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=300
+    )
+    return result.returncode, re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # IPython's colours
+
+
 def test_the_probe_fails_a_notebook_that_leaves_things_behind(tmp_path: Path) -> None:
     import nbformat
 
     cells = [nbformat.v4.new_code_cell(source) for source in LEAVES_THINGS_BEHIND]
     notebook = tmp_path / "careless.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
-    command = [sys.executable, "-m", "pytest", "-c", os.devnull, "--rootdir", str(tmp_path)]
-    command += ["-p", "tests.nbval_hygiene", "-p", "no:cacheprovider", "--nbval-lax"]
-    command += ["--nbval-current-env", "-q", "--color=no", "-rf", notebook.name]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # `tests.nbval_hygiene`, as conftest.py names it
-    result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    report = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # IPython colours its tracebacks
+    returncode, report = pytest_with_the_plugin(tmp_path, "--nbval-lax", notebook.name)
 
-    assert result.returncode == 1, report[-3000:]
+    assert returncode == 1, report[-3000:]
     assert "1 failed, 4 passed" in report, report[-3000:]  # baseline, 3 cells, probe
     assert f"FAILED {notebook.name}::{PROBE_NAME}" in report, report[-3000:]
     found = report[report.index("AssertionError: hygiene: ") :].splitlines()[0]
