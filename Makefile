@@ -5,6 +5,7 @@
 #   make notebooks  regenerate and execute notebooks/ from course/ (ONLY=01 for one notebook)
 #   make lock       re-pin requirements.lock from pyproject.toml (LOCK_FLAGS=--upgrade to bump all)
 #   make bench      run the benchmarks: mock cost, demo fidelity, capstone, course time
+#   make pythons    the checkers' tests and strict nbval on Debian's Python 3.13 and 3.14 (root)
 #   make drift      would the newest versions pyproject allows break the tests? (weekly; uses the
 #                   package registry, changes nothing here)
 #   make venv       create or update .venv from requirements.lock
@@ -25,7 +26,7 @@ LOCK_FLAGS ?=
 # The extras `make lock` pins and `make drift` upgrades.
 EXTRAS := --extra test --extra site --extra workshop --extra clients
 
-.PHONY: venv lab test lock notebooks bench drift site node-tools
+.PHONY: venv lab test lock notebooks bench drift site node-tools pythons
 
 venv: $(INSTALLED) $(KERNEL_HINT)
 
@@ -98,3 +99,8 @@ bench: venv
 # and prints what moved and what broke; exit status 1 on a break. See tools/drift.py.
 drift: venv
 	$(BIN)/python tools/drift.py $(EXTRAS)
+
+# The Pythons learners have besides this venv's: Debian trixie (3.13) and sid (3.14), each in a
+# throwaway root made with debootstrap, loopback only. Needs root. See tools/other_pythons.py.
+pythons: venv
+	$(BIN)/python tools/other_pythons.py
