@@ -200,14 +200,10 @@ def test_litellm_sync(base_url: str | None) -> None:
 
 
 @pytest.mark.anyio
-async def test_litellm_async(base_url: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_litellm_async(base_url: str | None) -> None:
+    """litellm's default async path (aiohttp), unchanged: the mock answers aiohttp too."""
     import litellm
 
-    if base_url is None:
-        # litellm's async calls go over aiohttp, which the in-process mock (an httpx/httpcore
-        # interceptor) cannot see: offline they are refused. Its documented switch puts them
-        # on httpx, where the mock answers; the fake server, a real socket, takes either.
-        monkeypatch.setattr(litellm, "disable_aiohttp_transport", True)
     messages = [{"role": "user", "content": SENTIMENT}]
     reply: Any = await litellm.acompletion(
         model=f"openai/{MODEL}", messages=messages, **litellm_options(base_url)

@@ -12,8 +12,12 @@ How the interception works, and why it cannot leak:
   every other request, and any router registered before the mock, goes through respx.
 * It answers requests to the OpenAI API base (and to whatever `OPENAI_BASE_URL` points at),
   lets loopback traffic (127.0.0.1, localhost, ::1) through to the lab's own servers, and
-  refuses anything else with `NetworkBlockedError`: fail closed. While it runs, a socket guard
-  (`labsupport.guard`) refuses every other way out too, for libraries that do not use httpx.
+  refuses anything else with `NetworkBlockedError`: fail closed. A refusal is raised at once, and
+  when the SDK is loaded it is also the SDK's `APIConnectionError`, which the SDK neither retries
+  nor reports as a timeout (see `refusal`).
+* aiohttp (the SDK's `DefaultAioHttpClient`, litellm's async calls) is answered the same way,
+  through aioresponses (see `aiohttp_mock`). While the mock runs, a socket guard
+  (`labsupport.guard`) refuses every other way out too, for libraries that use neither.
 * The answer's body is a stream that waits before it yields. The sync client reads it with a
   plain iterator, so `time.sleep` blocks its thread, as a real network read does; the async client
   reads it with an async iterator, so `asyncio.sleep` lets the event loop run other work. The same
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import threading
 import time
@@ -33,6 +38,7 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Callable,
     Generator,
     Iterable,
     Iterator,
@@ -45,15 +51,19 @@ from urllib.parse import unquote
 import httpcore
 import httpcore2
 import httpx
+from multidict import CIMultiDict
 from respx.mocks import HTTPCoreMocker, Mocker
 from respx.models import PassThrough
 from respx.patterns import parse_url
+from yarl import URL
 
 from ..guard import NetworkGuard
 from ..network import NetworkBlockedError, client_kind, is_loopback
 from ..switch import Switch
+from . import aiohttp_mock
 from .addresses import origin, origin_and_path
 from .core import Answer, Upstream
+from .refusal import refusal
 from .settings import SettingsChanges, UpstreamSettings
 
 __all__ = [
@@ -154,8 +164,15 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     """A response body that arrives `answer.wait` seconds late: blocking when read by a sync
     client, awaiting when read by an async one (so it is both of httpx's stream types)."""
 
-    def __init__(self, upstream: Upstream, answer: Answer, read_timeout: float | None) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        answer: Answer,
+        read_timeout: float | None,
+        timeout_error: Callable[[str], Exception] = _ReadTimeout,
+    ) -> None:
         self._upstream = upstream
+        self._timeout_error = timeout_error
         self._answer = answer
         self._read_timeout = read_timeout
         self._delivered = False
@@ -175,9 +192,9 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             return self._read_timeout
         return wait
 
-    def _timed_out(self) -> _ReadTimeout:
+    def _timed_out(self) -> Exception:
         self._upstream.finish(self._answer, delivered=False)
-        return _ReadTimeout(f"offline upstream: no answer within {self._read_timeout:g} s")
+        return self._timeout_error(f"offline upstream: no answer within {self._read_timeout:g} s")
 
     def __iter__(self) -> Iterator[bytes]:
         if self._sync_parts is None:
@@ -291,10 +308,12 @@ class MockUpstream(Upstream, Switch):
             mocker.register(self)  # type: ignore[arg-type]
             mocker.start()
             self._mockers.append(mocker)
+        aiohttp_mock.register(self._answer_aiohttp, self._refuse_url)
         return self
 
     def stop(self) -> None:
         """Turn interception, this mock's guard and its placeholder key off. Idempotent."""
+        aiohttp_mock.unregister(self._answer_aiohttp)
         while self._mockers:
             mocker = self._mockers.pop()
             mocker.unregister(self)  # type: ignore[arg-type]
@@ -336,9 +355,13 @@ class MockUpstream(Upstream, Switch):
         if is_loopback(url.host):
             # respx sends the request on to the real connection pool: the lab's own servers.
             raise PassThrough(f"loopback: {url}", request=request, origin=None)  # type: ignore[arg-type]
-        raise NetworkBlockedError(
-            f"The offline lab blocked a request to {url.scheme}://{url.host}{path}: while the "
-            "mock upstream is on, nothing leaves this machine. To reach a real server, set "
+        raise self._refuse_url(url)
+
+    @staticmethod
+    def _refuse_url(url: httpx.URL | URL) -> NetworkBlockedError:
+        return refusal(
+            f"The offline lab blocked a request to {url.scheme}://{url.host}{url.path}: while "
+            "the mock upstream is on, nothing leaves this machine. To reach a real server, set "
             "LAB_MODE=live (see the README)."
         )
 
@@ -373,6 +396,36 @@ class MockUpstream(Upstream, Switch):
             headers.append((b"content-length", b"%d" % len(body)))
         return httpcore2.Response(answer.status, headers=headers, content=body)
 
+    async def _answer_aiohttp(
+        self, method: str, url: URL, request: dict[str, Any]
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        """The answer to an aiohttp request (its `ClientSession.request` keyword arguments) for
+        one of this mock's API bases, whole; None for any other URL."""
+        endpoint = self._endpoint(origin(url.scheme, url.host or "", url.port), url.path)
+        if endpoint is None:
+            return None
+        import aiohttp
+
+        timeout = request.get("timeout")
+        read = None
+        if isinstance(timeout, aiohttp.ClientTimeout):
+            read = timeout.sock_read or timeout.total
+        answer, body = self._answer_and_body(
+            method,
+            endpoint,
+            _aiohttp_content(request),
+            CIMultiDict(request.get("headers") or {}),
+            {"timeout": {"read": read}},
+            timeout_error=aiohttp.SocketTimeoutError,
+        )
+        if not isinstance(body, bytes):
+            parts = body.__aiter__()
+            try:
+                body = b"".join([part async for part in parts])
+            finally:
+                await parts.aclose()  # type: ignore[attr-defined]
+        return answer.status, answer.headers, body
+
     def _answer_and_body(
         self,
         method: str,
@@ -380,6 +433,7 @@ class MockUpstream(Upstream, Switch):
         content: bytes,
         headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]],
         extensions: Mapping[str, Any],
+        timeout_error: Callable[[str], Exception] = _ReadTimeout,
     ) -> tuple[Answer, bytes | _AnswerStream]:
         """Plan the answer; its body as bytes if nothing is left to wait for, else a stream
         that waits as the answer says."""
@@ -391,7 +445,17 @@ class MockUpstream(Upstream, Switch):
             self.finish(answer)
             return answer, answer.body
         timeout = (extensions.get("timeout") or {}).get("read")
-        return answer, _AnswerStream(self, answer, timeout)
+        return answer, _AnswerStream(self, answer, timeout, timeout_error)
+
+
+def _aiohttp_content(request: dict[str, Any]) -> bytes:
+    """The body of an aiohttp request, from its `data` or `json` argument."""
+    data = request.get("data")
+    if data is None and request.get("json") is not None:
+        return json.dumps(request["json"]).encode()
+    if isinstance(data, str):
+        return data.encode()
+    return bytes(data or b"")
 
 
 def mock_openai(
