@@ -5,8 +5,9 @@ through the in-process mock and through the TCP fake server."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from enum import Enum
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, List, Literal, Union  # noqa: UP035 (List: as the example spells it)
 
 import openai
 import pytest
@@ -150,3 +151,115 @@ def test_the_matrix_checks_what_it_claims() -> None:
         check("streaming", "Negative")
     with pytest.raises(AssertionError):
         check("embeddings", SimpleNamespace(data=[SimpleNamespace(embedding=[0.0] * 1536)] * 2))
+
+
+# -- openai-python's own examples of tools and parsing, run unchanged but for the client ----------
+# The models below are copied from openai-python's examples/parsing_tools.py (identical in
+# examples/responses/structured_outputs_tools.py); the calls and assertions follow each file,
+# with `rich.print` left out. A clearly tool-shaped request with one strict function tool and
+# `tool_choice` left to the model: a model calls the tool.
+
+
+class Table(str, Enum):  # noqa: UP042 (as the example spells it)
+    orders = "orders"
+    customers = "customers"
+    products = "products"
+
+
+class Column(str, Enum):  # noqa: UP042 (as the example spells it)
+    id = "id"
+    status = "status"
+    expected_delivery_date = "expected_delivery_date"
+    delivered_at = "delivered_at"
+    shipped_at = "shipped_at"
+    ordered_at = "ordered_at"
+    canceled_at = "canceled_at"
+
+
+class Operator(str, Enum):  # noqa: UP042 (as the example spells it)
+    eq = "="
+    gt = ">"
+    lt = "<"
+    le = "<="
+    ge = ">="
+    ne = "!="
+
+
+class OrderBy(str, Enum):  # noqa: UP042 (as the example spells it)
+    asc = "asc"
+    desc = "desc"
+
+
+class DynamicValue(BaseModel):
+    column_name: str
+
+
+class Condition(BaseModel):
+    column: str
+    operator: Operator
+    value: Union[str, int, DynamicValue]  # noqa: UP007 (as the example spells it)
+
+
+class Query(BaseModel):
+    table_name: Table
+    columns: List[Column]  # noqa: UP006 (as the example spells it)
+    conditions: List[Condition]  # noqa: UP006
+    order_by: OrderBy
+
+
+LOOK_UP = (
+    "look up all my orders in november of last year that were fulfilled but not delivered on time"
+)
+
+
+def test_example_parsing_tools(base_url: str | None) -> None:
+    """examples/parsing_tools.py"""
+    client = OpenAI(api_key="test-key", base_url=base_url)
+
+    completion = client.chat.completions.parse(
+        model="gpt-4o-2024-08-06",
+        messages=[
+            {
+                "role": "system",
+                "content": "You are a helpful assistant. The current date is August 6, 2024. You help users query for the data they are looking for by calling the query function.",  # noqa: E501
+            },
+            {
+                "role": "user",
+                "content": LOOK_UP,
+            },
+        ],
+        tools=[
+            openai.pydantic_function_tool(Query),
+        ],
+    )
+
+    tool_call = (completion.choices[0].message.tool_calls or [])[0]
+    assert isinstance(tool_call.function.parsed_arguments, Query)
+    assert tool_call.function.parsed_arguments.table_name == Table.orders
+
+
+def test_example_responses_structured_outputs_tools(base_url: str | None) -> None:
+    """examples/responses/structured_outputs_tools.py"""
+    client = OpenAI(api_key="test-key", base_url=base_url)
+
+    response = client.responses.parse(
+        model="gpt-4o-2024-08-06",
+        input=LOOK_UP,
+        tools=[
+            openai.pydantic_function_tool(Query),
+        ],
+    )
+
+    function_call = response.output[0]
+    assert function_call.type == "function_call"
+    assert isinstance(function_call.parsed_arguments, Query)
+    assert function_call.parsed_arguments.table_name == Table.orders
+
+
+def test_a_request_that_asks_for_nothing_a_tool_does_gets_prose(base_url: str | None) -> None:
+    client = OpenAI(api_key="test-key", base_url=base_url)
+    completion = client.chat.completions.parse(
+        model=MODEL, messages=MESSAGES, tools=[openai.pydantic_function_tool(Query)]
+    )
+    assert completion.choices[0].message.tool_calls is None
+    assert completion.choices[0].message.content == "Positive"
