@@ -161,8 +161,12 @@ def _parsed_url(scheme: bytes, host: bytes, port: int | None, target: bytes) -> 
 
 
 class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """A response body that arrives `answer.wait` seconds late: blocking when read by a sync
-    client, awaiting when read by an async one (so it is both of httpx's stream types)."""
+    """A response body that arrives `answer.wait` seconds late (a stream: event by event, as
+    the answer spaces them): blocking when read by a sync client, awaiting when read by an
+    async one (so it is both of httpx's stream types).
+
+    A client that closes a stream it has begun to read has abandoned it (a disconnect): the
+    rest is never sent, and the upstream counts it apart from a timeout."""
 
     def __init__(
         self,
@@ -176,6 +180,7 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         self._answer = answer
         self._read_timeout = read_timeout
         self._delivered = False
+        self._sent_at: list[float] = []  # when each part was handed over
         self._sync_parts: Generator[bytes, None, None] | None = None
         self._async_parts: AsyncGenerator[bytes, None] | None = None
 
@@ -193,8 +198,23 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         return wait
 
     def _timed_out(self) -> Exception:
-        self._upstream.finish(self._answer, delivered=False)
+        self._finish(None, timed_out=True)
         return self._timeout_error(f"offline upstream: no answer within {self._read_timeout:g} s")
+
+    def _handed_over(self, number: int, total: int) -> None:
+        # Delivered once the last part is handed over: a client may close the stream right
+        # after it (the SDK stops at "[DONE]") without asking for more.
+        self._sent_at.append(time.perf_counter())
+        self._delivered = number == total
+
+    def _finish(self, client: str | None, *, timed_out: bool = False) -> None:
+        self._upstream.finish(
+            self._answer,
+            delivered=self._delivered,
+            client=client,
+            sent_at=self._sent_at,
+            abandoned=not timed_out,
+        )
 
     def __iter__(self) -> Iterator[bytes]:
         if self._sync_parts is None:
@@ -209,12 +229,10 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                     time.sleep(self._check_timeout(wait))
                 if self._check_timeout(wait) < wait:
                     raise self._timed_out()
-                # Delivered once the last part is handed over: a client may close the stream
-                # right after it (the SDK stops at "[DONE]") without asking for more.
-                self._delivered = number == len(steps)
+                self._handed_over(number, len(steps))
                 yield part
         finally:
-            self._upstream.finish(self._answer, delivered=self._delivered, client="sync")
+            self._finish("sync")
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         # One pass only: a client that iterates again (the SDK drains a stream after "[DONE]")
@@ -231,22 +249,20 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                     await asyncio.sleep(self._check_timeout(wait))
                 if self._check_timeout(wait) < wait:
                     raise self._timed_out()
-                # Delivered once the last part is handed over: a client may close the stream
-                # right after it (the SDK stops at "[DONE]") without asking for more.
-                self._delivered = number == len(steps)
+                self._handed_over(number, len(steps))
                 yield part
         finally:
-            self._upstream.finish(self._answer, delivered=self._delivered, client="async")
+            self._finish("async")
 
     def close(self) -> None:
         if self._sync_parts is not None:
             self._sync_parts.close()
-        self._upstream.finish(self._answer, delivered=self._delivered, client="sync")
+        self._finish("sync")
 
     async def aclose(self) -> None:
         if self._async_parts is not None:
             await self._async_parts.aclose()
-        self._upstream.finish(self._answer, delivered=self._delivered, client="async")
+        self._finish("async")
 
 
 class MockUpstream(Upstream, Switch):
@@ -422,6 +438,11 @@ class MockUpstream(Upstream, Switch):
             parts = body.__aiter__()
             try:
                 body = b"".join([part async for part in parts])
+            except BaseException:
+                # aiohttp's client gets the answer whole: one it gave up on, it never began
+                # to read (a timeout, never an abandoned stream).
+                self.finish(answer, delivered=False)
+                raise
             finally:
                 await parts.aclose()  # type: ignore[attr-defined]
         return answer.status, answer.headers, body
