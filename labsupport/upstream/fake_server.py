@@ -244,8 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8100, help="port on 127.0.0.1 (default 8100)")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per call (0.1)")
     parser.add_argument("--jitter", type=float, default=0.0, help="± seconds of seeded jitter")
+    parser.add_argument(
+        "--time-to-first-token", type=float, help="seconds to a stream's first event"
+    )
+    parser.add_argument("--time-per-token", type=float, help="seconds between a stream's events")
     args = parser.parse_args(argv)
-    server = FakeServer(latency=args.latency, jitter=args.jitter, port=args.port).start()
+    server = FakeServer(
+        latency=args.latency,
+        jitter=args.jitter,
+        time_to_first_token=args.time_to_first_token,
+        time_per_token=args.time_per_token,
+        port=args.port,
+    ).start()
     print(f"Fake OpenAI upstream at {server.base_url} (Ctrl+C to stop)", flush=True)
     try:
         threading.Event().wait()
