@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpcore
 import httpcore2
 import httpx
 import httpx2
@@ -444,9 +445,9 @@ def test_the_mock_still_sees_the_locked_sdks_transport(upstream: labsupport.Mock
     """If an SDK release moves off httpx2/httpcore2, this fails instead of the mock leaking."""
     client = AsyncOpenAI(api_key="test-key")
     assert isinstance(client._client, httpx2.AsyncClient)
-    # The async pool's method is the mock's stand-in (respx's, with a fast path in front).
+    # The async pool's method is the lab's wrapper.
     patched = httpcore2.AsyncConnectionPool.handle_async_request
-    assert getattr(patched, "__module__", "") == "labsupport.upstream.mock"
+    assert getattr(patched, "__module__", "") == "labsupport.upstream.pools"
 
     async def main() -> None:
         await client.chat.completions.create(model="gpt-4o-mini", messages=ask("hello"))
@@ -533,9 +534,9 @@ def test_streaming_the_responses_api_sends_the_sdks_events(
 
 
 @pytest.mark.parametrize("latency", [0.0, 0.01])  # answered at once, or through a paced stream
-def test_async_pools_shortcut_answers_as_respx_does(latency: float) -> None:
-    """The async pools' requests for the API are answered without respx's httpx conversion;
-    the sync pools' go through respx. Both answers must be the same HTTP answer."""
+def test_the_sync_and_async_pools_give_the_same_answer(latency: float) -> None:
+    """The sync and the async pools' requests for the API are answered by one mock: the same
+    HTTP answer, counted as each client's."""
     body = {"model": "gpt-4o-mini", "messages": ask("Summarize in 5 words: one task.")}
     url = "https://api.openai.com/v1/chat/completions?probe=1"
 
@@ -563,25 +564,22 @@ def test_async_pools_shortcut_answers_as_respx_does(latency: float) -> None:
     assert stats.max_in_flight == 1
 
 
-def test_a_router_registered_before_the_mock_still_comes_first() -> None:
-    """respx's order holds with the shortcut: the first router answers (here a respx mock a
-    test started before the lab's)."""
+def test_a_respx_mock_started_inside_the_labs_answers_first_then_the_lab_again() -> None:
+    """respx patches the same pool methods over the lab's: while it runs, its routes answer
+    first (a test's own stub); once it stops, the lab's mock answers again, and when the lab
+    stops too the pools are as they were."""
     import respx
 
-    mock_openai().start().stop()  # respx knows the "httpcore2" mocker once a lab mock has run
-    with (
-        respx.mock(using="httpcore2") as router,
-        mock_openai(latency=0) as upstream,
-    ):
-        router.post("https://api.openai.com/v1/chat/completions").respond(418)
-
-        async def call() -> int:
-            async with httpx2.AsyncClient() as client:
-                response = await client.post("https://api.openai.com/v1/chat/completions")
-                return response.status_code
-
-        assert asyncio.run(call()) == 418
-        assert upstream.stats.calls == 0
+    url = "https://api.openai.com/v1/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": ask("hi")}
+    original = httpcore.ConnectionPool.handle_request
+    with mock_openai(latency=0) as upstream:
+        with respx.mock(using="httpcore") as router:
+            router.post(url).respond(418)
+            stubbed = httpx.post(url, json=body).status_code
+        answered = httpx.post(url, json=body).status_code
+    assert (stubbed, answered, upstream.stats.calls) == (418, 200, 1)
+    assert httpcore.ConnectionPool.handle_request is original
 
 
 # -- aiohttp, answered in process --------------------------------------------------------------

@@ -1,9 +1,9 @@
 """aiohttp, answered in process by the running mocks (through aioresponses).
 
 The SDK's `DefaultAioHttpClient` and litellm's async calls send their requests with aiohttp's
-`ClientSession`, not httpx, so respx never sees them. aioresponses, the usual way to mock
-aiohttp, patches `ClientSession` and hands each request to callbacks; here one callback takes
-every request to a host that is not loopback:
+`ClientSession`, not httpx, so the pools' wrappers (`pools`) never see them. aioresponses, the
+usual way to mock aiohttp, patches `ClientSession` and hands each request to callbacks; here one
+callback takes every request to a host that is not loopback:
 
 * a request for a running mock's API base is answered by that mock's upstream (the same
   counters, latency, faults and rate limits as the SDK's default client);

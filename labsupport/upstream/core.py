@@ -1,7 +1,7 @@
 """The offline upstream's brain: what it answers, when, and what it counts.
 
 `Upstream` knows nothing about transports, nor how the API spells its JSON (that is `wire`). The
-respx mock (`mock.py`, in process) and the TCP fake server (`fake_server.py`, real sockets) both
+in-process mock (`mock.py`) and the TCP fake server (`fake_server.py`, real sockets) both
 ask it for an `Answer` when a request arrives, wait `answer.wait` seconds the way their client
 expects (blocking a thread for the sync SDK client, sleeping on the event loop for the async one),
 send the answer, and report back with `finish()`. So both forms reply, fail and count in exactly

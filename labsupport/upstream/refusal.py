@@ -15,7 +15,15 @@ import sys
 
 from ..network import NetworkBlockedError
 
-__all__ = ["refusal"]
+__all__ = ["blocked_request", "refusal"]
+
+
+def blocked_request(url: str) -> NetworkBlockedError:
+    """The refusal of a request to `url` (scheme, host and path), a host off this machine."""
+    return refusal(
+        f"The offline lab blocked a request to {url}: while the mock upstream is on, nothing "
+        "leaves this machine. To reach a real server, set LAB_MODE=live (see the README)."
+    )
 
 
 def refusal(message: str) -> NetworkBlockedError:
