@@ -101,8 +101,8 @@ def _refuse(what: str, host: object) -> NetworkBlockedError:
         return NetworkBlockedError(
             f"The offline lab blocked {what} {text!r}, the OpenAI API, from outside the "
             "offline upstream: WebSocket connections (the Realtime API, client.realtime) and "
-            "HTTP libraries other than httpx are not available offline. Use the SDK's HTTP "
-            "calls, or set LAB_MODE=live to use the real API (see the README)."
+            "HTTP libraries other than httpx and aiohttp are not available offline. Use the "
+            "SDK's HTTP calls, or set LAB_MODE=live to use the real API (see the README)."
         )
     return NetworkBlockedError(
         f"The offline lab blocked {what} {text!r}: only loopback addresses are reachable while "

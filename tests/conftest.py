@@ -1,6 +1,7 @@
 import asyncio
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from openai import AsyncOpenAI, OpenAI
@@ -60,3 +61,59 @@ def offline_lab(
     assert isinstance(upstream, labsupport.MockUpstream)
     yield upstream
     labsupport.teardown()
+
+
+# -- the clients matrix (tests/clients_matrix.py) ---------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A clients-matrix case (one with a `surface` parameter) is judged by `verdict`: a clear
+    refusal passes, anything wrong fails; the verdict goes to the report for the table."""
+    surface = getattr(item, "callspec", None) and item.callspec.params.get("surface")
+    if not surface:
+        return (yield)
+    from clients_matrix import REFUSED, verdict
+
+    name = item.name.split("[")[0].removeprefix("test_")
+    others = [f"{k}={v}" for k, v in item.callspec.params.items() if k != "surface"]
+    case = " ".join([name, *others])
+    try:
+        result = yield
+    except Exception as error:
+        judged = verdict(error)
+        item.user_properties.append(("clients", (case, str(surface), judged)))
+        if judged == REFUSED:
+            return None
+        raise
+    item.user_properties.append(("clients", (case, str(surface), verdict(None))))
+    return result
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The clients table: each case × surface as works / refused clearly / wrong."""
+    rows: dict[str, dict[str, str]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            for key, value in getattr(report, "user_properties", ()):
+                if key == "clients":
+                    case, surface, judged = value
+                    rows.setdefault(case, {})[surface] = judged
+    if not rows:
+        return
+    from clients_matrix import SURFACES
+
+    width = max(len(case) for case in rows)
+    terminalreporter.write_sep("=", "clients: library × surface")
+    terminalreporter.write_line(f"{'case':<{width}}  " + "  ".join(f"{s:<16}" for s in SURFACES))
+    for case in sorted(rows):
+        cells = [rows[case].get(s, "-") for s in SURFACES]
+        terminalreporter.write_line(f"{case:<{width}}  " + "  ".join(f"{c:<16}" for c in cells))
+    verdicts = [v for row in rows.values() for v in row.values()]
+    counts = {v: verdicts.count(v) for v in ("works", "refused clearly")}
+    wrong = sum(v.startswith("wrong") for v in verdicts)
+    terminalreporter.write_line(
+        f"{counts['works']} works, {counts['refused clearly']} refused clearly, {wrong} wrong"
+    )

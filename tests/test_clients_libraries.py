@@ -1,5 +1,6 @@
 """The client matrix, part 2: the higher-level clients a learner reaches for next, each with one
-sync and one async call, through the in-process mock and through the TCP fake server.
+sync and one async call, unchanged, on the three surfaces of `clients_matrix` (in process via
+setup(), mock_openai() alone, and the TCP fake server).
 
 langchain-openai, pydantic-ai, instructor (TOOLS and JSON modes), openai-agents and litellm all
 speak to the offline upstream as they would to the real API: structured answers come back as the
@@ -15,10 +16,9 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import pytest
+from clients_matrix import SURFACES, on_surface
 from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel
-
-from labsupport import FakeServer, mock_openai
 
 # litellm fetches a model price list at import; offline it falls back to its bundled copy after
 # three retries (seconds of waiting). Its documented switch goes straight to the bundled copy.
@@ -43,15 +43,17 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-@pytest.fixture(params=["mock", "fake_server"])
-def base_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None: the in-process mock answers the default base URL; else the fake server's URL."""
-    if request.param == "mock":
-        with mock_openai(latency=0.0):
-            yield None
-    else:
-        with FakeServer(latency=0.0) as server:
-            yield server.base_url
+@pytest.fixture(params=SURFACES)
+def surface(request: pytest.FixtureRequest) -> str:
+    """Where the case runs: in process via setup(), mock_openai() alone, or FakeServer."""
+    return str(request.param)
+
+
+@pytest.fixture
+def base_url(surface: str) -> Iterator[str | None]:
+    """None in process (the mock answers the SDK's default base URL); else the fake server's."""
+    with on_surface(surface) as url:
+        yield url
 
 
 @contextmanager
@@ -154,6 +156,29 @@ async def test_instructor_async(base_url: str | None, mode: str) -> None:
     assert good_review(review)
 
 
+class Label(BaseModel):
+    label: str
+
+
+@pytest.mark.parametrize("mode", ["TOOLS", "JSON"])
+def test_instructor_fills_a_label_as_the_chat_reply_would(base_url: str | None, mode: str) -> None:
+    """One request, no retry: the schema carries what the chat reply says."""
+    import httpx2
+    import instructor
+
+    sent: list[object] = []
+    http_client = httpx2.Client(event_hooks={"request": [sent.append]})
+    with OpenAI(api_key=KEY, base_url=base_url, max_retries=0, http_client=http_client) as client:
+        patched = instructor.from_openai(client, mode=instructor.Mode[mode])
+        answer = patched.chat.completions.create(
+            model=MODEL,
+            response_model=Label,
+            messages=[{"role": "user", "content": "Sentiment (one word): I love this course"}],
+        )
+    assert isinstance(answer, Label) and answer.label == "Positive"
+    assert len(sent) == 1
+
+
 # -- openai-agents (the Responses API) --------------------------------------------------------
 
 
@@ -200,14 +225,10 @@ def test_litellm_sync(base_url: str | None) -> None:
 
 
 @pytest.mark.anyio
-async def test_litellm_async(base_url: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_litellm_async(base_url: str | None) -> None:
+    """litellm's default async path (aiohttp), unchanged: the mock answers aiohttp too."""
     import litellm
 
-    if base_url is None:
-        # litellm's async calls go over aiohttp, which the in-process mock (an httpx/httpcore
-        # interceptor) cannot see: offline they are refused. Its documented switch puts them
-        # on httpx, where the mock answers; the fake server, a real socket, takes either.
-        monkeypatch.setattr(litellm, "disable_aiohttp_transport", True)
     messages = [{"role": "user", "content": SENTIMENT}]
     reply: Any = await litellm.acompletion(
         model=f"openai/{MODEL}", messages=messages, **litellm_options(base_url)

@@ -82,7 +82,7 @@ def test_import_labsupport_imports_nothing_heavy() -> None:
     )
     before, after = done.stdout.splitlines()
     assert before == "[]"
-    assert "respx" in after  # the mock's; the SDK waits for the lesson's own import
+    assert "httpx" in after  # the mock's; the SDK waits for the lesson's own import
     assert "openai" not in after
 
 

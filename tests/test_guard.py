@@ -222,3 +222,66 @@ def test_import_litellm_offline_falls_back_to_its_bundled_price_list() -> None:
     assert "NetworkBlockedError" in report["reason"]
     assert "The offline lab blocked a request to https://" in report["reason"]
     assert report["reached"] == []  # refused before the socket call reached C
+
+
+AIOHTTP_OFFLINE = """
+import asyncio, json, os, sys, time
+reached = []
+sys.addaudithook(
+    lambda event, args: reached.append(f"{event} {args[1:]!r}")
+    if event in ("socket.connect", "socket.getaddrinfo") and "127.0.0.1" not in repr(args)
+    else None
+)
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+import litellm, openai
+from labsupport import mock_openai
+
+ASK = [{"role": "user", "content": "Sentiment (one word): I love this course"}]
+
+async def main():
+    report = {}
+    with mock_openai(latency=0.0) as upstream:
+        async with openai.AsyncOpenAI(http_client=openai.DefaultAioHttpClient()) as client:
+            reply = await client.chat.completions.create(model="gpt-4o-mini", messages=ASK)
+            report["sdk"] = reply.choices[0].message.content
+        reply = await litellm.acompletion(model="openai/gpt-4o-mini", messages=ASK)
+        report["litellm"] = reply.choices[0].message.content
+        report["calls"] = upstream.stats.calls
+        refused = openai.AsyncOpenAI(
+            base_url="https://example.org/v1", http_client=openai.DefaultAioHttpClient()
+        )
+        retries = []
+        async def count_retry(**_):
+            retries.append(1)
+        refused._sleep_for_retry = count_retry
+        try:
+            await refused.models.list()
+        except Exception as error:
+            report["refusal"] = [type(error).__name__, str(error), len(retries)]
+        await refused.close()
+    report["reached"] = reached
+    print(json.dumps(report))
+
+asyncio.run(main())
+"""
+
+
+def test_aiohttp_works_offline_and_its_refusals_are_immediate() -> None:
+    """In a network namespace with only loopback: the SDK's aiohttp backend and litellm's
+    default async path are answered by the mock; a host off this machine is refused at once
+    (no retry), in words that name the lab, and nothing reached a socket off this machine."""
+    if importlib.util.find_spec("litellm") is None:
+        pytest.skip("litellm (the clients extra) is not installed")
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environment.pop("OPENAI_API_KEY", None)
+    command = [*_in_a_loopback_only_namespace(), sys.executable, "-c", AIOHTTP_OFFLINE]
+    done = subprocess.run(
+        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (report["sdk"], report["litellm"], report["calls"]) == ("Positive", "Positive", 2)
+    kind, message, retries = report["refusal"]
+    assert (kind, retries) == ("NetworkBlockedError", 0)
+    assert "The offline lab blocked a request to https://example.org" in message
+    assert report["reached"] == []

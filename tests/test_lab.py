@@ -92,7 +92,7 @@ def test_the_first_cell_imports_neither_the_sdk_nor_a_server() -> None:
         "{'openai', 'fastapi', 'pydantic', 'matplotlib'}))\n"
         "print(sorted(m for m in ('respx', 'httpcore', 'httpcore2') if m in sys.modules))"
     )
-    assert lines[-2:] == ["[]", "['httpcore', 'httpcore2', 'respx']"]
+    assert lines[-2:] == ["[]", "['httpcore', 'httpcore2']"]
 
 
 def test_the_warm_up_is_private_to_the_lab() -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpcore
 import httpcore2
 import httpx
 import httpx2
@@ -416,15 +417,17 @@ def test_non_loopback_requests_are_refused_before_any_socket(
         elif library == "httpx2":
             httpx2.get("https://example.invalid/")
         else:
-            client = OpenAI(
-                api_key="test-key", base_url="https://example.invalid/v1", max_retries=0
-            )
+            # The SDK's default retries: a refusal must not be retried.
+            client = OpenAI(api_key="test-key", base_url="https://example.invalid/v1")
+            monkeypatch.setattr(client, "_sleep_for_retry", lambda **_: attempts.append("retry"))
             client.models.list()
-    # The SDK treats it as any connect error of its transport, as on a machine with no network.
-    blocked = caught.value.__cause__ if library == "openai" else caught.value
+    blocked = caught.value
+    # To the SDK it is its own connection error, raised as it is (never retried, never a
+    # timeout); to httpx and httpx2, their connect error.
     assert isinstance(
-        caught.value, openai.APIConnectionError if library == "openai" else httpx.ConnectError
+        blocked, openai.APIConnectionError if library == "openai" else httpx.ConnectError
     )
+    assert not isinstance(blocked, openai.APITimeoutError)
     assert isinstance(blocked, NetworkBlockedError)
     assert "blocked a request to https://example.invalid" in str(blocked)
     assert attempts == []
@@ -442,9 +445,9 @@ def test_the_mock_still_sees_the_locked_sdks_transport(upstream: labsupport.Mock
     """If an SDK release moves off httpx2/httpcore2, this fails instead of the mock leaking."""
     client = AsyncOpenAI(api_key="test-key")
     assert isinstance(client._client, httpx2.AsyncClient)
-    # The async pool's method is the mock's stand-in (respx's, with a fast path in front).
+    # The async pool's method is the lab's wrapper.
     patched = httpcore2.AsyncConnectionPool.handle_async_request
-    assert getattr(patched, "__module__", "") == "labsupport.upstream.mock"
+    assert getattr(patched, "__module__", "") == "labsupport.upstream.pools"
 
     async def main() -> None:
         await client.chat.completions.create(model="gpt-4o-mini", messages=ask("hello"))
@@ -531,9 +534,9 @@ def test_streaming_the_responses_api_sends_the_sdks_events(
 
 
 @pytest.mark.parametrize("latency", [0.0, 0.01])  # answered at once, or through a paced stream
-def test_async_pools_shortcut_answers_as_respx_does(latency: float) -> None:
-    """The async pools' requests for the API are answered without respx's httpx conversion;
-    the sync pools' go through respx. Both answers must be the same HTTP answer."""
+def test_the_sync_and_async_pools_give_the_same_answer(latency: float) -> None:
+    """The sync and the async pools' requests for the API are answered by one mock: the same
+    HTTP answer, counted as each client's."""
     body = {"model": "gpt-4o-mini", "messages": ask("Summarize in 5 words: one task.")}
     url = "https://api.openai.com/v1/chat/completions?probe=1"
 
@@ -561,22 +564,144 @@ def test_async_pools_shortcut_answers_as_respx_does(latency: float) -> None:
     assert stats.max_in_flight == 1
 
 
-def test_a_router_registered_before_the_mock_still_comes_first() -> None:
-    """respx's order holds with the shortcut: the first router answers (here a respx mock a
-    test started before the lab's)."""
+def test_a_respx_mock_started_inside_the_labs_answers_first_then_the_lab_again() -> None:
+    """respx patches the same pool methods over the lab's: while it runs, its routes answer
+    first (a test's own stub); once it stops, the lab's mock answers again, and when the lab
+    stops too the pools are as they were."""
     import respx
 
-    mock_openai().start().stop()  # respx knows the "httpcore2" mocker once a lab mock has run
-    with (
-        respx.mock(using="httpcore2") as router,
-        mock_openai(latency=0) as upstream,
-    ):
-        router.post("https://api.openai.com/v1/chat/completions").respond(418)
+    url = "https://api.openai.com/v1/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": ask("hi")}
+    original = httpcore.ConnectionPool.handle_request
+    with mock_openai(latency=0) as upstream:
+        with respx.mock(using="httpcore") as router:
+            router.post(url).respond(418)
+            stubbed = httpx.post(url, json=body).status_code
+        answered = httpx.post(url, json=body).status_code
+    assert (stubbed, answered, upstream.stats.calls) == (418, 200, 1)
+    assert httpcore.ConnectionPool.handle_request is original
 
-        async def call() -> int:
-            async with httpx2.AsyncClient() as client:
-                response = await client.post("https://api.openai.com/v1/chat/completions")
-                return response.status_code
 
-        assert asyncio.run(call()) == 418
-        assert upstream.stats.calls == 0
+# -- aiohttp, answered in process --------------------------------------------------------------
+
+
+def aiohttp_client(**options: object) -> AsyncOpenAI:
+    """The SDK on its aiohttp backend, as openai's README recommends for async concurrency."""
+    return AsyncOpenAI(api_key="test-key", http_client=openai.DefaultAioHttpClient(), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_the_sdks_aiohttp_backend_is_answered_by_the_mock(
+    upstream: labsupport.MockUpstream,
+) -> None:
+    async with aiohttp_client(max_retries=0) as client:
+        reply = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=ask("Sentiment (one word): I love this course")
+        )
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=ask("Sentiment (one word): I love this course"),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        faults = [Fault.on_call(1, status=500)]
+        with upstream.configured(faults=faults), pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="gpt-4o-mini", messages=ask("hi"))
+        with upstream.configured(latency=1.0), pytest.raises(openai.APITimeoutError):
+            await client.with_options(timeout=0.05).chat.completions.create(
+                model="gpt-4o-mini", messages=ask("hi")
+            )
+        stats = upstream.stats
+    assert reply.choices[0].message.content == "Positive"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Positive"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 1
+    # The timed-out call is counted as one, as the httpx stacks' are.
+    assert (stats.calls, stats.count(None), stats.in_flight) == (1, 1, 0)
+
+
+@pytest.mark.anyio
+async def test_aiohttp_refusals_are_immediate_and_name_the_lab(
+    upstream: labsupport.MockUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused at once: never retried by the SDK, never a timeout, no socket opened."""
+    import aiohttp
+
+    attempts: list[object] = []
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: attempts.append(a) or [])
+    async with aiohttp_client(base_url="https://example.invalid/v1") as client:
+        monkeypatch.setattr(client, "_sleep_for_retry", _record_retry(attempts))
+        with pytest.raises(openai.APIConnectionError) as caught:
+            await client.models.list()
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(NetworkBlockedError, match=r"blocked a request to https://example\.org"):
+            await session.get("https://example.org/")
+    assert isinstance(caught.value, NetworkBlockedError)
+    assert not isinstance(caught.value, openai.APITimeoutError)
+    assert "blocked a request to https://example.invalid" in str(caught.value)
+    assert attempts == []
+
+
+def _record_retry(attempts: list[object]) -> object:
+    async def retry(**_: object) -> None:
+        attempts.append("retry")
+
+    return retry
+
+
+@pytest.mark.anyio
+async def test_aiohttp_still_reaches_loopback() -> None:
+    import aiohttp
+
+    with labsupport.FakeServer(latency=0.0) as server, mock_openai() as upstream:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{server.base_url}/models") as answer,
+        ):
+            listed = await answer.json()
+        server.wait_idle()
+    assert answer.status == 200 and listed["object"] == "list"
+    assert upstream.stats.calls == 0  # the fake server answered, not the mock
+
+
+STACKS = ["httpx2", "httpx", "aiohttp"]
+
+
+def client_on(stack: str) -> AsyncOpenAI:
+    if stack == "aiohttp":
+        return aiohttp_client()
+    if stack == "httpx":
+        return AsyncOpenAI(api_key="test-key", http_client=httpx.AsyncClient())  # type: ignore[arg-type]
+    return AsyncOpenAI(api_key="test-key")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stack", STACKS)
+async def test_the_counters_are_the_same_whichever_stack_sent_the_requests(stack: str) -> None:
+    """One script — three calls at once against a limit of two in flight, the second a scripted
+    500, then a call past its timeout — counts the same on every HTTP stack the SDK runs on."""
+    limit = RateLimit(max_concurrent=2)
+    faults = [Fault.on_call(2, status=500)]
+    with mock_openai(latency=0.3, faults=faults, rate_limit=limit) as upstream:
+        async with client_on(stack) as client:
+            calls = [
+                client.with_options(max_retries=0).chat.completions.create(
+                    model="gpt-4o-mini", messages=ask(f"question {number}")
+                )
+                for number in range(3)
+            ]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            at_once = upstream.stats
+            with upstream.configured(latency=1.0), pytest.raises(openai.APITimeoutError):
+                await client.with_options(timeout=0.05, max_retries=0).chat.completions.create(
+                    model="gpt-4o-mini", messages=ask("slow")
+                )
+            timed_out = upstream.stats
+    kinds = [type(outcome).__name__ for outcome in outcomes]
+    assert kinds == ["ChatCompletion", "InternalServerError", "RateLimitError"]
+    assert (at_once.calls, at_once.status_counts, at_once.max_in_flight) == (
+        3,
+        {200: 1, 500: 1, 429: 1},
+        2,
+    )
+    assert (timed_out.calls, timed_out.status_counts, timed_out.in_flight) == (1, {None: 1}, 0)

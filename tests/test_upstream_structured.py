@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 
 from labsupport.upstream import structured
+from labsupport.upstream.replies import reply_to
 
 PROMPT = "Alice is 34.7 and loves asyncio, queues and tasks."
 
@@ -126,3 +127,32 @@ def test_a_schema_no_value_satisfies_is_refused(schema: dict[str, Any], message:
     structured.check(schema, where="the test schema", strict=False)  # valid JSON Schema...
     with pytest.raises(structured.SchemaError, match=message):  # ...with no instance
         structured.instance(schema, PROMPT)
+
+
+COURSE_PROMPTS = {
+    "Sentiment (one word): I love this course": "Positive",
+    "List 3 topics (comma-separated): Python asyncio makes network calls cheap for services.": (
+        "python asyncio, network calls, services"
+    ),
+    "Summarize in one sentence: The release is fast. It is reliable too.": "The release is fast.",
+}
+
+
+@pytest.mark.parametrize("prompt", COURSE_PROMPTS)
+def test_the_course_prompts_fill_a_schema_with_the_chat_reply(prompt: str) -> None:
+    """A field named for nothing in particular ("label") carries what the chat reply says, and
+    a list of strings the prompt's topics; other prompts keep their schema-valid values."""
+    reply = reply_to(prompt).text
+    assert reply == COURSE_PROMPTS[prompt]
+    schema = {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string"},
+            "items": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    built = structured.instance(schema, prompt)
+    assert built["label"] == reply
+    if reply_to(prompt).text.count(",") == 2:
+        assert built["items"] == reply.split(", ")
+    assert structured.instance(schema, "Alice likes tea.")["label"] != reply

@@ -1,7 +1,7 @@
 """The offline upstream's brain: what it answers, when, and what it counts.
 
 `Upstream` knows nothing about transports, nor how the API spells its JSON (that is `wire`). The
-respx mock (`mock.py`, in process) and the TCP fake server (`fake_server.py`, real sockets) both
+in-process mock (`mock.py`) and the TCP fake server (`fake_server.py`, real sockets) both
 ask it for an `Answer` when a request arrives, wait `answer.wait` seconds the way their client
 expects (blocking a thread for the sync SDK client, sleeping on the event loop for the async one),
 send the answer, and report back with `finish()`. So both forms reply, fail and count in exactly
@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Self, Unpack
@@ -51,7 +51,8 @@ _ROUTES = {
 @dataclass(slots=True)
 class Answer:
     """One planned answer: send `status`, `headers` and `body` (or the SSE `chunks`) after `wait`
-    seconds; a stream spaces its chunks `chunk_gap` seconds apart."""
+    seconds; a stream spaces its chunks `chunk_gap` seconds apart, and `tokens` says which of
+    them carry a piece of the answer."""
 
     call: int
     status: int
@@ -60,6 +61,7 @@ class Answer:
     chunks: list[bytes] = field(default_factory=list)
     wait: float = 0.0
     chunk_gap: float = 0.0
+    tokens: tuple[bool, ...] = ()
     finished: bool = False
     in_flight: bool = True
     epoch: float = 0.0  # the upstream's last reset before this call: finish() ignores older ones
@@ -253,14 +255,14 @@ class Upstream:
                     usage,
                     include_usage=request.include_usage,
                 )
-                return _stream_answer(number, headers, chunks, wait)
+                return _stream_answer(number, headers, chunks, wait, settings, fault)
             body_bytes = wire.chat_completion(number, model, reply.text, reply.finish_reason, usage)
             return Answer(number, 200, headers, body_bytes, wait=wait)
         if route == "chat":
             assert turn is not None
-            return self._chat_turn(number, request, turn, headers, wait)
+            return self._chat_turn(number, request, turn, headers, wait, fault)
         if route == "responses":
-            return self._responses(number, request, turn, headers, wait)
+            return self._responses(number, request, turn, headers, wait, fault)
         return self._other(route, endpoint, number, request, headers, wait)
 
     def _read(
@@ -288,7 +290,13 @@ class Upstream:
         return request, None, None, None
 
     def _chat_turn(
-        self, number: int, request: wire.Request, turn: Turn, headers: dict[str, str], wait: float
+        self,
+        number: int,
+        request: wire.Request,
+        turn: Turn,
+        headers: dict[str, str],
+        wait: float,
+        fault: Fault | None,
     ) -> Answer:
         if request.streaming:
             chunks = wire.chat_chunks(
@@ -301,7 +309,7 @@ class Upstream:
                 tool_calls=turn.tool_calls,
                 n=turn.n,
             )
-            return _stream_answer(number, headers, chunks, wait)
+            return _stream_answer(number, headers, chunks, wait, self._settings, fault)
         body = wire.chat_completion_choices(
             number,
             request.model,
@@ -320,6 +328,7 @@ class Upstream:
         turn: Turn | None,
         headers: dict[str, str],
         wait: float,
+        fault: Fault | None,
     ) -> Answer:
         if turn is None:
             reply = reply_to(request.prompt, request.token_limit(chat=False))
@@ -341,7 +350,8 @@ class Upstream:
                 if len(self._stored) > STORED_RESPONSES:
                     self._stored.popitem(last=False)
         if request.streaming:
-            return _stream_answer(number, headers, wire.response_events(final), wait)
+            events = wire.response_events(final)
+            return _stream_answer(number, headers, events, wait, self._settings, fault)
         return Answer(number, 200, headers, body, wait=wait)
 
     def _other(
@@ -383,10 +393,21 @@ class Upstream:
             body = stored
         return Answer(number, 200, headers, body, wait=wait)
 
-    def finish(self, answer: Answer, *, delivered: bool = True, client: str | None = None) -> None:
+    def finish(
+        self,
+        answer: Answer,
+        *,
+        delivered: bool = True,
+        client: str | None = None,
+        sent_at: Sequence[float] = (),
+        abandoned: bool = False,
+    ) -> None:
         """Record that `answer` was sent, or with `delivered=False` that the client gave up
         waiting (a timeout) before it was; `client` corrects which kind of client read it.
-        Safe to call twice; the first call counts."""
+
+        For a stream, `sent_at` gives when each event was handed over (in order), and
+        `abandoned=True` says the client stopped reading it after the first event: a
+        disconnect, counted apart from timeouts. Safe to call twice; the first call counts."""
         end = time.perf_counter()
         with self._lock:
             if answer.finished:
@@ -394,9 +415,15 @@ class Upstream:
             answer.finished = True
             if answer.epoch != self._epoch:
                 return  # sent before a reset: the counters it would change are gone
-            status = answer.status if delivered else None
+            abandoned = abandoned and not delivered and bool(sent_at)
+            status = answer.status if delivered or abandoned else None
+            # Only the events sent so far: an abandoned stream's sent_at is the shorter.
+            sent = zip(sent_at, answer.tokens, strict=False)
+            token_times = tuple(moment for moment, token in sent if token)
             entry = self._timeline[answer.call - 1]
-            self._timeline[answer.call - 1] = entry.ended(end, status, client or entry.client)
+            self._timeline[answer.call - 1] = entry.ended(
+                end, status, client or entry.client, token_times, abandoned=abandoned
+            )
             self._status_counts[status] = self._status_counts.get(status, 0) + 1
             if answer.in_flight:
                 self._in_flight -= 1
@@ -447,13 +474,26 @@ def _error_answer(
 
 
 def _stream_answer(
-    number: int, headers: dict[str, str], chunks: list[bytes], wait: float
+    number: int,
+    headers: dict[str, str],
+    chunks: list[bytes],
+    wait: float,
+    settings: UpstreamSettings,
+    fault: Fault | None,
 ) -> Answer:
-    """A streamed answer: the first chunk after a quarter of the latency, the rest spread
-    over the remaining three quarters."""
+    """A streamed answer: the first event after `time_to_first_token` and the others
+    `time_per_token` apart; a setting left at None takes its share of the call's latency (the
+    first event after a quarter of it, the rest over the other three quarters). A delay fault
+    delays the first event."""
     headers["content-type"] = wire.SSE
-    gap = 0.75 * wait / max(1, len(chunks) - 1)
-    return Answer(number, 200, headers, b"", chunks, 0.25 * wait, gap)
+    first = settings.time_to_first_token
+    if first is None or (fault is not None and fault.delay is not None):
+        first = 0.25 * wait
+    gap = settings.time_per_token
+    if gap is None:
+        gap = 0.75 * wait / max(1, len(chunks) - 1)
+    tokens = tuple(wire.is_token(chunk) for chunk in chunks)
+    return Answer(number, 200, headers, b"", chunks, first, gap, tokens)
 
 
 def _embedding_size(fields: dict[str, object]) -> int:

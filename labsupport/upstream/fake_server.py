@@ -193,23 +193,46 @@ class FakeServer(Upstream, Switch):
         endpoint = path[len("/v1/") :] if path.startswith("/v1/") else path.lstrip("/")
         answer = self.answer(scope["method"], endpoint, body, client_kind(scope["headers"]))
         raw_headers = [(k.encode(), v.encode()) for k, v in answer.headers.items()]
+        # The client may leave at any moment (a timeout, a closed stream): uvicorn then drops
+        # what the app sends, silently, so the app listens for the disconnect itself and stops.
+        left = asyncio.Event()
+        listening = asyncio.create_task(_until_disconnected(receive, left))
+        sent_at: list[float] = []
         delivered = False
         try:
-            await asyncio.sleep(answer.wait)
+            if await _left_within(left, answer.wait):
+                return
             await send(
                 {"type": "http.response.start", "status": answer.status, "headers": raw_headers}
             )
             if answer.streaming:
                 for index, chunk in enumerate(answer.chunks):
-                    if index:
-                        await asyncio.sleep(answer.chunk_gap)
+                    if index and await _left_within(left, answer.chunk_gap):
+                        return
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    sent_at.append(time.perf_counter())
                 await send({"type": "http.response.body", "body": b""})
             else:
                 await send({"type": "http.response.body", "body": answer.body})
             delivered = True
         finally:
-            self.finish(answer, delivered=delivered)
+            listening.cancel()
+            self.finish(answer, delivered=delivered, sent_at=sent_at, abandoned=True)
+
+
+async def _until_disconnected(receive: Receive, left: asyncio.Event) -> None:
+    """Set `left` when the client disconnects (the request body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    left.set()
+
+
+async def _left_within(left: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds`, or less if the client leaves first: whether it left."""
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(left.wait(), seconds)
+    return left.is_set()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,8 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8100, help="port on 127.0.0.1 (default 8100)")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per call (0.1)")
     parser.add_argument("--jitter", type=float, default=0.0, help="± seconds of seeded jitter")
+    parser.add_argument(
+        "--time-to-first-token", type=float, help="seconds to a stream's first event"
+    )
+    parser.add_argument("--time-per-token", type=float, help="seconds between a stream's events")
     args = parser.parse_args(argv)
-    server = FakeServer(latency=args.latency, jitter=args.jitter, port=args.port).start()
+    server = FakeServer(
+        latency=args.latency,
+        jitter=args.jitter,
+        time_to_first_token=args.time_to_first_token,
+        time_per_token=args.time_per_token,
+        port=args.port,
+    ).start()
     print(f"Fake OpenAI upstream at {server.base_url} (Ctrl+C to stop)", flush=True)
     try:
         threading.Event().wait()

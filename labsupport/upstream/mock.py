@@ -1,19 +1,20 @@
-"""The offline upstream, in process: the real `openai` SDK talks to it through respx.
+"""The offline upstream, in process: the real `openai` SDK talks to it over its own HTTP stack.
 
 How the interception works, and why it cannot leak:
 
-* The SDK (3.x) sends HTTP through httpx2 → httpcore2; plain httpx goes through httpcore. respx
-  patches the connection pools of *both* (its own "httpcore" mocker, and an "httpcore2" mocker
-  registered here unless pytest-httpx2 already did), so every client the SDK builds, or a
-  learner builds, is seen. The mock registers itself with both mockers and sees each request.
-  The SDK's async requests take a shortcut: httpcore2's async pools answer a request for the
-  mock's API straight from httpcore2's own request and response types, without respx turning
-  each into an httpx.Request and httpx.Response and back (most of the mock's cost per call);
-  every other request, and any router registered before the mock, goes through respx.
+* The SDK (3.x) sends HTTP through httpx2 → httpcore2; plain httpx goes through httpcore. Every
+  request of either passes through a connection pool's public `handle_request` or
+  `handle_async_request`; while a mock runs, those methods are wrapped (see `pools`), so every
+  client the SDK builds, or a learner builds, is seen. A request for the mock's API is answered
+  straight from the pool's own request and response types.
 * It answers requests to the OpenAI API base (and to whatever `OPENAI_BASE_URL` points at),
   lets loopback traffic (127.0.0.1, localhost, ::1) through to the lab's own servers, and
-  refuses anything else with `NetworkBlockedError`: fail closed. While it runs, a socket guard
-  (`labsupport.guard`) refuses every other way out too, for libraries that do not use httpx.
+  refuses anything else with `NetworkBlockedError`: fail closed. A refusal is raised at once, and
+  when the SDK is loaded it is also the SDK's `APIConnectionError`, which the SDK neither retries
+  nor reports as a timeout (see `refusal`).
+* aiohttp (the SDK's `DefaultAioHttpClient`, litellm's async calls) is answered by the same
+  upstream, through aioresponses (see `aiohttp_mock`). While the mock runs, a socket guard
+  (`labsupport.guard`) refuses every other way out too, for libraries that use neither.
 * The answer's body is a stream that waits before it yields. The sync client reads it with a
   plain iterator, so `time.sleep` blocks its thread, as a real network read does; the async client
   reads it with an async iterator, so `asyncio.sleep` lets the event loop run other work. The same
@@ -25,7 +26,7 @@ How the interception works, and why it cannot leak:
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 import os
 import threading
 import time
@@ -33,27 +34,29 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Callable,
     Generator,
     Iterable,
     Iterator,
     Mapping,
     Sequence,
 )
-from typing import Any, ClassVar, Self, Unpack
+from typing import Any, Self, Unpack
 from urllib.parse import unquote
 
 import httpcore
 import httpcore2
 import httpx
-from respx.mocks import HTTPCoreMocker, Mocker
-from respx.models import PassThrough
-from respx.patterns import parse_url
+from multidict import CIMultiDict
+from yarl import URL
 
 from ..guard import NetworkGuard
-from ..network import NetworkBlockedError, client_kind, is_loopback
+from ..network import NetworkBlockedError, client_kind
 from ..switch import Switch
+from . import aiohttp_mock, pools
 from .addresses import origin, origin_and_path
 from .core import Answer, Upstream
+from .refusal import blocked_request
 from .settings import SettingsChanges, UpstreamSettings
 
 __all__ = [
@@ -79,86 +82,27 @@ class _ReadTimeout(httpcore2.ReadTimeout, httpcore.ReadTimeout):
     """A read timeout both transports recognise, so httpx2 and httpx both map it to theirs."""
 
 
-def _register_httpcore2_mocker() -> None:
-    """Teach respx to patch httpcore2, unless someone (pytest-httpx2) already did.
+class _AnswerStream:
+    """A response body that arrives `answer.wait` seconds late (a stream: event by event, as
+    the answer spaces them): blocking when read by a sync client, awaiting when read by an
+    async one (so it serves httpcore's sync and async responses alike).
 
-    respx keeps a registry of mockers by name and raises TypeError on a second "httpcore2".
-    """
-    if "httpcore2" in Mocker.registry:
-        return
+    A client that closes a stream it has begun to read has abandoned it (a disconnect): the
+    rest is never sent, and the upstream counts it apart from a timeout."""
 
-    class HTTPCore2Mocker(HTTPCoreMocker):
-        name = "httpcore2"
-        targets: ClassVar[list[str]] = [
-            "httpcore2._sync.connection.HTTPConnection",
-            "httpcore2._sync.connection_pool.ConnectionPool",
-            "httpcore2._sync.http_proxy.HTTPProxy",
-            "httpcore2._async.connection.AsyncHTTPConnection",
-            "httpcore2._async.connection_pool.AsyncConnectionPool",
-            "httpcore2._async.http_proxy.AsyncHTTPProxy",
-        ]
-
-        @classmethod
-        def mock(cls, spec: Any) -> Any:
-            """respx's stand-in for `spec`; for the async pools' `handle_async_request`, one
-            that answers a request for a running mock's API straight from httpcore2's request,
-            and leaves everything else (loopback pass-through, blocked hosts, other routers) to
-            respx. respx would turn each request into an httpx.Request and each answer into an
-            httpx.Response and back: three quarters of the mock's cost per call."""
-            respx_mock = super().mock(spec)
-            if spec.__name__ != "handle_async_request":
-                return respx_mock
-
-            async def handle_async_request(self: Any, request: httpcore2.Request) -> Any:
-                first = cls.routers[0] if cls.routers else None
-                if isinstance(first, MockUpstream):
-                    answered = await first._answer_httpcore2(request)
-                    if answered is not None:
-                        return answered
-                return await respx_mock(self, request)
-
-            return handle_async_request
-
-        @classmethod
-        def to_httpx_request(cls, **kwargs: Any) -> httpx.Request:
-            # respx parses the URL afresh for every request; the lab sends the same few URLs
-            # over and over, so remember them (this is most of the mock's cost per call).
-            request = kwargs["request"]
-            url = request.url
-            return httpx.Request(
-                request.method.decode("ascii"),
-                _parsed_url(url.scheme, url.host, url.port, url.target),
-                headers=request.headers,
-                stream=request.stream,
-                extensions=request.extensions,
-            )
-
-        @classmethod
-        def from_sync_httpx_response(
-            cls, httpx_response: httpx.Response, target: Any, **kwargs: Any
-        ) -> httpcore2.Response:
-            return httpcore2.Response(
-                status=httpx_response.status_code,
-                headers=httpx_response.headers.raw,
-                content=httpx_response.stream,
-                extensions=httpx_response.extensions,
-            )
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed_url(scheme: bytes, host: bytes, port: int | None, target: bytes) -> httpx.URL:
-    return parse_url((scheme, host, port, target))
-
-
-class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """A response body that arrives `answer.wait` seconds late: blocking when read by a sync
-    client, awaiting when read by an async one (so it is both of httpx's stream types)."""
-
-    def __init__(self, upstream: Upstream, answer: Answer, read_timeout: float | None) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        answer: Answer,
+        read_timeout: float | None,
+        timeout_error: Callable[[str], Exception] = _ReadTimeout,
+    ) -> None:
         self._upstream = upstream
+        self._timeout_error = timeout_error
         self._answer = answer
         self._read_timeout = read_timeout
         self._delivered = False
+        self._sent_at: list[float] = []  # when each part was handed over
         self._sync_parts: Generator[bytes, None, None] | None = None
         self._async_parts: AsyncGenerator[bytes, None] | None = None
 
@@ -175,9 +119,24 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             return self._read_timeout
         return wait
 
-    def _timed_out(self) -> _ReadTimeout:
-        self._upstream.finish(self._answer, delivered=False)
-        return _ReadTimeout(f"offline upstream: no answer within {self._read_timeout:g} s")
+    def _timed_out(self) -> Exception:
+        self._finish(None, timed_out=True)
+        return self._timeout_error(f"offline upstream: no answer within {self._read_timeout:g} s")
+
+    def _handed_over(self, number: int, total: int) -> None:
+        # Delivered once the last part is handed over: a client may close the stream right
+        # after it (the SDK stops at "[DONE]") without asking for more.
+        self._sent_at.append(time.perf_counter())
+        self._delivered = number == total
+
+    def _finish(self, client: str | None, *, timed_out: bool = False) -> None:
+        self._upstream.finish(
+            self._answer,
+            delivered=self._delivered,
+            client=client,
+            sent_at=self._sent_at,
+            abandoned=not timed_out,
+        )
 
     def __iter__(self) -> Iterator[bytes]:
         if self._sync_parts is None:
@@ -192,12 +151,10 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                     time.sleep(self._check_timeout(wait))
                 if self._check_timeout(wait) < wait:
                     raise self._timed_out()
-                # Delivered once the last part is handed over: a client may close the stream
-                # right after it (the SDK stops at "[DONE]") without asking for more.
-                self._delivered = number == len(steps)
+                self._handed_over(number, len(steps))
                 yield part
         finally:
-            self._upstream.finish(self._answer, delivered=self._delivered, client="sync")
+            self._finish("sync")
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         # One pass only: a client that iterates again (the SDK drains a stream after "[DONE]")
@@ -214,22 +171,20 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                     await asyncio.sleep(self._check_timeout(wait))
                 if self._check_timeout(wait) < wait:
                     raise self._timed_out()
-                # Delivered once the last part is handed over: a client may close the stream
-                # right after it (the SDK stops at "[DONE]") without asking for more.
-                self._delivered = number == len(steps)
+                self._handed_over(number, len(steps))
                 yield part
         finally:
-            self._upstream.finish(self._answer, delivered=self._delivered, client="async")
+            self._finish("async")
 
     def close(self) -> None:
         if self._sync_parts is not None:
             self._sync_parts.close()
-        self._upstream.finish(self._answer, delivered=self._delivered, client="sync")
+        self._finish("sync")
 
     async def aclose(self) -> None:
         if self._async_parts is not None:
             await self._async_parts.aclose()
-        self._upstream.finish(self._answer, delivered=self._delivered, client="async")
+        self._finish("async")
 
 
 class MockUpstream(Upstream, Switch):
@@ -252,12 +207,12 @@ class MockUpstream(Upstream, Switch):
             raise TypeError("base_urls must be a list of URLs, not one string")
         self._extra_bases = tuple(base_urls)
         self._bases: tuple[tuple[str, str], ...] = ()
-        self._mockers: list[type[Mocker]] = []
+        self._intercepting = False
         self._guard: NetworkGuard | None = None
 
     @property
     def active(self) -> bool:
-        return bool(self._mockers)
+        return self._intercepting
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -285,20 +240,17 @@ class MockUpstream(Upstream, Switch):
             if not os.environ.get(KEY_VARIABLE):
                 os.environ[KEY_VARIABLE] = PLACEHOLDER_KEY
             _key_holders.add(self)
-        _register_httpcore2_mocker()
-        for name in ("httpcore2", "httpcore"):
-            mocker = Mocker.registry[name]
-            mocker.register(self)  # type: ignore[arg-type]
-            mocker.start()
-            self._mockers.append(mocker)
+        pools.register(self._answer_pool_request, self._answer_async_pool_request)
+        aiohttp_mock.register(self._answer_aiohttp, self._refuse_url)
+        self._intercepting = True
         return self
 
     def stop(self) -> None:
         """Turn interception, this mock's guard and its placeholder key off. Idempotent."""
-        while self._mockers:
-            mocker = self._mockers.pop()
-            mocker.unregister(self)  # type: ignore[arg-type]
-            mocker.stop()
+        if self._intercepting:
+            aiohttp_mock.unregister(self._answer_aiohttp)
+            pools.unregister(self._answer_pool_request)
+            self._intercepting = False
         with _key_lock:
             if self in _key_holders:
                 _key_holders.discard(self)
@@ -309,16 +261,8 @@ class MockUpstream(Upstream, Switch):
             self._guard = None
 
     # -- routing ---------------------------------------------------------------------------
-    # respx's mockers patch the connection pools and hand each request, as an httpx.Request,
-    # to the "routers" registered with them. The mock registers itself as one: it answers every
-    # request directly instead of going through a respx Router's route matching and call
-    # recording, which cost more than the answer itself and would grow a list of every request.
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        return self._dispatch(request)
-
-    async def async_handler(self, request: httpx.Request) -> httpx.Response:
-        return self._dispatch(request)
-
+    # `pools` offers every httpcore and httpcore2 request to the running mocks (see its
+    # docstring); `aiohttp_mock` every aiohttp request. A mock answers those for its API bases.
     def _endpoint(self, request_origin: str, path: str) -> str | None:
         """The path after the API base this mock answers for ("chat/completions"), or None if
         the request is not for one of its bases."""
@@ -327,51 +271,79 @@ class MockUpstream(Upstream, Switch):
                 return path[len(base_path) + 1 :]
         return None
 
-    def _dispatch(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        path = url.path
-        endpoint = self._endpoint(origin(url.scheme, url.host, url.port), path)
-        if endpoint is not None:
-            return self._respond(request, endpoint)
-        if is_loopback(url.host):
-            # respx sends the request on to the real connection pool: the lab's own servers.
-            raise PassThrough(f"loopback: {url}", request=request, origin=None)  # type: ignore[arg-type]
-        raise NetworkBlockedError(
-            f"The offline lab blocked a request to {url.scheme}://{url.host}{path}: while the "
-            "mock upstream is on, nothing leaves this machine. To reach a real server, set "
-            "LAB_MODE=live (see the README)."
-        )
-
-    def _respond(self, request: httpx.Request, endpoint: str) -> httpx.Response:
-        answer, body = self._answer_and_body(
-            request.method, endpoint, request.content, request.headers, request.extensions
-        )
-        if isinstance(body, bytes):
-            return httpx.Response(answer.status, headers=answer.headers, content=body)
-        return httpx.Response(answer.status, headers=answer.headers, stream=body)
-
-    async def _answer_httpcore2(self, request: httpcore2.Request) -> httpcore2.Response | None:
-        """The answer to an httpcore2 request for one of this mock's API bases, built from it
-        directly; None for any other URL (respx's path decides: pass through or block)."""
+    def _pool_endpoint(self, request: Any) -> str | None:
+        """`_endpoint` of an httpcore or httpcore2 request."""
         url = request.url
         path = unquote(url.target.split(b"?", 1)[0].decode("ascii"))  # as httpx's URL.path
-        endpoint = self._endpoint(origin(url.scheme.decode(), url.host.decode(), url.port), path)
+        return self._endpoint(origin(url.scheme.decode(), url.host.decode(), url.port), path)
+
+    @staticmethod
+    def _refuse_url(url: URL) -> NetworkBlockedError:
+        return blocked_request(f"{url.scheme}://{url.host}{url.path}")
+
+    def _answer_pool_request(self, request: Any, response: type) -> Any:
+        """The answer to a sync pool's request (httpcore or httpcore2, as `response` says) for
+        one of this mock's API bases; None for any other URL."""
+        endpoint = self._pool_endpoint(request)
+        if endpoint is None:
+            return None
+        stream = request.stream
+        assert isinstance(stream, Iterable)  # the sync pools' requests stream so
+        return self._pool_response(request, endpoint, b"".join(stream), response)
+
+    async def _answer_async_pool_request(self, request: Any, response: type) -> Any:
+        """`_answer_pool_request` for the async pools."""
+        endpoint = self._pool_endpoint(request)
         if endpoint is None:
             return None
         stream = request.stream
         assert isinstance(stream, AsyncIterable)  # the async pools' requests stream so
         content = b"".join([part async for part in stream])
+        return self._pool_response(request, endpoint, content, response)
+
+    def _pool_response(self, request: Any, endpoint: str, content: bytes, response: type) -> Any:
         answer, body = self._answer_and_body(
-            request.method.decode("ascii"),
-            endpoint,
-            content,
-            request.headers,
-            request.extensions,
+            request.method.decode("ascii"), endpoint, content, request.headers, request.extensions
         )
         headers = [(name.encode(), value.encode()) for name, value in answer.headers.items()]
         if isinstance(body, bytes):
             headers.append((b"content-length", b"%d" % len(body)))
-        return httpcore2.Response(answer.status, headers=headers, content=body)
+        return response(answer.status, headers=headers, content=body)
+
+    async def _answer_aiohttp(
+        self, method: str, url: URL, request: dict[str, Any]
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        """The answer to an aiohttp request (its `ClientSession.request` keyword arguments) for
+        one of this mock's API bases, whole; None for any other URL."""
+        endpoint = self._endpoint(origin(url.scheme, url.host or "", url.port), url.path)
+        if endpoint is None:
+            return None
+        import aiohttp
+
+        timeout = request.get("timeout")
+        read = None
+        if isinstance(timeout, aiohttp.ClientTimeout):
+            read = timeout.sock_read or timeout.total
+        answer, body = self._answer_and_body(
+            method,
+            endpoint,
+            _aiohttp_content(request),
+            CIMultiDict(request.get("headers") or {}),
+            {"timeout": {"read": read}},
+            timeout_error=aiohttp.SocketTimeoutError,
+        )
+        if not isinstance(body, bytes):
+            parts = body.__aiter__()
+            try:
+                body = b"".join([part async for part in parts])
+            except BaseException:
+                # aiohttp's client gets the answer whole: one it gave up on, it never began
+                # to read (a timeout, never an abandoned stream).
+                self.finish(answer, delivered=False)
+                raise
+            finally:
+                await parts.aclose()  # type: ignore[attr-defined]
+        return answer.status, answer.headers, body
 
     def _answer_and_body(
         self,
@@ -380,6 +352,7 @@ class MockUpstream(Upstream, Switch):
         content: bytes,
         headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]],
         extensions: Mapping[str, Any],
+        timeout_error: Callable[[str], Exception] = _ReadTimeout,
     ) -> tuple[Answer, bytes | _AnswerStream]:
         """Plan the answer; its body as bytes if nothing is left to wait for, else a stream
         that waits as the answer says."""
@@ -391,7 +364,17 @@ class MockUpstream(Upstream, Switch):
             self.finish(answer)
             return answer, answer.body
         timeout = (extensions.get("timeout") or {}).get("read")
-        return answer, _AnswerStream(self, answer, timeout)
+        return answer, _AnswerStream(self, answer, timeout, timeout_error)
+
+
+def _aiohttp_content(request: dict[str, Any]) -> bytes:
+    """The body of an aiohttp request, from its `data` or `json` argument."""
+    data = request.get("data")
+    if data is None and request.get("json") is not None:
+        return json.dumps(request["json"]).encode()
+    if isinstance(data, str):
+        return data.encode()
+    return bytes(data or b"")
 
 
 def mock_openai(

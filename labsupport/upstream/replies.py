@@ -19,6 +19,7 @@ __all__ = [
     "STOPWORDS",
     "Reply",
     "count_tokens",
+    "course_kind",
     "names_in",
     "reply_to",
     "sentiment",
@@ -107,6 +108,15 @@ def reply_to(prompt: str, max_tokens: int | None = None) -> Reply:
     if max_tokens is not None and count_tokens(text) > max_tokens:
         return Reply(truncate_to_tokens(text, max_tokens), "length")
     return Reply(text, "stop")
+
+
+def course_kind(prompt: str) -> str | None:
+    """Which of the course's prompt kinds `prompt` is ("sentiment", "topics", "summary"), or
+    None: a structured answer to one of them carries what the chat reply says."""
+    for kind, pattern in (("sentiment", _SENTIMENT), ("topics", _TOPICS), ("summary", _SUMMARY)):
+        if pattern.match(prompt):
+            return kind
+    return None
 
 
 def _answer(prompt: str) -> str:

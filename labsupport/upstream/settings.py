@@ -1,6 +1,7 @@
 """How an upstream behaves, as one value: `UpstreamSettings`, changed by copying.
 
-The offline upstream has five settings: `latency`, `jitter`, `seed`, `faults` and `rate_limit`.
+The offline upstream has seven settings: `latency`, `jitter`, `seed`, `faults`, `rate_limit`, and
+for streamed answers `time_to_first_token` and `time_per_token`.
 They live together in a frozen dataclass, so a configuration can be saved, compared and put back
 as a whole. Changes are keyword arguments; a setting left out, or given as `UNCHANGED`, keeps its
 value (`rate_limit=None` removes the rate limit: None is a value, not "unchanged"):
@@ -50,13 +51,15 @@ UNCHANGED: Final = Unchanged.UNCHANGED
 
 
 class SettingsChanges(TypedDict, total=False):
-    """The keyword arguments of `configure()` and `configured()`: any of the five settings."""
+    """The keyword arguments of `configure()` and `configured()`: any of the settings."""
 
     latency: float | Literal[Unchanged.UNCHANGED]
     jitter: float | Literal[Unchanged.UNCHANGED]
     seed: int | Literal[Unchanged.UNCHANGED]
     faults: Iterable[Fault] | Literal[Unchanged.UNCHANGED]
     rate_limit: RateLimit | Literal[Unchanged.UNCHANGED] | None
+    time_to_first_token: float | Literal[Unchanged.UNCHANGED] | None
+    time_per_token: float | Literal[Unchanged.UNCHANGED] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,11 @@ class UpstreamSettings:
     * `jitter` — a seeded random ± spread added to each call's latency (never below 0);
     * `seed` — the seed of that spread and of `Fault.fraction`'s draws;
     * `faults` — scripted failures (`labsupport.Fault`), the first that selects a call wins;
-    * `rate_limit` — a `labsupport.RateLimit`, or None for no limit.
+    * `rate_limit` — a `labsupport.RateLimit`, or None for no limit;
+    * `time_to_first_token` — seconds before a streamed answer's first event (None: a quarter
+      of the call's latency);
+    * `time_per_token` — seconds between a streamed answer's events (None: the rest of the
+      latency, spread evenly). `latency` stays the time of a whole answer that is not streamed.
 
     Invalid values raise at once, with the setting's name: `TypeError` for a wrong type,
     `ValueError` for a value out of range.
@@ -78,10 +85,16 @@ class UpstreamSettings:
     seed: int = 0
     faults: tuple[Fault, ...] = ()
     rate_limit: RateLimit | None = None
+    time_to_first_token: float | None = None
+    time_per_token: float | None = None
 
     def __post_init__(self) -> None:
         check_seconds("latency", self.latency)
         check_seconds("jitter", self.jitter)
+        for name in ("time_to_first_token", "time_per_token"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_seconds(name, value))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int; got {self.seed!r}")
         if not (self.rate_limit is None or isinstance(self.rate_limit, RateLimit)):
@@ -99,7 +112,7 @@ class UpstreamSettings:
         if unknown:
             raise TypeError(
                 f"unknown upstream setting {sorted(unknown)[0]!r}; the settings are latency, "
-                "jitter, seed, faults and rate_limit"
+                "jitter, seed, faults, rate_limit, time_to_first_token and time_per_token"
             )
         given = {name: value for name, value in changes.items() if value is not UNCHANGED}
         return dataclasses.replace(self, **given)  # type: ignore[arg-type]

@@ -4,7 +4,9 @@ A structured-output request (`response_format` in Chat Completions, `text.format
 and every function tool's `parameters` carry a JSON Schema. The offline model answers with an
 instance of it: deterministic, valid against the schema, and taken from the prompt where the schema
 says what a value means: a sentiment enum gets the prompt's sentiment, a number the prompt's next
-number, a `city` the prompt's name, a `topics` array the prompt's topics.
+number, a `city` the prompt's name, a `topics` array the prompt's topics. For the course's own
+prompt kinds ("Sentiment (one word): …", "List 3 topics …", "Summarize …") the schema carries the
+chat reply: a `label` string gets "Positive", a list of strings the topics.
 
 A schema the upstream cannot honour is refused with `SchemaError` (the upstream answers it with a
 400 that names the problem), never answered with JSON that only looks right: a keyword outside
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .replies import names_in, reply_to, sentiment, summary, topics
+from .replies import course_kind, names_in, reply_to, sentiment, summary, topics
 
 __all__ = ["SUPPORTED", "SchemaError", "check", "embedded_schema", "instance"]
 
@@ -298,7 +300,10 @@ def _array(node: dict[str, Any], ctx: _Context, name: str, depth: int) -> list[A
     wanted = low if ctx.recursing else max(low, min(high, 1))
     if items.get("type") == "string" and not {"enum", "const", "format"} & set(items):
         count = _requested_count(ctx.text)
-        words = topics(ctx.text, count or 3) if _means(name, _TOPIC_NAMES) else []
+        if course_kind(ctx.text) == "topics":  # the topics the chat reply lists
+            words = reply_to(ctx.text).text.split(", ")
+        else:
+            words = topics(ctx.text, count or 3) if _means(name, _TOPIC_NAMES) else []
         values = [_bounded(w, items) for w in words]
         if count:
             wanted = max(low, min(high, count))
@@ -425,14 +430,16 @@ def _string(node: dict[str, Any], ctx: _Context, name: str) -> str:
     elif _means(name, _SENTIMENT_NAMES):
         value = sentiment(text).lower()
     elif _means(name, _SUMMARY_NAMES):
-        value = summary(text)
+        value = reply_to(text).text if course_kind(text) == "summary" else summary(text)
     elif _means(name, _TOPIC_NAMES):
         value = topics(text, 1)[0]
     elif _means(name, _PLACE_NAMES) and (match := _PLACE.search(text)):
         value = match[1]
     elif _means(name, (*_PLACE_NAMES, *_NAME_NAMES)):
         value = (names_in(text) or topics(text, 1))[0]
-    elif _means(name, _ANSWER_NAMES) or not name:
+    elif _means(name, _ANSWER_NAMES) or not name or course_kind(text):
+        # A field the prompt's kind fills ("label" for "Sentiment (one word): …") carries
+        # what the chat reply says.
         value = reply_to(text).text
     else:
         value = topics(text, 1)[0]

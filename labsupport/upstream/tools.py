@@ -8,7 +8,8 @@ decides as a simple, predictable model would:
 * `"required"` — calls the tool that best fits the prompt; once tool results are back, the next
   tool not yet called this turn (so an agent's "final result" tool comes after its data tool);
 * `"auto"` (the default) — calls the best-fitting tool if the prompt mentions what any tool is
-  about (a word of its name or description), and answers in text once tool results are back.
+  about (a word of its name, its description or its parameters: their names, descriptions and
+  enum values), and answers in text once tool results are back.
 
 Arguments are an instance of the function's JSON Schema (`structured.instance`) built from the
 prompt and the tool results so far, so they are valid against it, `strict` or not.
@@ -62,9 +63,27 @@ class Tool:
 
     @property
     def words(self) -> frozenset[str]:
-        """What the tool is about: the words of its name and description."""
-        text = f"{self.name.replace('_', ' ')} {self.description}".lower()
-        return frozenset(_WORD.findall(text)) - STOPWORDS - _VERBS
+        """What the tool is about: the words of its name, its description and its parameters
+        (their names, descriptions and the values their enums offer)."""
+        text = " ".join([self.name, self.description, *_parameter_words(self.parameters)])
+        return frozenset(_WORD.findall(text.replace("_", " ").lower())) - STOPWORDS - _VERBS
+
+
+def _parameter_words(node: Any) -> list[str]:
+    """The names, descriptions and string enum values anywhere in a JSON Schema."""
+    if isinstance(node, list):
+        return [word for item in node for word in _parameter_words(item)]
+    if not isinstance(node, dict):
+        return []
+    words = [str(node.get("description") or "")]
+    words += [str(value) for value in node.get("enum") or [] if isinstance(value, str)]
+    for key, value in node.items():
+        if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            words += list(value)
+            words += _parameter_words(list(value.values()))
+        elif key in ("items", "anyOf", "oneOf", "allOf", "additionalProperties"):
+            words += _parameter_words(value)
+    return words
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ __all__ = [
     "error",
     "input_texts",
     "input_tokens",
+    "is_token",
     "json_bytes",
     "models_list",
     "moderation",
@@ -414,6 +415,27 @@ def chat_chunks(
         chunks.append(event({"choices": [], "usage": _chat_usage((prompt, completion * n))}))
     chunks.append(b"data: [DONE]\n\n")
     return chunks
+
+
+# Where a streamed event carries a piece of the answer: chat text, chat tool arguments, and the
+# Responses API's text and argument deltas.
+_TOKEN_MARKS = (
+    b'"delta": {"content": "',
+    b'"function": {"arguments": "',
+    b"event: response.output_text.delta\n",
+    b"event: response.function_call_arguments.delta\n",
+)
+
+
+def is_token(event: bytes) -> bool:
+    """Whether a streamed event (as `chat_chunks` and `response_events` spell them) carries a
+    piece of the answer, what the lab counts as one token of a stream."""
+    for mark in _TOKEN_MARKS:
+        at = event.find(mark)
+        if at >= 0:
+            # An empty piece ("content": "") carries nothing.
+            return not (mark.endswith(b'"') and event[at + len(mark) : at + len(mark) + 1] == b'"')
+    return False
 
 
 def response(number: int, model: str, text: str, finish: str, usage: tuple[int, int]) -> bytes:

@@ -1,0 +1,105 @@
+"""httpx and httpx2, answered in process: the connection pools' request methods, wrapped.
+
+Every request httpx sends goes through an httpcore connection pool (`ConnectionPool` and its
+subclasses, the proxies, as `handle_request`; `AsyncConnectionPool` as `handle_async_request`),
+and every request httpx2 — the SDK's stack — sends through httpcore2's. These four methods are
+public; while any mock runs, each is wrapped by one that offers the request to the running
+mocks first:
+
+* a mock answers it (a request for its API base), with an httpcore(2) `Response`;
+* a request no mock answers is refused (`refusal`) unless it is for loopback, which the real
+  pool sends on to the lab's own servers.
+
+The first mock to start wraps the methods, the last to stop puts the originals back, unless
+something wrapped the same method after it (respx, a test's own patch): that patch is left in
+place, and ours, under it, passes every request through once no mock runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpcore
+import httpcore2
+
+from ..network import is_loopback
+from .refusal import blocked_request
+
+__all__ = ["AsyncRoute", "Route", "register", "unregister"]
+
+#: A mock's answer to one pool request (given with the Response class to build), or None when
+#: the request is not for the mock's API.
+Route = Callable[[Any, type], Any]
+AsyncRoute = Callable[[Any, type], Awaitable[Any]]
+
+_POOLS = (
+    (httpcore.ConnectionPool, "handle_request", httpcore.Response),
+    (httpcore.AsyncConnectionPool, "handle_async_request", httpcore.Response),
+    (httpcore2.ConnectionPool, "handle_request", httpcore2.Response),
+    (httpcore2.AsyncConnectionPool, "handle_async_request", httpcore2.Response),
+)
+
+_lock = threading.Lock()
+_routes: list[tuple[Route, AsyncRoute]] = []
+_wrappers: dict[tuple[type, str], tuple[Callable[..., Any], Callable[..., Any]]] = {}
+
+
+def register(route: Route, async_route: AsyncRoute) -> None:
+    """Offer every pool request to `route` (sync pools) and `async_route` (async pools), after
+    the mocks registered before; wrap the pools' methods if no mock has yet."""
+    with _lock:
+        _routes.append((route, async_route))
+        for pool, name, response in _POOLS:
+            if (pool, name) not in _wrappers:
+                original = getattr(pool, name)
+                wrapper = _wrap(original, response, is_async=name.endswith("async_request"))
+                _wrappers[pool, name] = (original, wrapper)
+                setattr(pool, name, wrapper)
+
+
+def unregister(route: Route) -> None:
+    """Stop offering requests to `route`; put the originals back once no mock is left."""
+    with _lock:
+        _routes[:] = [pair for pair in _routes if pair[0] != route]
+        if _routes:
+            return
+        for (pool, name), (original, wrapper) in list(_wrappers.items()):
+            if getattr(pool, name) is wrapper:  # else a later patch wraps ours: leave both
+                setattr(pool, name, original)
+                del _wrappers[pool, name]
+
+
+def _wrap(original: Callable[..., Any], response: type, *, is_async: bool) -> Callable[..., Any]:
+    if is_async:
+
+        async def handle_async_request(pool: Any, request: Any) -> Any:
+            for _, async_route in list(_routes):
+                answered = await async_route(request, response)
+                if answered is not None:
+                    return answered
+            _let_through_or_refuse(request)
+            return await original(pool, request)
+
+        return handle_async_request
+
+    def handle_request(pool: Any, request: Any) -> Any:
+        for route, _ in list(_routes):
+            answered = route(request, response)
+            if answered is not None:
+                return answered
+        _let_through_or_refuse(request)
+        return original(pool, request)
+
+    return handle_request
+
+
+def _let_through_or_refuse(request: Any) -> None:
+    """Raise unless the request may reach the real network: it is for loopback, or no mock
+    runs (our wrapper was left under a later patch)."""
+    url = request.url
+    host = url.host.decode("ascii")
+    if _routes and not is_loopback(host):
+        path = url.target.split(b"?", 1)[0].decode("ascii")
+        raise blocked_request(f"{url.scheme.decode('ascii')}://{host}{path}")
