@@ -230,14 +230,21 @@ async def test_a_request_behind_busy_slots_is_shed_with_503_not_queued(
     assert statuses == {200: BOUND, 503: 1}
 
 
+@pytest.mark.parametrize(
+    ("poison", "refused"),
+    [
+        ({"not": "text"}, "ProgrammingError: Error binding parameter"),
+        (2**64, "OverflowError: Python int too large"),
+    ],
+)
 async def test_a_row_sqlite_refuses_is_dead_lettered_and_the_writer_moves_on(
-    upstream: MockUpstream, tmp_path: Path
+    upstream: MockUpstream, tmp_path: Path, poison: object, refused: str
 ) -> None:
     app = create_app(audit_path=tmp_path / "audit.sqlite3")
 
     @app.post("/poison")
-    async def poison(request: Request) -> dict[str, bool]:
-        note(request, reply={"not": "text"})  # a value SQLite cannot store
+    async def poisoned_row(request: Request) -> dict[str, bool]:
+        note(request, reply=poison)  # a value SQLite cannot store
         return {"ok": True}
 
     async with lab.serve(app) as client:
@@ -256,8 +263,8 @@ async def test_a_row_sqlite_refuses_is_dead_lettered_and_the_writer_moves_on(
     assert health.json()["status"] == "ok"  # the writer did not stall on that row
     # Every answered request has its row: 60 in the store, the poison one dead-lettered.
     assert Counter(row["path"] for row in rows) == {"/chat": 60}
-    assert [(row["path"], row["reply"]) for row in dead] == [("/poison", {"not": "text"})]
-    assert dead[0]["refused"].startswith("ProgrammingError: Error binding parameter")
+    assert [(row["path"], row["reply"]) for row in dead] == [("/poison", poison)]
+    assert dead[0]["refused"].startswith(refused)
 
 
 # ---------------------------------------------------------------------------------- bad input

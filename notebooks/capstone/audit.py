@@ -45,9 +45,16 @@ _INSERT: Final = (
     "VALUES (:at, :method, :path, :status, :duration_ms, :user_id, :prompt, :reply, :error)"
 )
 _ROWS_PER_COMMIT: Final = 1_000
-# What SQLite raises for a row it can never store (a value of a type it cannot bind, a NULL
-# where NOT NULL): retrying cannot help. A lock or a full disk is an OperationalError instead.
-_ROW_ERRORS: Final = (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError)
+# What SQLite raises for a row it can never store (a value of a type it cannot bind, an int
+# past 64 bits, a NULL where NOT NULL): retrying cannot help. A lock or a full disk is an
+# OperationalError instead, and is retried.
+_ROW_ERRORS: Final = (
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    OverflowError,
+)
 
 
 class AuditUnavailable(RuntimeError):
