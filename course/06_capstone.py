@@ -297,7 +297,7 @@ print(
 )
 
 # %% [markdown]
-# And one more: a service that is full. Twenty slow questions (2 s each) take every upstream
+# And one more: a service that is full. Twenty slow questions (3 s each) take every upstream
 # slot; a normal question arrives behind them. It waits for a slot at most `slot_wait`
 # (0.2 s here), then gets **503** with `Retry-After` at once, instead of queueing until a
 # slow call ends: the service sheds load it cannot serve soon.
@@ -306,7 +306,7 @@ print(
 import asyncio
 
 full_app = create_app(audit_path=fresh_audit("full.sqlite3"), slot_wait=0.2)
-with upstream.configured(faults=[Fault.matching(r"^Slow", delay=2.0)]):
+with upstream.configured(faults=[Fault.matching(r"^Slow", delay=3.0)]):
     async with lab.serve(full_app) as client:
         slow_calls = [
             asyncio.create_task(client.post("/chat", json={"message": f"Slow question {i}"}))

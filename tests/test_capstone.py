@@ -203,7 +203,7 @@ async def test_timeout_partial_fan_out_and_unreachable_upstream(
 async def test_a_request_behind_busy_slots_is_shed_with_503_not_queued(
     upstream: MockUpstream, tmp_path: Path
 ) -> None:
-    upstream.configure(faults=[Fault.matching("^slow", delay=3)])
+    upstream.configure(faults=[Fault.matching("^slow", delay=5)])
     app = create_app(audit_path=tmp_path / "audit.sqlite3", max_upstream_calls=BOUND, slot_wait=0.2)
     async with lab.serve(app) as client:
         slow = [
