@@ -1,7 +1,7 @@
 """Capacity of the capstone service measured from outside, with locust, in three processes.
 
 1. the course's fake upstream: `python -m labsupport fake-server --latency 0.1`;
-2. the service: `python notebooks/capstone_service.py` under its own uvicorn, upstream bound 20;
+2. the service: `python -m capstone` (notebooks/capstone/) under its own uvicorn, upstream bound 20;
 3. locust, headless: 1,000 users, each posting `/chat` again as soon as it has its answer.
 
 Each request is one upstream call of `latency` seconds and at most `bound` run at once in each
@@ -43,7 +43,7 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE = ROOT / "notebooks" / "capstone_service.py"
+NOTEBOOKS = ROOT / "notebooks"  # the service, `python -m capstone`, runs from there
 RESULTS_VARIABLE = "CAPSTONE_LOCUST_RESULTS"
 START_TIMEOUT = 60.0
 
@@ -133,7 +133,7 @@ def wait_listening(process: subprocess.Popen[bytes], port: int, name: str) -> No
 def process(command: list[str], port: int, name: str, log: Path) -> Any:
     env = {**os.environ, "OPENAI_API_KEY": "sk-offline-placeholder"}
     with log.open("wb") as output:
-        child = subprocess.Popen(command, stdout=output, stderr=output, env=env)
+        child = subprocess.Popen(command, stdout=output, stderr=output, env=env, cwd=NOTEBOOKS)
     try:
         wait_listening(child, port, name)
         yield child
@@ -156,10 +156,14 @@ def measure(
         upstream_port, service_port = free_port(), free_port()
         fake = [sys.executable, "-m", "labsupport", "fake-server"]
         fake += ["--port", str(upstream_port), "--latency", str(latency)]
-        service = [sys.executable, str(SERVICE), "--port", str(service_port), "--audit", str(audit)]
+        service = [sys.executable, "-m", "capstone", "--port", str(service_port)]
+        service += ["--audit-path", str(audit)]
         service += ["--base-url", f"http://127.0.0.1:{upstream_port}/v1"]
         service += ["--max-upstream-calls", str(bound), "--workers", str(workers)]
         service += ["--max-connections", str(max(2048, 2 * users))]
+        # Users ≫ bound queue for a slot by design (1,000 users: about 5 s): this measures
+        # capacity, so the service waits for a slot instead of shedding load.
+        service += ["--slot-wait", str(START_TIMEOUT)]
         locust = [sys.executable, "-m", "locust", "-f", __file__, "--headless"]
         locust += [
             "--users",

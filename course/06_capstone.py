@@ -22,25 +22,24 @@ LATENCY = upstream.latency
 # %% [markdown]
 # ## The service
 #
-# The service is an ordinary Python module next to the notebooks, `capstone_service.py`, so
-# that tests import exactly the code you read here. Open it from JupyterLab's file browser to
-# read it whole; the cells below show it part by part.
+# The service is an ordinary Python package next to the notebooks, `capstone/`, laid out as
+# FastAPI's "bigger applications" are: one module per concern, the routes in `routers/`, and
+# `main.py` putting them together. Tests, benchmarks and this notebook import exactly the code
+# you read here: each cell below prints a module's own source, the code that runs. Open the
+# folder from JupyterLab's file browser to read it in an editor.
 
 # %%
-from pathlib import Path
+import inspect
 
-import capstone_service
-from capstone_service import create_app
+from capstone import audit, errors, main, models, resources
+from capstone.routers import chat, health
 from IPython.display import Markdown
 
-SOURCE = Path(capstone_service.__file__).read_text()
 
-
-def show(part):
-    """The part of the service under the banner comment `# ---- part`."""
-    banner = next(line for line in SOURCE.splitlines() if line.startswith("# -") and part in line)
-    section = SOURCE.split(banner, 1)[1].split("\n# -", 1)[0]
-    return Markdown(f"```python\n{section.strip()}\n```")
+def show(module):
+    """The source of one of the service's modules, as Python imports it."""
+    name = module.__name__.replace(".", "/")
+    return Markdown(f"**`{name}.py`**\n```python\n{inspect.getsource(module).strip()}\n```")
 
 
 # %% [markdown]
@@ -52,59 +51,63 @@ def show(part):
 # fields (`"temprature"` is a typo, not a field to ignore).
 
 # %%
-show("request models")
+show(models)
 
 # %% [markdown]
 # **2. The shared resources.** One `AsyncOpenAI` client (01, 05) and one semaphore (03) are
 # created in the lifespan and shared by every request; every upstream call goes through
 # `Resources.ask`, so the bound holds across requests. `ask` also keeps the promise of
 # `upstream_timeout`: it is the *whole* time a request may spend on the upstream, waiting for a
-# slot and retries included (`asyncio.timeout_at` one deadline per request), and a failing call
-# gives its slot back while it sleeps before a retry. Then the endpoints: `/chat`, `/analyze`
-# (three calls with `asyncio.gather`, each failure isolated: 02), `/batch` and `/health`.
+# slot and retries included (`asyncio.timeout_at`, one deadline per request), and a failing
+# call gives its slot back while it sleeps before a retry. No call waits longer than
+# `slot_wait` (5 s by default) for a slot: past that the service is full, and saying so at
+# once (503 with `Retry-After`) is kinder than a long queue. That is *load shedding*.
 
 # %%
-show("the service")
+show(resources)
 
 # %% [markdown]
-# **3. The audit log (04).** One row per request, *whatever happened to it*: a middleware
+# **3. The routes.** Each endpoint is a plain function on a router: it takes its validated
+# body and the shared resources (`Shared`, a dependency), calls `ask`, and returns a model.
+# `/analyze` makes its three calls with `asyncio.gather`, each failure isolated (02).
+
+# %%
+show(chat)
+
+# %%
+show(health)
+
+# %% [markdown]
+# **4. The audit log (04).** One row per request, *whatever happened to it*: a middleware
 # records it after the response, a single background task writes the rows to SQLite in
-# batches, and closing the log at shutdown writes what is still queued. The writer never gives
-# up: a failed commit is rolled back and the same rows are tried again after a backoff, so a
-# locked database or a full disk delays rows but loses none. The queue is bounded: each request
-# reserves its row's place *before* it runs, and when no place is left the client gets 503 with
+# batches, and closing the log at shutdown writes what is still queued. A locked database or a
+# full disk delays rows but loses none: a failed commit is rolled back and the same rows are
+# tried again after a backoff. A row SQLite refuses for what it holds goes to a dead-letter
+# file, and the writer moves on. Rows still unwritten when the service stops go to a spill
+# file and are written first at the next start. The queue is bounded: each request reserves
+# its row's place *before* it runs, and when no place is left the client gets 503 with
 # `Retry-After` instead of an answer that could not be audited.
 
 # %%
-show("audit log")
+show(audit)
 
 # %% [markdown]
-# **4. Errors.** An SDK exception becomes a status the client can act on, with a JSON body;
+# **5. Errors.** An SDK exception becomes a status the client can act on, with a JSON body;
 # the upstream's own message is not passed on (it can name your account or key).
 
 # %%
-show("upstream errors")
+show(errors)
 
 # %% [markdown]
-# The body guard is a small middleware as well: it reads the whole body first, with a size
-# limit (413) and a deadline (408), and refuses anything that is not UTF-8 JSON with the same
-# 422 as any other malformed JSON. (FastAPI's built-in `max_body_size` answers in plain text;
-# this service answers every error in JSON.)
+# **6. Putting it together.** `create_app` includes the routers, adds the middleware and the
+# error handlers, and hands the lifespan its settings. `BodyLimits`, from `labsupport.serving`,
+# is server hardening rather than a lesson: it reads the whole body first, with a size limit
+# (413) and a deadline (408), so a client trickling its body cannot hold a connection for ever.
+# When the service runs in its own process (below), uvicorn's own limits guard the sockets
+# (`ServerLimits`: a connection cap, an idle timeout, a header size limit).
 
 # %%
-show("body guard")
-
-# %% [markdown]
-# Slow clients are also cut off before the app sees them: uvicorn has no time limit on a new
-# connection's headers and no cap on open connections, so the service runs on a subclass of
-# its HTTP protocol that adds both (used when the service runs in its own process, below).
-# It also closes a refused connection the way nginx does: a socket closed while the client
-# is still sending makes the kernel send a reset, and the client's read fails with
-# "connection reset" instead of showing its 408; so the service shuts down its side first
-# and reads what still arrives for a moment before it closes.
-
-# %%
-show("slow connections")
+show(main)
 
 # %% [markdown]
 # ## Under load
@@ -119,8 +122,10 @@ show("slow connections")
 # %%
 import tempfile
 from collections import Counter
+from pathlib import Path
 
 import aiosqlite
+from capstone import create_app
 
 BOUND = 20
 N = 100
@@ -151,7 +156,9 @@ def ticket(i):
 
 
 load_audit = fresh_audit("load.sqlite3")
-app = create_app(audit_path=load_audit, max_upstream_calls=BOUND)
+# slot_wait=30: here one loop runs the clients and the service, so a wait for a slot is mostly
+# a wait for the CPU; with the default (5 s) a slow machine could shed part of the burst.
+app = create_app(audit_path=load_audit, max_upstream_calls=BOUND, slot_wait=30)
 
 upstream.reset()
 async with lab.serve(app) as client:
@@ -211,7 +218,9 @@ lab.plot_latencies(load, latency=LATENCY)
 from labsupport import Fault, RateLimit
 
 fault_audit = fresh_audit("faults.sqlite3")
-flaky_app = create_app(audit_path=fault_audit, max_upstream_calls=BOUND, max_retries=0)
+flaky_app = create_app(
+    audit_path=fault_audit, max_upstream_calls=BOUND, max_retries=0, slot_wait=30
+)
 unreliable = upstream.configured(  # put back as it was when the block ends, even interrupted
     faults=[Fault.fraction(0.1, status=500)],
     rate_limit=RateLimit(max_per_window=90, window=60.0, retry_after=2.0),
@@ -288,6 +297,32 @@ print(
 )
 
 # %% [markdown]
+# And one more: a service that is full. Twenty slow questions (3 s each) take every upstream
+# slot; a normal question arrives behind them. It waits for a slot at most `slot_wait`
+# (0.2 s here), then gets **503** with `Retry-After` at once, instead of queueing until a
+# slow call ends: the service sheds load it cannot serve soon.
+
+# %%
+import asyncio
+
+full_app = create_app(audit_path=fresh_audit("full.sqlite3"), slot_wait=0.2)
+with upstream.configured(faults=[Fault.matching(r"^Slow", delay=3.0)]):
+    async with lab.serve(full_app) as client:
+        slow_calls = [
+            asyncio.create_task(client.post("/chat", json={"message": f"Slow question {i}"}))
+            for i in range(BOUND)
+        ]
+        for _ in range(500):  # until the slow calls hold every slot
+            if upstream.stats.in_flight == BOUND:
+                break
+            await asyncio.sleep(0.01)
+        shed = await client.post("/chat", json={"message": "A normal question"})
+        still_running = sum(not call.done() for call in slow_calls)
+        slow_answers = Counter(call.status_code for call in await asyncio.gather(*slow_calls))
+print(shed.status_code, "Retry-After:", shed.headers["retry-after"], shed.json())
+print(f"slow calls still running when the 503 came: {still_running}; then {dict(slow_answers)}")
+
+# %% [markdown]
 # ## When the audit store fails
 #
 # The upstream is not the only thing that fails. Here an administrator's transaction holds the
@@ -355,7 +390,11 @@ print(
 #   back whole, and rows leave the queue only once committed.
 #
 # A full disk behaves the same way (`tests/test_capstone_process.py` fills a small tmpfs under
-# load and frees it again).
+# load and frees it again). And if the store still fails when the service stops, the rows
+# still queued are not dropped: after `audit_drain_timeout` they go to a spill file (JSON
+# lines; put it on another filesystem with `audit_spill_path`, the log is the last resort),
+# and the next start writes them first. The same tests stop the service on a full disk and
+# under a held lock, start it again and count: every answered request has its row.
 
 # %% [markdown]
 # ## More than one process
@@ -363,14 +402,14 @@ print(
 # `uvicorn --workers 2` runs two copies of the service, each with its own event loop, its own
 # `AsyncOpenAI` client and **its own semaphore**. The bound of 20 is per process, so the
 # upstream can see 2 × 20 calls at once. To see it, start two such processes ourselves, as
-# `run_in_subprocess` in the service's module does, and give each 100 requests. Their upstream
+# `capstone.process.run_in_subprocess` does, and give each 100 requests. Their upstream
 # is the course's fake server, on real TCP in this kernel, which counts what it sees.
 
 # %%
 from contextlib import ExitStack
 
 import httpx
-from capstone_service import run_in_subprocess
+from capstone.process import run_in_subprocess
 
 PROCESSES = 2
 
@@ -499,9 +538,11 @@ audit_folder.cleanup()
 #   once, whatever the load (03).
 # * **A background audit writer, drained at shutdown**: one row per request, successes,
 #   failures and refusals alike (04); a locked database lost no row, and once its bounded
-#   queue was full the service said 503 instead of answering what it could not audit.
+#   queue was full the service said 503 instead of answering what it could not audit. Rows
+#   it cannot write by the time it stops are spilled and written at the next start.
 # * **Deadlines**: `upstream_timeout` is the whole wait, retries included, and the 504 says
-#   what the request was waiting for; slow clients get 408.
+#   what the request was waiting for; slow clients get 408. No request waits longer than
+#   `slot_wait` for an upstream slot: a full service says 503 at once (load shedding).
 # * **Validation and clean errors**: bad input costs nothing upstream; every error, ours or the
 #   upstream's, has one JSON shape that the OpenAPI schema documents.
 #
@@ -510,8 +551,8 @@ audit_folder.cleanup()
 # limit into Redis so that all of them share it, and moves audit writes to a job queue that
 # survives `kill -9`.
 #
-# Where to go from here: add an endpoint of your own to `capstone_service.py`. The tests show
+# Where to go from here: add an endpoint of your own to `capstone/routers/`. The tests show
 # how to check it: `tests/test_capstone.py` under load and faults in this process,
-# `tests/test_capstone_process.py` in its own process (a locked database, a full disk, a
-# read-only start-up, slow clients), and `tests/test_capstone_contract.py` runs schemathesis
-# against its OpenAPI schema.
+# `tests/test_capstone_process.py` in its own process (a locked database or a full disk,
+# while it runs and when it stops, a read-only start-up, slow clients), and
+# `tests/test_capstone_contract.py` runs schemathesis against its OpenAPI schema.

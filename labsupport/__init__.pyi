@@ -21,6 +21,8 @@ from .network import NetworkBlockedError as NetworkBlockedError
 from .plots import plot_in_flight as plot_in_flight
 from .plots import plot_latencies as plot_latencies
 from .plots import plot_timeline as plot_timeline
+from .serving import BodyLimits as BodyLimits
+from .serving import ServerLimits as ServerLimits
 from .serving import asgi_client as asgi_client
 from .serving import serve as serve
 from .upstream import OPENAI_API_BASE as OPENAI_API_BASE

@@ -19,22 +19,29 @@ tasks that run after the response. So "respond first, work later" can only be ob
 Both helpers run the app's lifespan: startup before the first request, shutdown after the
 client is closed. Whatever the lifespan yields (``yield {"openai": AsyncOpenAI()}``) reaches
 every request as ``request.state``, each request getting its own shallow copy, as in uvicorn.
+
+And, opt-in, for a service that faces clients it does not control (the capstone does): uvicorn's
+own limits on connections, idle time and header size as ``ServerLimits().uvicorn_options()``, and
+``BodyLimits``, an ASGI middleware giving the request body a deadline and a size limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Final
 
 import httpx
 from asgi_lifespan import LifespanManager
-from starlette.types import ASGIApp, Receive, Scope, Send
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .network import bound_tcp_socket, check_port, loopback_address, run_uvicorn
 from .validation import check_seconds
 
-__all__ = ["asgi_client", "serve"]
+__all__ = ["BodyLimits", "ServerLimits", "asgi_client", "serve"]
 
 LIFESPAN_TIMEOUT: Final = 10.0
 """Seconds the app's lifespan startup (and shutdown) may take before we give up."""
@@ -188,3 +195,134 @@ def _check_app(app: object) -> None:
             "app must be an ASGI application such as a FastAPI() instance "
             f"(an object called with scope, receive, send), got {app!r}"
         )
+
+
+class ServerLimits(BaseModel):
+    """uvicorn's own limits for clients that would hold a server's sockets or memory.
+
+    Pass ``uvicorn.run(app, **ServerLimits().uvicorn_options())``. What each one does:
+
+    * ``max_connections`` (``--limit-concurrency``): a request that arrives while this many
+      connections (or requests) are open gets uvicorn's plain-text 503, and its connection is
+      closed, so a flood of connections cannot exhaust the process's file descriptors.
+    * ``keep_alive`` (``--timeout-keep-alive``): an idle connection is closed this many seconds
+      after its last response.
+    * ``max_header_bytes`` (h11's ``max_incomplete_event_size``): a request line and headers
+      larger than this get 400 and the connection closed.
+
+    uvicorn has no deadline for a new connection's headers: a client trickling them holds its
+    connection until it leaves. A reverse proxy in front (nginx's ``client_header_timeout``)
+    closes those.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
+
+    max_connections: Annotated[int, Field(ge=1)] = 2048
+    """Open connections past which a new request gets 503 and its connection is closed."""
+    keep_alive: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
+    """Seconds an idle connection stays open after its last response."""
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
+    """The largest request line and headers accepted; larger ones get 400."""
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``uvicorn.run`` or ``uvicorn.Config``."""
+        return {
+            "http": "h11",  # the header limit is h11's
+            "limit_concurrency": self.max_connections,
+            "timeout_keep_alive": self.keep_alive,
+            "h11_max_incomplete_event_size": self.max_header_bytes,
+        }
+
+
+Refusal = Callable[[Scope, int, str], ASGIApp]
+"""Makes the answer to a refused body from (scope, status, message): any ASGI app."""
+
+
+def json_refusal(scope: Scope, status: int, message: str) -> ASGIApp:
+    """The default refusal: ``{"detail": message}``, as FastAPI answers its own errors."""
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+class BodyLimits:
+    """A pure ASGI middleware: the whole request body, read before the app runs, within
+    ``timeout`` seconds and at most ``max_bytes``.
+
+    * larger than ``max_bytes`` → 413 (a declared Content-Length at once, a chunked body as it
+      arrives);
+    * not complete ``timeout`` seconds after the request started → 408 (a client trickling
+      its body must not hold a connection for ever);
+    * the client disconnects first → the app is not called: there is nobody to answer.
+
+    A refused body that was still arriving gets ``Connection: close``: uvicorn closes the
+    connection after the answer. (Bytes of the client's still unread then make the kernel
+    send a reset, and a client that is still sending may see that instead of the answer.)
+    ``refuse`` makes the answer, so an app keeps its own error shape. The app then reads the
+    same bytes as usual.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, timeout: float, refuse: Refusal = json_refusal
+    ) -> None:
+        self.app, self.max_bytes, self.timeout, self.refuse = app, max_bytes, timeout, refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send, 413, close=False)
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await self._read(receive)
+        except TimeoutError:
+            await self._refuse(scope, receive, send, 408, close=True)
+            return
+        if body is None:
+            return
+        if len(body) > self.max_bytes:
+            await self._refuse(scope, receive, send, 413, close=True)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as usual
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body (or its first ``max_bytes`` + 1), or None if the client left first."""
+        chunks: list[bytes] = []
+        size = 0
+        while size <= self.max_bytes:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, status: int, *, close: bool
+    ) -> None:
+        message = (
+            f"The request body was not complete within {self.timeout:g} s."
+            if status == 408
+            else f"The request body is larger than {self.max_bytes} bytes."
+        )
+
+        async def send_closing(event: Message) -> None:
+            if close and event["type"] == "http.response.start":
+                event = {**event, "headers": [*event["headers"], (b"connection", b"close")]}
+            await send(event)
+
+        await self.refuse(scope, status, message)(scope, receive, send_closing)

@@ -119,7 +119,7 @@ def test_committed_outputs_show_no_leaks() -> None:
 def test_nothing_committed_looks_like_an_api_key() -> None:
     files = [
         *committed_notebooks(),
-        *NOTEBOOKS.glob("*.py"),
+        *NOTEBOOKS.rglob("*.py"),  # the capstone package too
         *(ROOT / "course").glob("*.py"),
         *(ROOT / "tests").glob("*.py"),
         *(ROOT / "benchmarks").glob("*.py"),

@@ -17,12 +17,15 @@ from typing import Any
 import httpx
 import nbclient
 import nbformat
+import pydantic
 import pytest
+import uvicorn
 from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from labsupport import serving
 from labsupport.checks.watchdog import guarded
-from labsupport.serving import asgi_client, serve
+from labsupport.serving import BodyLimits, ServerLimits, asgi_client, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -450,3 +453,80 @@ async def test_an_interrupted_check_frees_the_port_before_the_cell_ends() -> Non
     with socket.socket() as probe:  # no SO_REUSEADDR: the port must be entirely free
         probe.bind(("127.0.0.1", ports[0]))
     assert asyncio.all_tasks() - tasks_before == set()
+
+
+# server hardening (opt-in) ---------------------------------------------------------------
+
+
+def echo_body_app(max_bytes: int = 100, timeout: float = 5.0) -> tuple[BodyLimits, list[bytes]]:
+    """An app behind `BodyLimits` that records each body it reads."""
+    bodies: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        bodies.append(message["body"])
+        await JSONResponse({"length": len(message["body"])})(scope, receive, send)
+
+    return BodyLimits(app, max_bytes=max_bytes, timeout=timeout), bodies
+
+
+async def trickled(chunks: int, every: float) -> AsyncIterator[bytes]:
+    for _ in range(chunks):
+        await asyncio.sleep(every)
+        yield b"x" * 10
+
+
+@pytest.mark.anyio
+async def test_body_limits_pass_a_body_within_them_to_the_app_unchanged() -> None:
+    app, bodies = echo_body_app()
+    async with asgi_client(app, lifespan=False) as client:
+        whole = await client.post("/", content=b"x" * 100)
+        chunked = await client.post("/", content=trickled(3, every=0.0))
+    assert [whole.json(), chunked.json()] == [{"length": 100}, {"length": 30}]
+    assert bodies == [b"x" * 100, b"x" * 30]
+
+
+@pytest.mark.anyio
+async def test_body_limits_refuse_a_body_too_large_or_too_slow() -> None:
+    app, bodies = echo_body_app(max_bytes=25, timeout=0.2)
+    async with asgi_client(app, lifespan=False) as client:
+        declared = await client.post("/", content=b"x" * 26)
+        chunked = await client.post("/", content=trickled(3, every=0.0))
+        slow = await client.post("/", content=trickled(2, every=1.0))
+
+    assert declared.status_code == 413 and "connection" not in declared.headers
+    assert declared.json() == {"detail": "The request body is larger than 25 bytes."}
+    # Refused while the body still arrives: the connection is closed after the answer.
+    assert chunked.status_code == 413 and chunked.headers["connection"] == "close"
+    assert slow.status_code == 408 and slow.headers["connection"] == "close"
+    assert slow.json() == {"detail": "The request body was not complete within 0.2 s."}
+    assert bodies == []  # the app never ran
+
+
+@pytest.mark.anyio
+async def test_body_limits_answer_in_the_apps_own_shape() -> None:
+    def refuse(scope: Any, status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"status": status, "message": message}}, status)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not reached")
+
+    limited = BodyLimits(app, max_bytes=1, timeout=1.0, refuse=refuse)
+    async with asgi_client(limited, lifespan=False) as client:
+        response = await client.post("/", content=b"xx")
+    assert response.json() == {
+        "error": {"status": 413, "message": "The request body is larger than 1 bytes."}
+    }
+
+
+def test_server_limits_are_uvicorns_own_options() -> None:
+    options = ServerLimits(max_connections=10, keep_alive=2.5).uvicorn_options()
+    assert options == {
+        "http": "h11",
+        "limit_concurrency": 10,
+        "timeout_keep_alive": 2.5,
+        "h11_max_incomplete_event_size": 16 * 1024,
+    }
+    uvicorn.Config(make_app(), **options)  # every one a keyword uvicorn knows
+    with pytest.raises(pydantic.ValidationError, match="max_connections"):
+        ServerLimits(max_connections=0)
