@@ -184,19 +184,21 @@ def test_bad_worker_arguments_are_refused() -> None:
         ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="global")
     with pytest.raises(ValueError, match="needs redis_url"):
         ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="shared")
-    for field, bad in [
-        ("lease", 0),
-        ("lease", "3"),
-        ("lease", 3600),
-        ("limit", 0),
-        ("limit", 2.5),
-        ("burst", 0),
-        ("rate", -1.0),
-        ("rate", float("nan")),
-        ("upstream_timeout", 0),
-        ("audit_delay", -0.5),
+    with pytest.raises(TypeError, match=r"^count must be an int; got 2\.0$"):
+        ServiceWorkers(2.0, config)  # type: ignore[arg-type]
+    for field, bad, error in [
+        ("lease", 0, ValueError),
+        ("lease", "3", TypeError),
+        ("lease", 3600, ValueError),
+        ("limit", 0, ValueError),
+        ("limit", 2.5, TypeError),
+        ("burst", 0, ValueError),
+        ("rate", -1.0, ValueError),
+        ("rate", float("nan"), ValueError),
+        ("upstream_timeout", 0, ValueError),
+        ("audit_delay", -0.5, ValueError),
     ]:
-        with pytest.raises(ValueError, match=rf"^{field} must"):
+        with pytest.raises(error, match=rf"^{field} must"):
             ServiceConfig(upstream_url="http://127.0.0.1:9/v1", **{field: bad})
     assert ServiceConfig.from_environment(config.to_environment()) == config
     paced = ServiceConfig(upstream_url="http://127.0.0.1:9/v1", rate=8.0, burst=2)

@@ -54,6 +54,7 @@ import httpx
 import redis
 
 from ..switch import Switch
+from ..validation import check_choice, check_int
 from .service import ServiceConfig
 
 __all__ = ["ChildProcess", "QueueWorker", "RoundRobinTransport", "ServiceWorkers"]
@@ -88,8 +89,7 @@ class ChildProcess:
     def __init__(
         self, name: str, module: str, arguments: Sequence[str], env: dict[str, str], log: Path
     ) -> None:
-        if module not in _MAINS:
-            raise ValueError(f"module must be one of {sorted(_MAINS)}; got {module!r}")
+        check_choice("module", module, sorted(_MAINS))
         self.name, self.module, self.arguments = name, module, list(arguments)
         self.env, self.log_path = env, log
         self._pid: int | None = None
@@ -315,8 +315,7 @@ class ServiceWorkers(Switch):
     """`count` uvicorn processes serving `labsupport.distributed.service` with `config`."""
 
     def __init__(self, count: int, config: ServiceConfig) -> None:
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 8:
-            raise ValueError(f"count must be an int from 1 to 8 (worker processes); got {count!r}")
+        check_int("count", count, minimum=1, maximum=8, why="worker processes")
         if not isinstance(config, ServiceConfig):
             raise TypeError(f"config must be a ServiceConfig; got {config!r:.80}")
         self.count, self.config = count, config
@@ -390,8 +389,7 @@ class ServiceWorkers(Switch):
 
     # -- helpers ---------------------------------------------------------------------------
     def _worker(self, index: int) -> ChildProcess:
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.count:
-            raise ValueError(f"index must be an int from 0 to {self.count - 1}; got {index!r}")
+        check_int("index", index, minimum=0, maximum=self.count - 1)
         if not self._workers:
             raise RuntimeError("the workers are not running; call start() or use `with`")
         return self._workers[index]
