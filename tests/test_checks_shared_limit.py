@@ -284,7 +284,7 @@ def test_corpus(name: str, tmp_path: Path) -> None:
     [(0, ValueError), (1, ValueError), (11, ValueError), (True, TypeError), (2.5, TypeError)],
 )
 def test_bad_limit_is_refused(bad: Any, error: type[Exception], tmp_path: Path) -> None:
-    with pytest.raises(error, match="^limit must be an int"):
+    with pytest.raises(error, match=r"^limit must be an int"):
         asyncio.run(check_shared_limit(load(SET_NX_PX, tmp_path), limit=bad))
 
 
