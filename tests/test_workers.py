@@ -27,6 +27,7 @@ from labsupport.distributed import (
     redis_server_path,
 )
 from labsupport.distributed.jobs import IN_PROGRESS_MARGIN, JOB_TIMEOUT, audit_counts
+from labsupport.distributed.workers import ChildProcess
 
 pytestmark = [
     pytest.mark.anyio,
@@ -217,6 +218,36 @@ def test_a_worker_that_cannot_start_says_why_and_leaves_nothing(tmp_path: Path) 
     )
     with pytest.raises(RuntimeError, match="broken on purpose"):
         ServiceWorkers(1, config).start()
+
+
+def test_an_exited_worker_keeps_its_pid_until_reaped_and_is_never_signalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fork server reaps a worker only once the lab lets go of it: until then an exited
+    worker is a zombie that keeps its pid, so no other process can have been given the pid the
+    lab would signal; and the lab sends an exited worker no signal at all."""
+    worker = ChildProcess("short-lived", "uvicorn", ["--no-such-option"], {}, tmp_path / "log")
+    worker.start()
+    pid = worker.pid
+    assert pid is not None
+    server = psutil.Process(pid).ppid()
+    deadline = time.monotonic() + 60
+    while worker.alive:  # uvicorn refuses the option and exits
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.02)
+    assert "no such option" in worker.log_tail().lower()
+    zombie = psutil.Process(pid)
+    assert (zombie.status(), zombie.ppid()) == (psutil.STATUS_ZOMBIE, server)
+
+    signals: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, number: signals.append((pid, number)))
+    worker.stop()
+    worker.kill()  # a second stop, or a kill, after the reap: nothing left to signal
+    monkeypatch.undo()
+    assert signals == []
+    assert worker.pid is None
+    # Reaped by its fork server now: the pid is free (or another process's, not a child of it).
+    assert not any(child.pid == pid for child in psutil.Process(server).children())
 
 
 STARTER = """
