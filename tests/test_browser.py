@@ -32,7 +32,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from labsupport.network import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEARNER_NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
@@ -81,13 +82,6 @@ def _require_chromium() -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """JupyterLab on a copy of notebooks/ (autosave must never touch the real ones); yields
@@ -95,7 +89,7 @@ def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _require_chromium()
     home = tmp_path_factory.mktemp("jupyterlab")
     shutil.copytree(REPO_ROOT / "notebooks", home / "notebooks")
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = {
         key: value
         for key, value in os.environ.items()

@@ -63,6 +63,7 @@ from typing import Any, Final, NoReturn, Self
 import httpx
 import redis
 
+from ..network import free_port
 from ..switch import Switch
 from ..validation import check_choice, check_int
 from .service import ServiceConfig
@@ -449,7 +450,7 @@ class ServiceWorkers(Switch):
 
     def _spawn(self, index: int) -> ChildProcess:
         assert self._folder is not None
-        port = _free_port()
+        port = free_port()
         self._ports.append(port)
         arguments = [
             "labsupport.distributed.service:app_from_environment",
@@ -546,13 +547,6 @@ class RoundRobinTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @atexit.register
