@@ -63,9 +63,11 @@ def moved(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return lines
 
 
-def _run(command: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: Sequence[str], *, cwd: Path, capture_output: bool = False
+) -> subprocess.CompletedProcess[str]:
     print("$", " ".join(command), flush=True)
-    return subprocess.run(command, text=True, check=False, **kwargs)  # type: ignore[call-overload, no-any-return]
+    return subprocess.run(command, cwd=cwd, text=True, check=False, capture_output=capture_output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
