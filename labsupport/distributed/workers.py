@@ -33,8 +33,8 @@ whose write end only the worker holds (a sentinel, as `multiprocessing.Process.s
 reads as closed the moment the worker exits. And the fork server, the worker's parent, waits
 for (reaps) a worker only when the lab lets go of it, after seeing it exit: until then an exited
 worker stays a zombie that keeps its pid, so the pid the lab signals cannot have been given to
-another process in the meantime (a server that let the kernel reap its children, as this one
-did, could see a SIGKILL meant for a dead worker land on whatever process got its pid next).
+another process in the meantime. (Were a worker reaped as it exits, a SIGKILL meant for it could
+land on whatever process got its pid next.)
 """
 
 from __future__ import annotations
