@@ -42,6 +42,8 @@ from typing import Any
 
 import psutil
 
+from labsupport.network import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"  # the service, `python -m capstone`, runs from there
 RESULTS_VARIABLE = "CAPSTONE_LOCUST_RESULTS"
@@ -109,12 +111,6 @@ class Capacity:
             + f"; at the ideal the service alone needs "
             f"{self.cpu_ms_per_request('service') * self.ideal_rps / 1000:.2f} cores"
         )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_listening(process: subprocess.Popen[bytes], port: int, name: str) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Unpack
 
 from .upstream.mock import OPENAI_API_BASE, PLACEHOLDER_KEY, MockUpstream
 from .upstream.settings import LabUpstream, SettingsChanges, UpstreamSettings
+from .validation import check_choice
 from .warmup import warm_after_each_cell, warm_up
 
 if TYPE_CHECKING:
@@ -43,9 +44,7 @@ _observer: ObservedUpstream | None = None
 def lab_mode() -> str:
     """The configured mode: "offline" (default) or "live", from the LAB_MODE variable."""
     mode = os.environ.get(MODE_VARIABLE, "offline").strip().lower() or "offline"
-    if mode not in MODES:
-        raise ValueError(f"{MODE_VARIABLE} must be one of {', '.join(MODES)}; got {mode!r}")
-    return mode
+    return check_choice(MODE_VARIABLE, mode, MODES)
 
 
 def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUpstream:

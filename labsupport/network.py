@@ -11,6 +11,8 @@ for everything it refuses.
 * `bound_tcp_socket` and `run_uvicorn` are how `serve()` and `FakeServer` listen: the lab binds
   the socket itself (a port in use is an `OSError` here, not uvicorn's `sys.exit`) and runs
   uvicorn without its signal handlers (Ctrl+C stays with the kernel or `asyncio.run`).
+* `free_port` is the port number for a server that binds its own socket (another process:
+  redis-server, a uvicorn worker, JupyterLab), the one place the lab picks one.
 * `client_kind` tells a sync SDK client from an async one by the header the SDK sends.
 """
 
@@ -37,6 +39,7 @@ __all__ = [
     "bound_tcp_socket",
     "check_port",
     "client_kind",
+    "free_port",
     "is_loopback",
     "loopback_address",
     "run_uvicorn",
@@ -122,6 +125,18 @@ def bound_tcp_socket(host: str, port: int) -> Iterator[socket.socket]:
         yield sock
     finally:
         sock.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on the loopback `host` that was free a moment ago, for a server in another
+    process that binds its own socket.
+
+    The port is released before that server binds it, so another process could take it in
+    between (rare on one machine, but a race): where the server can take a socket instead of a
+    number, give it `bound_tcp_socket(host, 0)` (as `serve()` and `FakeServer` do uvicorn)."""
+    with bound_tcp_socket(host, 0) as sock:
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class _SignalFreeServer(uvicorn.Server):

@@ -14,15 +14,13 @@ In a notebook with an explorer it then moves the first slider and waits for the 
 screenshot of each notebook goes to test-artifacts/ (gitignored) for a human to look at. One
 run per notebook carries all of this: the widgets need no second execution.
 
-Chromium is Debian's (/usr/bin/chromium, or LAB_CHROMIUM), driven by Playwright; Playwright's
-own browser download is never used. CI installs Chromium (.ci/run), so a missing browser FAILS
-this test: a silent skip would let CI go green without the browser check ever running. On a
-machine without Chromium, set LAB_SKIP_BROWSER=1 to skip it deliberately. The widgets need
+Chromium is started by tests/chromium.py (Debian's, driven by Playwright, offline); a missing
+browser FAILS this test, unless LAB_SKIP_BROWSER=1 skips it on purpose. The widgets need
 JupyterLab's widget manager (jupyterlab-widgets, locked with ipywidgets): without it a widget
 renders as text, and this test fails.
 
 Everything stays on this machine: JupyterLab listens on 127.0.0.1 with news and update checks
-off, and Chromium resolves no host name but 127.0.0.1.
+off, and Chromium resolves no host name.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -42,11 +39,14 @@ from typing import Any
 
 import httpx
 import pytest
+from chromium import chromium, require_chromium
+
+from labsupport.network import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LEARNER_NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-CHROMIUM = Path(os.environ.get("LAB_CHROMIUM", "/usr/bin/chromium"))
+CHECK = "the real-browser check"
 NOTEBOOK_SECONDS = 120
 # 07 starts about 15 worker processes and waits out an arq job's in-progress mark (3 s).
 NOTEBOOK_SECONDS_FOR = {"07_beyond_one_process": 420}
@@ -56,46 +56,15 @@ PREDICTION = re.compile(r"^(\w+) = predict\(", re.MULTILINE)
 TYPED_PREDICTION = "1"
 COMPARED = re.compile(r"You predicted 1(\.00 s)?; (it took|there (was|were)) ")
 
-CHROMIUM_ARGS = [
-    # No network but loopback: no name resolves, except the JupyterLab server's address.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-domain-reliability",
-    "--disable-sync",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-dev-shm-usage",  # containers have a small /dev/shm
-]
-
-
-def _require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    if os.environ.get("LAB_SKIP_BROWSER") == "1":
-        pytest.skip("LAB_SKIP_BROWSER=1: the real-browser check was skipped on purpose")
-    pytest.fail(
-        f"Chromium is not installed at {CHROMIUM}, so the real-browser check cannot run. "
-        "Install it (Debian/Ubuntu: apt-get install chromium; .ci/run does this in CI), point "
-        "LAB_CHROMIUM at a Chromium binary, or set LAB_SKIP_BROWSER=1 to skip this test."
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 @pytest.fixture(scope="module")
 def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """JupyterLab on a copy of notebooks/ (autosave must never touch the real ones); yields
     its base URL, with the token as query."""
-    _require_chromium()
+    require_chromium(CHECK)
     home = tmp_path_factory.mktemp("jupyterlab")
     shutil.copytree(REPO_ROOT / "notebooks", home / "notebooks")
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = {
         key: value
         for key, value in os.environ.items()
@@ -151,14 +120,8 @@ def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    _require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    args = [*CHROMIUM_ARGS, *(["--no-sandbox"] if os.geteuid() == 0 else [])]
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        yield chromium
-        chromium.close()
+    with chromium(CHECK) as started:
+        yield started
 
 
 # JavaScript run in the page. `jupyterapp.shell.currentWidget` is the open notebook panel.

@@ -18,9 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_capstone_process import free_port, running, service_command
+from test_capstone_process import running, service_command
 
 from labsupport import FakeServer
+from labsupport.network import free_port
 
 MAX_EXAMPLES = 30  # per operation and phase
 SEED = 1

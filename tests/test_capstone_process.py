@@ -41,6 +41,7 @@ import pytest
 
 import labsupport as lab
 from labsupport import FakeServer
+from labsupport.network import free_port
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"  # `python -m capstone` runs there
 STARTUP_TIMEOUT = 60.0  # seconds a child may take to listen (or to exit) on a loaded machine
@@ -60,12 +61,6 @@ class Service:
 
     def stderr(self) -> str:
         return self.log.read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def service_command(port: int, audit: Path, upstream: str, **options: Any) -> list[str]:

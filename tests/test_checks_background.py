@@ -77,7 +77,7 @@ def test_bad_arguments() -> None:
     app = FastAPI()
     with pytest.raises(TypeError, match="count_rows must be a function"):
         asyncio.run(check_background_audit(app, 3, audit_seconds=0.1))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="audit_seconds must be > 0"):
+    with pytest.raises(ValueError, match="audit_seconds must be a finite number of seconds > 0"):
         asyncio.run(check_background_audit(app, lambda: 0, audit_seconds=0))
     with pytest.raises(ValueError, match="n must be an int ≥ 2"):
         asyncio.run(check_background_audit(app, lambda: 0, audit_seconds=0.1, n=1))

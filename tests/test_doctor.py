@@ -29,6 +29,19 @@ def test_doctor_passes_on_this_machine() -> None:
     assert "FAIL" not in result.stdout and "All checks passed." in result.stdout
 
 
+def test_read_lock_reads_the_pins_that_apply_here(tmp_path: Path) -> None:
+    """The one lock parser (doctor's, and tools/drift.py's): comments, options and `# via`
+    lines are skipped, and a pin whose marker is false on this machine does not count."""
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(
+        "# a comment\n--index-url x\nOpenAI==3.57.0\n    # via x\n"
+        "colorama==0.4.6 ; sys_platform == 'no-such-platform'\n"
+        "httpx==0.28.1 ; python_version >= '3.11'\nnot a requirement\nranged>=1.0\n",
+        encoding="utf-8",
+    )
+    assert doctor.read_lock(lock) == {"openai": "3.57.0", "httpx": "0.28.1"}
+
+
 def test_a_version_mismatch_is_reported_with_its_fix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

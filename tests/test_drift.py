@@ -1,16 +1,9 @@
-"""tools/drift.py: reading locks, naming what moved, finding the failed tests in the output."""
+"""tools/drift.py: naming what moved, finding the failed tests in the output. (It reads
+locks with `labsupport.instructor.doctor.read_lock`, tested in test_doctor.py.)"""
 
 from __future__ import annotations
 
 import drift
-
-
-def test_pins_reads_the_lines_that_apply_here() -> None:
-    lock = (
-        "# a comment\n--index-url x\nopenai==3.57.0\n    # via x\n"
-        "colorama==0.4.6 ; sys_platform == 'win32'\nhttpx==0.28.1 ; python_version >= '3.11'\n"
-    )
-    assert drift.pins(lock) == {"openai": "3.57.0", "httpx": "0.28.1"}
 
 
 def test_moved_names_upgrades_additions_and_removals() -> None:

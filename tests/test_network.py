@@ -13,6 +13,7 @@ from labsupport.network import (
     bound_tcp_socket,
     check_port,
     client_kind,
+    free_port,
     is_loopback,
     loopback_address,
 )
@@ -71,6 +72,15 @@ def test_bound_tcp_socket_names_a_taken_port_and_closes_its_socket() -> None:
         with taken, bound_tcp_socket("127.0.0.1", port):
             pass
     assert sock.fileno() == -1
+
+
+def test_free_port_is_a_released_loopback_port_another_process_can_bind() -> None:
+    port = free_port()
+    assert 0 < port <= 65535
+    with socket.create_server(("127.0.0.1", port)):  # released: a server can take it
+        pass
+    with pytest.raises(ValueError, match="host must be a loopback address"):
+        free_port("0.0.0.0")
 
 
 def test_client_kind_follows_the_sdk_header() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -193,21 +194,25 @@ async def test_the_service_answers_503_when_redis_stops_answering_an_enqueue(
 
 
 @pytest.mark.parametrize(
-    ("arguments", "named"),
+    ("arguments", "error", "message"),
     [
-        ({"limit": 0, "lease": 1.0}, "limit"),
-        ({"limit": True, "lease": 1.0}, "limit"),
-        ({"limit": 5, "lease": 0}, "lease"),
-        ({"limit": 5, "lease": float("inf")}, "lease"),
-        ({"limit": 5, "lease": "3"}, "lease"),
-        ({"limit": 5, "lease": 1.0, "poll": -1}, "poll"),
-        ({"limit": 5, "lease": 1.0, "wait": 0}, "wait"),
+        ({"limit": 0, "lease": 1.0}, ValueError, "limit must be an int ≥ 1; got 0"),
+        ({"limit": True, "lease": 1.0}, TypeError, "limit must be an int; got True"),
+        ({"limit": 5, "lease": 0}, ValueError, "lease must be a finite number of seconds "),
+        ({"limit": 5, "lease": float("inf")}, ValueError, "lease must be a finite number"),
+        ({"limit": 5, "lease": "3"}, TypeError, "lease must be a number of seconds "),
+        ({"limit": 5, "lease": 1.0, "poll": -1}, ValueError, "poll must be a finite number"),
+        ({"limit": 5, "lease": 1.0, "wait": 0}, ValueError, "wait must be a finite number"),
     ],
 )
 async def test_bad_semaphore_parameters_name_the_argument(
-    clients: list[aioredis.Redis], arguments: dict[str, object], named: str
+    clients: list[aioredis.Redis],
+    arguments: dict[str, object],
+    error: type[Exception],
+    message: str,
 ) -> None:
-    with pytest.raises(ValueError, match=rf"^{named} must"):
+    """A wrong type is a TypeError, a value out of range a ValueError: one per mistake."""
+    with pytest.raises(error, match=f"^{re.escape(message)}"):
         SharedSemaphore(clients[0], "bad", **arguments)  # type: ignore[arg-type]
 
 

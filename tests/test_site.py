@@ -5,7 +5,7 @@ internal link, nothing fetched from the web, and no WCAG 2.1 A/AA violation that
 The site is built once for this module, into a temporary folder, by tools/build_site.py (Sphinx
 with warnings as errors). The accessibility check runs axe-core (npm, installed into
 node_modules/ by `make node-tools`, which `make test` runs) in Debian's Chromium through Playwright,
-like tests/test_browser.py, on every page in the theme's light and dark modes. Set
+started by tests/chromium.py, on every page in the theme's light and dark modes. Set
 LAB_SITE_NOTEBOOKS to build from another folder of executed notebooks (a regenerated copy).
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from chromium import chromium, require_chromium
 
 from labsupport.workshop import workshop_link
 
@@ -35,7 +36,6 @@ NOTEBOOKS = Path(os.environ.get("LAB_SITE_NOTEBOOKS", REPO_ROOT / "notebooks"))
 LESSONS = sorted(NOTEBOOKS.glob("*.ipynb"))
 SOLUTIONS = sorted((NOTEBOOKS / "solutions").glob("*.ipynb"))
 AXE = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
-CHROMIUM = Path(os.environ.get("LAB_CHROMIUM", "/usr/bin/chromium"))
 REPOSITORY = "https://github.com/example-org/async-llm-lab"
 HUB = "https://hub.example.org"
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
@@ -251,54 +251,36 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def test_axe_finds_no_wcag_21_aa_violation_on_any_page_in_light_or_dark_mode(
     site: Site, served: str
 ) -> None:
-    if not CHROMIUM.exists():
-        if os.environ.get("LAB_SKIP_BROWSER") == "1":
-            pytest.skip("LAB_SKIP_BROWSER=1: the accessibility check was skipped on purpose")
-        pytest.fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    require_chromium("the accessibility check")
     assert AXE.is_file(), f"{AXE} is missing: run `make node-tools` (npm ci)"
-    from playwright.sync_api import sync_playwright
-
-    args = [
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        *(["--no-sandbox"] if os.geteuid() == 0 else []),
-    ]
     pages = list(site.pages)
     violations: list[str] = []
     checked = 0
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        try:
-            for mode in ("light", "dark"):
-                context = browser.new_context(viewport={"width": 1280, "height": 900})
-                # pydata-sphinx-theme reads the reader's choice from localStorage.
-                context.add_init_script(
-                    f"localStorage.setItem('mode', '{mode}');"
-                    f"localStorage.setItem('theme', '{mode}')"
+    with chromium("the accessibility check") as browser:
+        for mode in ("light", "dark"):
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            # pydata-sphinx-theme reads the reader's choice from localStorage.
+            context.add_init_script(
+                f"localStorage.setItem('mode', '{mode}');localStorage.setItem('theme', '{mode}')"
+            )
+            tab = context.new_page()
+            for relative in pages:
+                tab.goto(f"{served}/{relative.as_posix()}", wait_until="load")
+                assert tab.evaluate("document.documentElement.dataset.theme") == mode
+                tab.add_script_tag(path=str(AXE))
+                result = tab.evaluate(
+                    "async (tags) => await axe.run(document, "
+                    "{runOnly: {type: 'tag', values: tags}, resultTypes: ['violations']})",
+                    WCAG_21_AA,
                 )
-                tab = context.new_page()
-                for relative in pages:
-                    tab.goto(f"{served}/{relative.as_posix()}", wait_until="load")
-                    assert tab.evaluate("document.documentElement.dataset.theme") == mode
-                    tab.add_script_tag(path=str(AXE))
-                    result = tab.evaluate(
-                        "async (tags) => await axe.run(document, "
-                        "{runOnly: {type: 'tag', values: tags}, resultTypes: ['violations']})",
-                        WCAG_21_AA,
+                checked += 1
+                for violation in result["violations"]:
+                    nodes = [", ".join(node["target"]) for node in violation["nodes"][:3]]
+                    violations.append(
+                        f"{mode} {relative}: {violation['id']} ({violation['impact']}): "
+                        f"{violation['help']} — {len(violation['nodes'])} nodes, e.g. {nodes}"
                     )
-                    checked += 1
-                    for violation in result["violations"]:
-                        nodes = [", ".join(node["target"]) for node in violation["nodes"][:3]]
-                        violations.append(
-                            f"{mode} {relative}: {violation['id']} ({violation['impact']}): "
-                            f"{violation['help']} — {len(violation['nodes'])} nodes, e.g. {nodes}"
-                        )
-                context.close()
-        finally:
-            browser.close()
+            context.close()
     print(
         f"axe-core: {checked} page views ({len(pages)} pages × 2 modes), "
         f"{len(violations)} violations"

@@ -504,7 +504,10 @@ def test_the_mock_is_thread_safe_under_concurrent_sync_calls(
         (lambda: Fault.on_call(2), "exactly one of status="),
         (lambda: Fault.on_call(2, status=418), "status must be one of 400"),
         (lambda: Fault.matching("(", status=500), "not a valid regular expression"),
-        (lambda: Fault.fraction(1.5, status=500), "rate must be a number in"),
+        (
+            lambda: Fault.fraction(1.5, status=500),
+            "rate must be a finite number > 0 and ≤ 1",
+        ),
         (lambda: RateLimit(), "needs max_concurrent"),
         (lambda: RateLimit(max_concurrent=0), "max_concurrent must be an int ≥ 1"),
         (lambda: mock_openai(faults=None), "faults must be a list of labsupport.Fault"),  # type: ignore[arg-type]

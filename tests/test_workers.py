@@ -27,6 +27,7 @@ from labsupport.distributed import (
     redis_server_path,
 )
 from labsupport.distributed.jobs import IN_PROGRESS_MARGIN, JOB_TIMEOUT, audit_counts
+from labsupport.distributed.workers import ChildProcess
 
 pytestmark = [
     pytest.mark.anyio,
@@ -184,19 +185,21 @@ def test_bad_worker_arguments_are_refused() -> None:
         ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="global")
     with pytest.raises(ValueError, match="needs redis_url"):
         ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="shared")
-    for field, bad in [
-        ("lease", 0),
-        ("lease", "3"),
-        ("lease", 3600),
-        ("limit", 0),
-        ("limit", 2.5),
-        ("burst", 0),
-        ("rate", -1.0),
-        ("rate", float("nan")),
-        ("upstream_timeout", 0),
-        ("audit_delay", -0.5),
+    with pytest.raises(TypeError, match=r"^count must be an int; got 2\.0$"):
+        ServiceWorkers(2.0, config)  # type: ignore[arg-type]
+    for field, bad, error in [
+        ("lease", 0, ValueError),
+        ("lease", "3", TypeError),
+        ("lease", 3600, ValueError),
+        ("limit", 0, ValueError),
+        ("limit", 2.5, TypeError),
+        ("burst", 0, ValueError),
+        ("rate", -1.0, ValueError),
+        ("rate", float("nan"), ValueError),
+        ("upstream_timeout", 0, ValueError),
+        ("audit_delay", -0.5, ValueError),
     ]:
-        with pytest.raises(ValueError, match=rf"^{field} must"):
+        with pytest.raises(error, match=rf"^{field} must"):
             ServiceConfig(upstream_url="http://127.0.0.1:9/v1", **{field: bad})
     assert ServiceConfig.from_environment(config.to_environment()) == config
     paced = ServiceConfig(upstream_url="http://127.0.0.1:9/v1", rate=8.0, burst=2)
@@ -215,6 +218,36 @@ def test_a_worker_that_cannot_start_says_why_and_leaves_nothing(tmp_path: Path) 
     )
     with pytest.raises(RuntimeError, match="broken on purpose"):
         ServiceWorkers(1, config).start()
+
+
+def test_an_exited_worker_keeps_its_pid_until_reaped_and_is_never_signalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fork server reaps a worker only once the lab lets go of it: until then an exited
+    worker is a zombie that keeps its pid, so no other process can have been given the pid the
+    lab would signal; and the lab sends an exited worker no signal at all."""
+    worker = ChildProcess("short-lived", "uvicorn", ["--no-such-option"], {}, tmp_path / "log")
+    worker.start()
+    pid = worker.pid
+    assert pid is not None
+    server = psutil.Process(pid).ppid()
+    deadline = time.monotonic() + 60
+    while worker.alive:  # uvicorn refuses the option and exits
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.02)
+    assert "no such option" in worker.log_tail().lower()
+    zombie = psutil.Process(pid)
+    assert (zombie.status(), zombie.ppid()) == (psutil.STATUS_ZOMBIE, server)
+
+    signals: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, number: signals.append((pid, number)))
+    worker.stop()
+    worker.kill()  # a second stop, or a kill, after the reap: nothing left to signal
+    monkeypatch.undo()
+    assert signals == []
+    assert worker.pid is None
+    # Reaped by its fork server now: the pid is free (or another process's, not a child of it).
+    assert not any(child.pid == pid for child in psutil.Process(server).children())
 
 
 STARTER = """

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from labsupport.__main__ import main
+from labsupport.network import free_port
 from labsupport.workshop import COURSE_FOLDER, workshop_link
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -95,13 +95,6 @@ def test_workshop_link_command(capsys: pytest.CaptureFixture[str]) -> None:
 # ------------------------------------------------------------------------------- the hub
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass(frozen=True)
 class Hub:
     url: str
@@ -135,15 +128,15 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         check=True,
         timeout=120,
     )
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     config = root / "jupyterhub_config.py"
     config.write_text(
         f"""
 c = get_config()
 load_subconfig({str(DEPLOY_CONFIG)!r})
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
-c.JupyterHub.hub_port = {_free_port()}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{_free_port()}"
+c.JupyterHub.hub_port = {free_port()}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
 c.ConfigurableHTTPProxy.command = [{str(PROXY)!r}]
 c.JupyterHub.authenticator_class = "dummy"
 c.JupyterHub.spawner_class = "simple"

@@ -30,8 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+from labsupport.instructor.doctor import read_lock
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 #: Test files that execute notebooks or drive a browser: minutes each, and `make test` runs them.
@@ -46,25 +45,6 @@ LOCK_TESTS: Final = ("tests/test_doctor.py::test_doctor_passes_on_this_machine",
 _FAILED: Final = re.compile(
     r"^(?:FAILED|ERROR) ([^\s\[]+(?:\[.*?\](?= - |$))?)(?: - .*)?$", re.MULTILINE
 )
-
-
-def pins(lock_text: str) -> dict[str, str]:
-    """`{canonical name: version}` for the `name==version` lines of a lock that apply here."""
-    found: dict[str, str] = {}
-    for line in lock_text.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", "-")):
-            continue
-        try:
-            requirement = Requirement(line)
-        except InvalidRequirement:
-            continue
-        if requirement.marker is not None and not requirement.marker.evaluate():
-            continue
-        pinned = [spec.version for spec in requirement.specifier if spec.operator == "=="]
-        if pinned:
-            found[canonicalize_name(requirement.name)] = pinned[0]
-    return found
 
 
 def moved(old: dict[str, str], new: dict[str, str]) -> list[str]:
@@ -83,9 +63,11 @@ def moved(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return lines
 
 
-def _run(command: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: Sequence[str], *, cwd: Path, capture_output: bool = False
+) -> subprocess.CompletedProcess[str]:
     print("$", " ".join(command), flush=True)
-    return subprocess.run(command, text=True, check=False, **kwargs)  # type: ignore[call-overload, no-any-return]
+    return subprocess.run(command, cwd=cwd, text=True, check=False, capture_output=capture_output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
 
-    old = pins((REPO_ROOT / "requirements.lock").read_text(encoding="utf-8"))
+    old = read_lock(REPO_ROOT / "requirements.lock")
     scratch = Path(tempfile.mkdtemp(prefix="async-llm-lab-drift-"))
     lock, venv = scratch / "requirements.lock", scratch / "venv"
     python = venv / "bin" / "python"
@@ -133,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if _run(step, cwd=REPO_ROOT).returncode != 0:
                 print("\ndrift: could not build the upgraded environment (see above)")
                 return 1
-        changes = moved(old, pins(lock.read_text(encoding="utf-8")))
+        changes = moved(old, read_lock(lock))
         print(f"\nPackages that moved ({len(changes)}):")
         print("\n".join(changes) if changes else "  none: the lock is up to date")
         pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider"]

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
+from unittest import mock
 
 import openai
 
@@ -49,21 +50,17 @@ class BuiltClients:
 def built_clients() -> Iterator[BuiltClients]:
     """Record the OpenAI clients built inside the block (sync and async, subclasses too)."""
     built = BuiltClients()
-    originals: list[tuple[type[Any], Callable[..., None]]] = []
-    for cls in (openai.OpenAI, openai.AsyncOpenAI):
-        original = cls.__init__
+    with ExitStack() as patches:
+        for cls in (openai.OpenAI, openai.AsyncOpenAI):
+            original = cls.__init__
 
-        @functools.wraps(original)
-        def counting_init(
-            self: Any, *args: Any, __original: Callable[..., None] = original, **kwargs: Any
-        ) -> None:
-            __original(self, *args, **kwargs)
-            built._record(self)
+            @functools.wraps(original)
+            def counting_init(
+                self: Any, *args: Any, __original: Callable[..., None] = original, **kwargs: Any
+            ) -> None:
+                __original(self, *args, **kwargs)
+                built._record(self)
 
-        originals.append((cls, original))
-        cls.__init__ = counting_init  # type: ignore[method-assign]
-    try:
+            # Restored when the block ends, however it ends.
+            patches.enter_context(mock.patch.object(cls, "__init__", counting_init))
         yield built
-    finally:
-        for cls, original in originals:
-            cls.__init__ = original

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from .watchdog import is_learner_code
@@ -65,13 +66,13 @@ class SemaphoreUse:
 
 
 def _called_by_learner() -> bool:
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     for _ in range(_CALLER_DEPTH):
         if frame is None:
             return False
         if is_learner_code(frame):
             return True
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return False
 
 

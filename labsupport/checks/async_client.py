@@ -37,6 +37,7 @@ from ..load import LoadReport, fire
 from ..looplag import LoopLagMonitor, loop_lag
 from ..serving import asgi_client
 from ..upstream import UpstreamStats
+from ..validation import check_int
 from ._clients import built_clients
 from ._common import (
     caught_warnings,
@@ -104,8 +105,7 @@ async def check_async_endpoint(app: Any, *, path: str = "/chat", n: int = 20) ->
     Learner code runs under the watchdog (`labsupport.checks.watchdog`): a blocked loop is
     stopped and reported, never left hanging.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int ≥ 2 (concurrency needs company); got {n!r}")
+    check_int("n", n, minimum=2, why="concurrency needs company")
     latency = await reference_latency()
     reference_app, reference_client = _reference_app(path)
 

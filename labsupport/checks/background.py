@@ -41,7 +41,7 @@ from .._text import shorten
 from ..load import LoadReport, fire
 from ..looplag import LoopLagMonitor
 from ..serving import serve
-from ..validation import check_int
+from ..validation import check_int, check_seconds
 from ._common import caught_warnings, reference_latency, stopped_by_watchdog, upstream_or_none
 from ._scenario import nested_loop
 from ._sqlite import sqlite_threads
@@ -119,12 +119,7 @@ async def check_background_audit(
         raise TypeError(
             f"count_rows must be a function returning the row count; got {count_rows!r}"
         )
-    if isinstance(audit_seconds, bool) or not isinstance(audit_seconds, int | float):
-        raise TypeError(f"audit_seconds must be a number of seconds; got {audit_seconds!r}")
-    if not audit_seconds > 0:
-        raise ValueError(
-            f"audit_seconds must be > 0 (the audit write's duration); got {audit_seconds!r}"
-        )
+    check_seconds("audit_seconds", audit_seconds, allow_zero=False)
     check_int("n", n, minimum=2, why="a burst needs company")
 
     latency = await reference_latency()

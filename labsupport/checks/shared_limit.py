@@ -40,6 +40,7 @@ from ..distributed import (
 from ..distributed.redis_server import install_command
 from ..load import LoadReport, fire
 from ..upstream import Fault, RateLimit
+from ..validation import check_int
 from .result import CheckResult
 
 __all__ = ["Cause", "check_shared_limit"]
@@ -79,8 +80,7 @@ async def check_shared_limit(limiter_class: Any, *, limit: int = 5) -> CheckResu
     Starts its own `redis-server`, fake upstream and 3 workers (all on 127.0.0.1), and stops
     them all before it returns. It takes a few seconds more than the workers need to start.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 2 <= limit <= 10:
-        raise ValueError(f"limit must be an int from 2 to 10 (calls in flight); got {limit!r}")
+    check_int("limit", limit, minimum=2, maximum=10, why="calls in flight")
     problem = _interface_problem(limiter_class)
     if problem is not None:
         return _result(

@@ -37,7 +37,7 @@ from ..load import LoadReport, fire
 from ..plots import DescribedFigure, plot_timeline
 from ..serving import asgi_client
 from ..upstream import MockUpstream, RateLimit, UpstreamCall
-from ..validation import check_int, check_seconds
+from ..validation import check_choice, check_int, check_seconds
 from ._display import png_bytes, widget_bundle
 
 __all__ = ["Explorer", "Scenario", "ScenarioRun", "explore", "run_scenario"]
@@ -71,8 +71,7 @@ class Scenario:
     def __post_init__(self) -> None:
         check_int("requests", self.requests, minimum=1, maximum=MAX_REQUESTS)
         check_seconds("latency", self.latency, allow_zero=False, maximum=MAX_LATENCY)
-        if self.client not in ("sync", "async"):
-            raise ValueError(f"client must be 'sync' or 'async'; got {self.client!r}")
+        check_choice("client", self.client, ("sync", "async"))
         if self.bound is not None:
             check_int("bound", self.bound, minimum=1)
         if self.upstream_limit is not None:

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import ipywidgets
 
+from ..validation import check_int, check_text
 from ._display import widget_bundle
 
 __all__ = ["Comparison", "Prediction", "compare", "parse_prediction", "predict"]
@@ -154,14 +155,10 @@ class Prediction:
         value: object = None,
         maximum: int | None = None,
     ) -> None:
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"question must be a non-empty str; got {question!r}")
-        if not isinstance(unit, str) or not unit.strip():
-            raise ValueError(
-                f"unit must be 's' (seconds) or the name of what is counted; got {unit!r}"
-            )
-        if maximum is not None and (isinstance(maximum, bool) or not isinstance(maximum, int)):
-            raise TypeError(f"maximum must be None or an int; got {maximum!r}")
+        check_text("question", question)
+        check_text("unit", unit, what="'s' for seconds, or the name of what is counted")
+        if maximum is not None:  # None: no upper bound on a count
+            check_int("maximum", maximum, minimum=0)
         self.question, self.unit, self.maximum = question, unit, maximum
         placeholder = "seconds, e.g. 2.5" if unit == SECONDS else f"number of {unit}"
         initial = "" if value is None else str(value)

@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,6 +35,7 @@ from typing import Final, Self
 
 import redis
 
+from ..network import free_port
 from ..switch import Switch
 
 __all__ = [
@@ -135,7 +135,7 @@ class RedisServer(Switch):
         self._folder = tempfile.TemporaryDirectory(prefix="lab-redis-")
         try:
             for attempt in range(_PORT_ATTEMPTS):
-                self._port = _free_port()
+                self._port = free_port()  # taken meanwhile: the next attempt picks another
                 self._process = self._spawn(executable, Path(self._folder.name))
                 _running.add(self)
                 if self._wait_until_ready():
@@ -222,13 +222,6 @@ class RedisServer(Switch):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @atexit.register

@@ -39,6 +39,7 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from ..validation import check_choice, check_int, check_number, check_seconds
 from ._orphans import die_with_parent
 from .jobs import connect_queue, insert_audit_row
 from .shared_limit import (
@@ -46,9 +47,6 @@ from .shared_limit import (
     LocalSlots,
     SharedSemaphore,
     TokenBucket,
-    _check_count,
-    _check_number,
-    _check_seconds,
     connect,
 )
 from .upstream import WORKER_HEADER
@@ -87,20 +85,18 @@ class ServiceConfig:
     upstream_timeout: float = 8.0
 
     def __post_init__(self) -> None:
-        if self.limiter not in LIMITERS:
-            raise ValueError(f"limiter must be one of {', '.join(LIMITERS)}; got {self.limiter!r}")
+        check_choice("limiter", self.limiter, LIMITERS)
         if self.limiter in ("shared", "learner") and not self.redis_url:
             raise ValueError(f"limiter={self.limiter!r} needs redis_url")
         if self.limiter == "learner" and not (self.learner_source and self.learner_class):
             raise ValueError("limiter='learner' needs learner_source and learner_class")
         for name in ("limit", "burst"):
-            _check_count(name, getattr(self, name))
-        _check_seconds("lease", self.lease)
-        if self.lease >= 3600:
-            raise ValueError(f"lease must be < 3600 seconds; got {self.lease!r}")
-        _check_seconds("upstream_timeout", self.upstream_timeout)
-        for name in ("rate", "audit_delay"):  # 0: no bucket; an audit write with no delay
-            _check_number(name, getattr(self, name), minimum=0.0)
+            check_int(name, getattr(self, name), minimum=1)
+        check_number("lease", self.lease, unit="seconds", gt=0, lt=3600)
+        check_seconds("upstream_timeout", self.upstream_timeout, allow_zero=False)
+        # 0: no bucket; an audit write with no delay.
+        check_number("rate", self.rate, unit="calls per second", ge=0)
+        check_seconds("audit_delay", self.audit_delay)
 
     def to_environment(self) -> dict[str, str]:
         return {_PREFIX + name.upper(): str(value) for name, value in asdict(self).items()}

@@ -24,16 +24,17 @@ Failures are explicit: when Redis cannot be reached every call raises `LimiterUn
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..validation import check_int, check_number, check_seconds, check_text
 
 __all__ = [
     "LimiterUnavailable",
@@ -96,8 +97,9 @@ class LimiterUnavailable(RuntimeError):
 def connect(url: str, *, timeout: float = SOCKET_TIMEOUT) -> aioredis.Redis:
     """An asyncio Redis client whose commands fail within `timeout` seconds when Redis is gone
     (redis-py's default is to wait for the operating system, which can take minutes)."""
-    _check_seconds("timeout", timeout)
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+    check_seconds("timeout", timeout, allow_zero=False)
+    check_text("url", url, what="a redis:// URL")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(
             f"url must be a redis:// URL such as redis://127.0.0.1:6379/0; got {url!r}"
         )
@@ -131,16 +133,11 @@ class SharedSemaphore:
         poll: float = 0.05,
         wait: float = 60.0,
     ) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"name must be a non-empty str (the Redis key); got {name!r}")
-        _check_count("limit", limit)
-        _check_seconds("lease", lease)
-        _check_seconds("poll", poll)
-        _check_seconds("wait", wait)
-        if lease < 0.001:
-            raise ValueError(
-                f"lease must be at least 0.001 s (Redis counts milliseconds); got {lease!r}"
-            )
+        check_text("name", name, what="the Redis key")
+        check_int("limit", limit, minimum=1)
+        check_number("lease", lease, unit="seconds (Redis counts milliseconds)", ge=0.001)
+        check_seconds("poll", poll, allow_zero=False)
+        check_seconds("wait", wait, allow_zero=False)
         self.redis, self.name, self.limit, self.lease = redis, name, limit, lease
         self.poll, self.wait = poll, wait
         self.key = f"lab:semaphore:{name}"
@@ -206,11 +203,10 @@ class TokenBucket:
         capacity: int,
         wait: float = 60.0,
     ) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"name must be a non-empty str (the Redis key); got {name!r}")
-        _check_positive("rate", rate, "calls per second")
-        _check_count("capacity", capacity)
-        _check_seconds("wait", wait)
+        check_text("name", name, what="the Redis key")
+        check_number("rate", rate, unit="calls per second", gt=0)
+        check_int("capacity", capacity, minimum=1)
+        check_seconds("wait", wait, allow_zero=False)
         self.redis, self.name, self.rate, self.capacity, self.wait = (
             redis, name, float(rate), capacity, wait,
         )  # fmt: skip
@@ -239,7 +235,7 @@ class LocalSlots:
     `asyncio.Semaphore(limit)` in this process. N worker processes have N of them."""
 
     def __init__(self, limit: int) -> None:
-        _check_count("limit", limit)
+        check_int("limit", limit, minimum=1)
         self.limit = limit
         self._semaphore = asyncio.Semaphore(limit)
 
@@ -258,27 +254,3 @@ async def _unless_unreachable(pending: Awaitable[T], what: str) -> T:
         raise LimiterUnavailable(
             f"{what} is unavailable: Redis did not answer ({type(error).__name__}: {error})"
         ) from error
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1; got {value!r}")
-
-
-def _check_seconds(name: str, value: Any) -> None:
-    _check_positive(name, value, "seconds")
-
-
-def _check_positive(name: str, value: Any, unit: str) -> None:
-    _check_number(name, value, unit=unit)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0 {unit}; got {value!r}")
-
-
-def _check_number(name: str, value: Any, *, unit: str = "", minimum: float | None = None) -> None:
-    """A finite number (not a bool), at least `minimum`; a ValueError naming `name` if not."""
-    what = f"a finite number of {unit}" if unit else "a finite number"
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be {what}; got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum:g}; got {value!r}")

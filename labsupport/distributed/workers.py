@@ -26,6 +26,15 @@ interrupted start stops what it had started; processes still running when Python
 stopped then; and on Linux a worker also dies with the fork server, which dies with the process
 that started it (a killed kernel). Their output goes to log files, so notebook cells stay
 quiet; `log(i)` reads one.
+
+A signal never reaches the wrong process: the lab holds each worker by a handle tied to that
+process, not by its number. The fork server hands over, with each pid, the read end of a pipe
+whose write end only the worker holds (a sentinel, as `multiprocessing.Process.sentinel`): it
+reads as closed the moment the worker exits. And the fork server, the worker's parent, waits
+for (reaps) a worker only when the lab lets go of it, after seeing it exit: until then an exited
+worker stays a zombie that keeps its pid, so the pid the lab signals cannot have been given to
+another process in the meantime. (Were a worker reaped as it exits, a SIGKILL meant for it could
+land on whatever process got its pid next.)
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import contextlib
 import importlib
 import itertools
 import json
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -53,7 +63,9 @@ from typing import Any, Final, NoReturn, Self
 import httpx
 import redis
 
+from ..network import free_port
 from ..switch import Switch
+from ..validation import check_choice, check_int
 from .service import ServiceConfig
 
 __all__ = ["ChildProcess", "QueueWorker", "RoundRobinTransport", "ServiceWorkers"]
@@ -88,11 +100,11 @@ class ChildProcess:
     def __init__(
         self, name: str, module: str, arguments: Sequence[str], env: dict[str, str], log: Path
     ) -> None:
-        if module not in _MAINS:
-            raise ValueError(f"module must be one of {sorted(_MAINS)}; got {module!r}")
+        check_choice("module", module, sorted(_MAINS))
         self.name, self.module, self.arguments = name, module, list(arguments)
         self.env, self.log_path = env, log
         self._pid: int | None = None
+        self._sentinel: int | None = None  # reads as closed once the worker has exited
 
     @property
     def pid(self) -> int | None:
@@ -100,7 +112,7 @@ class ChildProcess:
 
     @property
     def alive(self) -> bool:
-        return self._pid is not None and _exists(self._pid)
+        return self._sentinel is not None and not _exited(self._sentinel, 0)
 
     def start(self) -> None:
         request = {
@@ -116,7 +128,7 @@ class ChildProcess:
             pool.submit(self._forked, request).result()
 
     def _forked(self, request: Mapping[str, object]) -> None:
-        self._pid = _FORK_SERVER.fork(request)
+        self._pid, self._sentinel = _FORK_SERVER.fork(request)
         _children.add(self)
 
     def wait_until(self, ready: Callable[[], bool], what: str) -> None:
@@ -143,66 +155,100 @@ class ChildProcess:
         return text[-characters:].strip() or "(no output)"
 
     def _reap(self, first: signal.Signals) -> None:
-        pid, self._pid = self._pid, None
+        pid, sentinel = self._pid, self._sentinel
+        self._pid = self._sentinel = None
         _children.discard(self)
-        if pid is None or not _exists(pid):
+        if pid is None or sentinel is None:
             return
-        os.kill(pid, first)
-        if not _gone_within(pid, STOP_TIMEOUT):
-            os.kill(pid, signal.SIGKILL)
-            _gone_within(pid, None)
+        try:
+            # Not reaped yet (the fork server waits for our word), so `pid` is still this
+            # worker, running or a zombie, never another process that got the number.
+            if not _exited(sentinel, 0):
+                _signal(pid, first)
+                if not _exited(sentinel, STOP_TIMEOUT):
+                    _signal(pid, signal.SIGKILL)
+                    _exited(sentinel, None)
+        finally:
+            os.close(sentinel)
+            _FORK_SERVER.reap(pid)
 
 
 class _ForkServer:
-    """The lab's side of the fork server: starts it on first use, asks it for forks.
+    """The lab's side of the fork server: starts it on first use, asks it for forks and reaps.
 
-    One JSON line per request on its stdin, its answer is the child's pid on its stdout. It
-    ignores SIGCHLD, so the kernel reaps its children as they exit: none is ever a zombie, and a
-    pid that no longer exists is a worker that has exited.
+    One JSON line per request on its stdin; it answers one line on a Unix socket (its stdout),
+    which for a fork carries the worker's sentinel along with its pid (SCM_RIGHTS).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
+        self._answers: socket.socket | None = None
 
-    def fork(self, request: Mapping[str, object]) -> int:
+    def fork(self, request: Mapping[str, object]) -> tuple[int, int]:
+        """A new worker: its pid, and its sentinel (a file descriptor the caller closes)."""
         with self._lock:
-            process = self._running()
-            assert process.stdin is not None and process.stdout is not None
-            try:
-                process.stdin.write(json.dumps(request).encode() + b"\n")
-                process.stdin.flush()
-                answer = process.stdout.readline()
-            except OSError:  # the server died: start another one next time
-                self._close()
-                raise
-            if not answer:
-                self._close()
-                raise RuntimeError("the workers' fork server exited (try importing labsupport)")
-            return int(answer)
+            answer, fds = self._ask(self._running(), {"fork": request})
+            if len(fds) != 1:
+                raise RuntimeError(f"the workers' fork server answered {answer!r} without a handle")
+            return int(answer), fds[0]
+
+    def reap(self, pid: int) -> None:
+        """Let the server wait for worker `pid`, which has exited. (A server that is gone has
+        left its workers to init, which reaps them.)"""
+        with self._lock:
+            if self._process is not None and self._process.poll() is None:
+                with contextlib.suppress(OSError, RuntimeError):  # it died meanwhile: as above
+                    self._ask(self._process, {"reap": pid})
+
+    def _ask(self, process: subprocess.Popen[bytes], request: object) -> tuple[str, list[int]]:
+        assert process.stdin is not None and self._answers is not None
+        answer, fds = b"", []
+        try:
+            process.stdin.write(json.dumps(request).encode() + b"\n")
+            process.stdin.flush()
+            while not answer.endswith(b"\n"):
+                data, received, _, _ = socket.recv_fds(self._answers, 64, 1)
+                for fd in received:
+                    os.set_inheritable(fd, False)  # no subprocess of the lab keeps a worker's
+                fds += received
+                if not data:
+                    raise RuntimeError("the workers' fork server exited (try importing labsupport)")
+                answer += data
+        except (OSError, RuntimeError):  # the server died: start another one next time
+            for fd in fds:
+                os.close(fd)
+            self._close()
+            raise
+        return answer.decode().strip(), fds
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self._process is not None and self._process.poll() is not None:
             self._close()  # it died: close our ends of its pipes too
         if self._process is None:
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", f"from {__name__} import _serve_forks; _serve_forks()"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                # Its own process group: Jupyter interrupts a kernel by sending SIGINT to the
-                # kernel's whole group, which killed the server (and every worker it forked)
-                # at each interrupted cell. The workers are stopped by their ServiceWorkers.
-                start_new_session=True,
-            )
+            self._answers, server_end = socket.socketpair()
+            with server_end:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-c", f"from {__name__} import _serve_forks; _serve_forks()"],
+                    stdin=subprocess.PIPE,
+                    stdout=server_end.fileno(),
+                    stderr=subprocess.DEVNULL,
+                    # Its own process group: Jupyter interrupts a kernel by sending SIGINT to the
+                    # kernel's whole group, which killed the server (and every worker it forked)
+                    # at each interrupted cell. The workers are stopped by their ServiceWorkers.
+                    start_new_session=True,
+                )
         return self._process
 
     def _close(self) -> None:
         """End of its stdin: the server exits (and on Linux its remaining children get SIGTERM)."""
         process, self._process = self._process, None
+        answers, self._answers = self._answers, None
+        if answers is not None:
+            answers.close()
         if process is None:
             return
-        assert process.stdin is not None and process.stdout is not None
+        assert process.stdin is not None
         with contextlib.suppress(OSError):  # a dead server's pipe: nothing to flush into
             process.stdin.close()
         try:
@@ -210,14 +256,15 @@ class _ForkServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        process.stdout.close()
 
 
 _FORK_SERVER: Final = _ForkServer()
 
 
 def _serve_forks() -> None:
-    """The fork server's main loop (in its own process): import `PRELOAD`, then fork on request.
+    """The fork server's main loop (in its own process): import `PRELOAD`, then fork and reap on
+    request. A forked worker stays its child, unreaped, until the lab asks: see the module
+    docstring.
 
     It exits when its stdin ends: the process that started it closed it, or died, however it
     died. (Not PR_SET_PDEATHSIG: that fires when the *thread* that started it ends, and the
@@ -227,22 +274,41 @@ def _serve_forks() -> None:
     for module in PRELOAD:
         with contextlib.suppress(ImportError):  # the worker imports it again; its log says why
             importlib.import_module(module)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     server = os.getpid()
+    answers = socket.socket(fileno=sys.stdout.fileno())
     for line in sys.stdin.buffer:
         request = json.loads(line)
+        if "reap" in request:
+            _wait_for(request["reap"])
+            answers.sendall(b"reaped\n")
+            continue
+        sentinel, alive = os.pipe()  # `alive` stays open in the worker, and only there
         pid = os.fork()
         if pid == 0:
-            _run_child(request, server)
-        sys.stdout.write(f"{pid}\n")
-        sys.stdout.flush()
+            os.close(sentinel)
+            _run_child(request["fork"], server)
+        os.close(alive)
+        socket.send_fds(answers, [f"{pid}\n".encode()], [sentinel])
+        os.close(sentinel)
+
+
+def _wait_for(pid: int) -> None:
+    """Reap worker `pid`, whose sentinel the lab saw close: it is exiting. One that closed its
+    sentinel and lives on is killed first (it is still this server's child: the pid is its)."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    with contextlib.suppress(ChildProcessError):  # already reaped: nothing left to wait for
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.001)
 
 
 def _run_child(request: dict[str, Any], server: int) -> NoReturn:
     """In a forked worker: the log as its output, its environment and directory, then its main."""
     code = 1
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -288,35 +354,22 @@ _MAINS: Final[dict[str, Callable[[list[str]], None]]] = {
 }
 
 
-def _exists(pid: int) -> bool:
-    """Whether the worker still runs. A zombie has exited: one left by the server's death, when
-    the worker's new parent does not reap it (PID 1 in some containers), must not count."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()  # "pid (name) state ..." on Linux
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
+def _exited(sentinel: int, timeout: float | None) -> bool:
+    """Whether the worker whose `sentinel` this is has exited, waiting up to `timeout` seconds
+    (None: until it has)."""
+    return bool(multiprocessing.connection.wait([sentinel], timeout))
 
 
-def _gone_within(pid: int, timeout: float | None) -> bool:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while _exists(pid):
-        if deadline is not None and time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+def _signal(pid: int, number: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # macOS: signalling a zombie
+        os.kill(pid, number)
 
 
 class ServiceWorkers(Switch):
     """`count` uvicorn processes serving `labsupport.distributed.service` with `config`."""
 
     def __init__(self, count: int, config: ServiceConfig) -> None:
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 8:
-            raise ValueError(f"count must be an int from 1 to 8 (worker processes); got {count!r}")
+        check_int("count", count, minimum=1, maximum=8, why="worker processes")
         if not isinstance(config, ServiceConfig):
             raise TypeError(f"config must be a ServiceConfig; got {config!r:.80}")
         self.count, self.config = count, config
@@ -390,15 +443,14 @@ class ServiceWorkers(Switch):
 
     # -- helpers ---------------------------------------------------------------------------
     def _worker(self, index: int) -> ChildProcess:
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.count:
-            raise ValueError(f"index must be an int from 0 to {self.count - 1}; got {index!r}")
+        check_int("index", index, minimum=0, maximum=self.count - 1)
         if not self._workers:
             raise RuntimeError("the workers are not running; call start() or use `with`")
         return self._workers[index]
 
     def _spawn(self, index: int) -> ChildProcess:
         assert self._folder is not None
-        port = _free_port()
+        port = free_port()
         self._ports.append(port)
         arguments = [
             "labsupport.distributed.service:app_from_environment",
@@ -495,13 +547,6 @@ class RoundRobinTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @atexit.register

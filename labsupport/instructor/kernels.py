@@ -20,6 +20,8 @@ from nbclient import NotebookClient
 from nbformat import NotebookNode
 from traitlets import default
 
+from ..validation import check_seconds
+
 __all__ = [
     "CELL_TIMEOUT_SECONDS",
     "KERNEL_NAME",
@@ -64,8 +66,7 @@ def notebook_client(
     ``raises-exception``. Call its ``execute()`` or ``await`` its ``async_execute()``."""
     if not cwd.is_dir():
         raise ValueError(f"cwd: expected an existing directory, got {cwd}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds; got {timeout!r}")
+    check_seconds("timeout", timeout, allow_zero=False)
     return NotebookClient(
         notebook,
         timeout=timeout,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..validation import check_int, check_seconds
+from ..validation import check_int, check_number, check_seconds
 
 __all__ = ["ERROR_STATUSES", "Fault", "RateLimit"]
 
@@ -103,8 +103,7 @@ class Fault:
         retry_after: float | None = None,
     ) -> Fault:
         """Fail about `rate` (0–1) of all calls, chosen by the upstream's seeded random numbers."""
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
-            raise ValueError(f"rate must be a number in (0, 1]; got {rate!r}")
+        check_number("rate", rate, gt=0, le=1)  # a share of all calls
         return cls._make(rate=float(rate), status=status, delay=delay, retry=retry_after)
 
     @classmethod

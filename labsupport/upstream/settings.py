@@ -22,7 +22,7 @@ import enum
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol, Self, TypedDict, Unpack, runtime_checkable
+from typing import Any, Final, Literal, Protocol, Self, TypedDict, Unpack, runtime_checkable
 
 from ..validation import check_seconds
 from .faults import Fault, RateLimit
@@ -114,8 +114,10 @@ class UpstreamSettings:
                 f"unknown upstream setting {sorted(unknown)[0]!r}; the settings are latency, "
                 "jitter, seed, faults, rate_limit, time_to_first_token and time_per_token"
             )
-        given = {name: value for name, value in changes.items() if value is not UNCHANGED}
-        return dataclasses.replace(self, **given)  # type: ignore[arg-type]
+        # Any: each value has its field's type (SettingsChanges says which), unknown ones are
+        # refused above, and __post_init__ checks them all again.
+        given: dict[str, Any] = {k: v for k, v in changes.items() if v is not UNCHANGED}
+        return dataclasses.replace(self, **given)
 
     @property
     def scripted(self) -> bool:

@@ -1,0 +1,68 @@
+"""The one way the tests start a browser: Debian's Chromium, driven by Playwright, offline.
+
+Used by tests/test_browser.py (JupyterLab, Run All) and tests/test_site.py (axe-core on the
+built site). Chromium is /usr/bin/chromium, or LAB_CHROMIUM; Playwright's own browser download
+is never used. CI installs Chromium (.ci/run), so a missing browser FAILS the test that needs
+it: a silent skip would let CI go green without the browser check ever running. On a machine
+without Chromium, LAB_SKIP_BROWSER=1 skips those tests on purpose.
+
+Everything stays on this machine: Chromium resolves no host name (only 127.0.0.1 is reachable)
+and its background traffic (updates, sync, metrics) is off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+CHROMIUM = Path(os.environ.get("LAB_CHROMIUM", "/usr/bin/chromium"))
+
+CHROMIUM_ARGS = [
+    # No network but loopback: no name resolves, except the local servers' address.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-domain-reliability",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-dev-shm-usage",  # containers have a small /dev/shm
+]
+
+
+def require_chromium(check: str) -> None:
+    """Fail the running test (skip it with LAB_SKIP_BROWSER=1) if Chromium is missing; `check`
+    names what would not run, e.g. "the real-browser check"."""
+    if CHROMIUM.exists():
+        return
+    if os.environ.get("LAB_SKIP_BROWSER") == "1":
+        pytest.skip(f"LAB_SKIP_BROWSER=1: {check} was skipped on purpose")
+    pytest.fail(
+        f"Chromium is not installed at {CHROMIUM}, so {check} cannot run. "
+        "Install it (Debian/Ubuntu: apt-get install chromium; .ci/run does this in CI), point "
+        "LAB_CHROMIUM at a Chromium binary, or set LAB_SKIP_BROWSER=1 to skip this test."
+    )
+
+
+@contextmanager
+def chromium(check: str) -> Iterator[Browser]:
+    """Headless Chromium, offline, closed on exit (with `require_chromium(check)` first)."""
+    require_chromium(check)
+    from playwright.sync_api import sync_playwright  # only where a browser is needed
+
+    # Chromium refuses to run as root with its sandbox (containers, CI).
+    args = [*CHROMIUM_ARGS, *(["--no-sandbox"] if os.geteuid() == 0 else [])]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            yield browser
+        finally:
+            browser.close()
