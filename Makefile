@@ -67,12 +67,15 @@ lab: venv
 # Where Linux allows it (user namespaces, iproute2), pytest runs in a network namespace of its own
 # with only loopback up: no test, kernel or server it starts can send a packet off this machine,
 # whatever it tries. LAB_NETNS tells the hygiene probes (tests/nbval_hygiene.py) to verify it.
-NETNS := $(shell unshare --user --map-root-user --net true 2>/dev/null && command -v ip)
+# Root needs no user namespace for that, and must not have one: tests/test_workshop.py makes OS
+# accounts and runs learners' servers as them, and a namespace mapping only root has no other uid.
+USERNS := $(if $(filter 0,$(shell id -u)),,--user --map-root-user)
+NETNS := $(shell unshare $(USERNS) --net true 2>/dev/null && command -v ip)
 test: venv $(NODE_TOOLS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy labsupport tools
-	$(if $(NETNS),unshare --user --map-root-user --net \
+	$(if $(NETNS),unshare $(USERNS) --net \
 		sh -c '$(NETNS) link set lo up && LAB_NETNS=loopback-only exec "$$0" "$$@"') $(BIN)/pytest
 
 lock: | $(BIN)/uv

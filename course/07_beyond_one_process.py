@@ -166,6 +166,9 @@ lab.plot_in_flight(
 #
 # `lab.distributed.RedisServer` starts the system's `redis-server` on a free port of 127.0.0.1,
 # in memory only (`--save "" --appendonly no`), and stops it when the `with` block ends.
+# Loopback is shared by everyone on the machine (on a workshop hub, by the whole room), so the
+# server asks for a random password; `redis_server.url` carries it to every client, which is
+# why the cell below prints the port, not the URL.
 #
 # A shared semaphore needs two things a local one does not:
 #
@@ -180,7 +183,7 @@ import asyncio
 from labsupport.distributed import RedisServer, SharedSemaphore, connect
 
 with RedisServer() as redis_server:
-    print(f"redis-server on {redis_server.url}")
+    print(f"redis-server on 127.0.0.1:{redis_server.port}, password required")
     worker_a, worker_b = connect(redis_server.url), connect(redis_server.url)
 
     await worker_a.set("holders", 4)  # 4 of the 5 slots are taken

@@ -49,7 +49,7 @@ def nothing_left_behind() -> Iterator[None]:
 @installed
 def test_serves_on_loopback_in_memory_and_stops_without_a_trace() -> None:
     with RedisServer() as server:
-        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert server.url == f"redis://:{server.password}@127.0.0.1:{server.port}/0"
         client = redis.Redis.from_url(server.url)
         try:
             assert client.ping()
@@ -84,9 +84,59 @@ def test_kill_is_a_crash_and_stop_after_it_is_harmless() -> None:
 
 
 @installed
-def test_two_servers_get_two_ports() -> None:
+def test_two_servers_get_two_ports_and_two_passwords() -> None:
     with RedisServer() as first, RedisServer() as second:
         assert first.port != second.port
+        assert first.password != second.password and len(first.password) >= 32
+
+
+@installed
+def test_a_client_without_the_password_is_refused_and_it_is_on_no_command_line() -> None:
+    with RedisServer() as server:
+        # Anyone on the machine can connect to loopback (another learner's kernel): without the
+        # password every command is refused.
+        stranger = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=1)
+        try:
+            # redis-py raises AuthenticationError for the server's NOAUTH reply, with its text.
+            with pytest.raises(redis.AuthenticationError, match=r"^Authentication required\.$"):
+                stranger.get("anything")
+            with pytest.raises(redis.AuthenticationError):
+                stranger.auth("a-guess")
+        finally:
+            stranger.close()
+        # The password is in a file only this user can read (in the server's folder, its working
+        # directory), not in the process's arguments, which every local user can list.
+        process = psutil.Process(server.pid)
+        assert server.password not in " ".join(process.cmdline())
+        folder = Path(process.cwd())
+        assert folder.stat().st_mode & 0o077 == 0
+        (config,) = folder.glob("*.conf")
+        assert server.password in config.read_text() and config.stat().st_mode & 0o077 == 0
+
+
+@installed
+def test_every_client_built_from_the_url_sends_the_password() -> None:
+    from arq.connections import RedisSettings
+    from limits import RateLimitItemPerSecond, storage, strategies
+
+    from labsupport.distributed import connect
+    from labsupport.distributed.jobs import connect_queue
+
+    async def ping_both(url: str) -> bool:
+        client, queue = connect(url), await connect_queue(url)
+        try:
+            return bool(await client.ping() and await queue.ping())
+        finally:
+            await client.aclose()
+            await queue.aclose()
+
+    with RedisServer() as server:
+        assert asyncio.run(ping_both(server.url))
+        assert RedisSettings.from_dsn(server.url).password == server.password
+        # `limits` from the storage URI alone, as notebook 07 writes it (there with `async+`).
+        window = strategies.MovingWindowRateLimiter(storage.RedisStorage(server.url))
+        assert window.hit(RateLimitItemPerSecond(1), "learner")
+        assert not window.hit(RateLimitItemPerSecond(1), "learner")
 
 
 def test_missing_redis_server_says_the_install_command_in_one_line(

@@ -5,6 +5,12 @@ process can reach. `RedisServer` starts `redis-server` as a child process, like 
 starts the upstream: on 127.0.0.1 only, on a port nobody else uses, in memory only (no dump
 file, no append-only file), and it returns once the server answers `PING`.
 
+Loopback is shared by everyone on the machine (on a workshop hub, every learner), and Redis's
+protected mode does not cover it, so the server asks for a password: a random one, written with
+the rest of its configuration to a file in a private temporary folder (not on the command line,
+which every local user can read). `url` carries the password, so every client built from it
+(redis-py, arq, `limits`, the worker processes) sends it; a client without it gets NOAUTH.
+
     with RedisServer() as server:
         redis = redis.asyncio.Redis.from_url(server.url)
         ...
@@ -24,6 +30,7 @@ from __future__ import annotations
 import atexit
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -107,17 +114,24 @@ class RedisServer(Switch):
         self._process: subprocess.Popen[bytes] | None = None
         self._folder: tempfile.TemporaryDirectory[str] | None = None
         self._port = 0
+        self._password = ""
 
     @property
     def port(self) -> int:
         return self._port
 
     @property
+    def password(self) -> str:
+        """The random password this server was started with (new for every start)."""
+        return self._password
+
+    @property
     def url(self) -> str:
-        """What `redis.asyncio.Redis.from_url()` (and arq, and `limits`) connect to."""
+        """What `redis.asyncio.Redis.from_url()` (and arq, and `limits`) connect to, with the
+        server's password in it: treat it as a secret (don't print it)."""
         if self._process is None:
             raise RuntimeError("the RedisServer is not running; call start() or use `with`")
-        return f"redis://127.0.0.1:{self._port}/0"
+        return f"redis://:{self._password}@127.0.0.1:{self._port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -132,7 +146,10 @@ class RedisServer(Switch):
         if self._process is not None:
             return self
         executable = require_redis_server()
+        # mkdtemp makes the folder 0700: the configuration file with the password is ours alone.
         self._folder = tempfile.TemporaryDirectory(prefix="lab-redis-")
+        # URL-safe, so `url` needs no quoting.
+        self._password = secrets.token_urlsafe(24)
         try:
             for attempt in range(_PORT_ATTEMPTS):
                 self._port = free_port()  # taken meanwhile: the next attempt picks another
@@ -163,8 +180,12 @@ class RedisServer(Switch):
 
     # -- helpers ---------------------------------------------------------------------------
     def _spawn(self, executable: str, folder: Path) -> subprocess.Popen[bytes]:
+        config = folder / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(f"requirepass {self._password}\n", encoding="utf-8")
         command = [
             executable,
+            str(config),  # the password; the options below add to the file
             "--bind", "127.0.0.1",
             "--port", str(self._port),
             "--protected-mode", "yes",
@@ -187,7 +208,11 @@ class RedisServer(Switch):
         assert self._process is not None
         deadline = time.monotonic() + START_TIMEOUT
         client = redis.Redis(
-            host="127.0.0.1", port=self._port, socket_connect_timeout=0.5, socket_timeout=0.5
+            host="127.0.0.1",
+            port=self._port,
+            password=self._password,
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
         )
         try:
             while time.monotonic() < deadline:
