@@ -4,8 +4,8 @@ internal link, nothing fetched from the web, and no WCAG 2.1 A/AA violation that
 
 The site is built once for this module, into a temporary folder, by tools/build_site.py (Sphinx
 with warnings as errors). The accessibility check runs axe-core (npm, installed into
-node_modules/ by `make node-tools`, which `make test` runs) in Debian's Chromium through Playwright,
-like tests/test_browser.py, on every page in the theme's light and dark modes. Set
+node_modules/ by `make node-tools`, which `make check` runs) in Debian's Chromium through
+Playwright, like tests/test_browser.py, on every page in the theme's light and dark modes. Set
 LAB_SITE_NOTEBOOKS to build from another folder of executed notebooks (a regenerated copy).
 """
 
@@ -39,6 +39,8 @@ CHROMIUM = Path(os.environ.get("LAB_CHROMIUM", "/usr/bin/chromium"))
 REPOSITORY = "https://github.com/example-org/async-llm-lab"
 HUB = "https://hub.example.org"
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+# A Sphinx build of every notebook, then Chromium over every page: minutes.
+pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -247,15 +249,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.needs("chromium", "node-tools")
 @pytest.mark.timeout(600)
 def test_axe_finds_no_wcag_21_aa_violation_on_any_page_in_light_or_dark_mode(
     site: Site, served: str
 ) -> None:
-    if not CHROMIUM.exists():
-        if os.environ.get("LAB_SKIP_BROWSER") == "1":
-            pytest.skip("LAB_SKIP_BROWSER=1: the accessibility check was skipped on purpose")
-        pytest.fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    assert AXE.is_file(), f"{AXE} is missing: run `make node-tools` (npm ci)"
     from playwright.sync_api import sync_playwright
 
     args = [

@@ -16,7 +16,7 @@ import httpx2
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from openai.types.responses import Response
 
 import labsupport
@@ -36,7 +36,7 @@ def upstream() -> Iterator[labsupport.MockUpstream]:
         yield running
 
 
-def ask(text: str) -> list[dict[str, str]]:
+def ask(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
@@ -409,7 +409,12 @@ def test_non_loopback_requests_are_refused_before_any_socket(
         raise AssertionError("a socket connect was attempted")
 
     monkeypatch.setattr("socket.socket.connect", record)
-    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: attempts.append(a) or [])
+
+    def lookup(*args: object, **kwargs: object) -> list[object]:
+        attempts.append(args)
+        return []
+
+    monkeypatch.setattr("socket.getaddrinfo", lookup)
     with pytest.raises(Exception) as caught:
         if library == "httpx":
             httpx.get("https://example.invalid/")

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -24,13 +25,13 @@ from labsupport.distributed import (
     ServiceWorkers,
     WorkerTaggedServer,
     connect,
-    redis_server_path,
 )
 from labsupport.distributed.jobs import IN_PROGRESS_MARGIN, JOB_TIMEOUT, audit_counts
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed"),
+    pytest.mark.needs("redis-server"),
+    pytest.mark.slow,  # uvicorn and arq worker processes
     pytest.mark.timeout(180),
 ]
 LIMIT = 3
@@ -184,7 +185,7 @@ def test_bad_worker_arguments_are_refused() -> None:
         ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="global")
     with pytest.raises(ValueError, match="needs redis_url"):
         ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="shared")
-    for field, bad in [
+    wrong_values: list[tuple[str, Any]] = [
         ("lease", 0),
         ("lease", "3"),
         ("lease", 3600),
@@ -195,7 +196,8 @@ def test_bad_worker_arguments_are_refused() -> None:
         ("rate", float("nan")),
         ("upstream_timeout", 0),
         ("audit_delay", -0.5),
-    ]:
+    ]
+    for field, bad in wrong_values:
         with pytest.raises(ValueError, match=rf"^{field} must"):
             ServiceConfig(upstream_url="http://127.0.0.1:9/v1", **{field: bad})
     assert ServiceConfig.from_environment(config.to_environment()) == config
@@ -229,7 +231,8 @@ sys.stdin.read()
 
 def running(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        alive: bool = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return alive
     except psutil.NoSuchProcess:
         return False
 

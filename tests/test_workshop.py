@@ -206,13 +206,15 @@ c.JupyterHub.load_roles = [{{
 
 def _children(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
     try:
-        return psutil.Process(process.pid).children(recursive=True)
+        children: list[psutil.Process] = psutil.Process(process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+    return children
 
 
 def _running(process: psutil.Process) -> bool:
-    return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    running: bool = process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    return running
 
 
 def _start_server(hub: Hub, user: str) -> None:
@@ -336,6 +338,8 @@ async def _execute(channels: Any, code: str) -> list[dict[str, Any]]:
             return outputs
 
 
+@pytest.mark.slow
+@pytest.mark.needs("node-tools")
 @pytest.mark.timeout(900)
 def test_three_learners_pull_the_course_and_run_notebook_01_through_the_hub(
     hub: Hub, capsys: pytest.CaptureFixture[str]
