@@ -37,7 +37,7 @@ def _values() -> dict[str, Any]:
 
 def _login(authenticator: SharedPasswordAuthenticator, name: str, password: str) -> Any:
     data = {"username": name, "password": password}
-    return asyncio.run(authenticator.get_authenticated_user(None, data))  # type: ignore[arg-type]
+    return asyncio.run(authenticator.get_authenticated_user(None, data))
 
 
 def test_both_hubs_use_an_authenticator_jupyterhub_has() -> None:
@@ -72,7 +72,7 @@ def test_one_machine_learners_log_in_with_the_shared_password_the_instructor_as_
     ("variable", "length", "minimum"),
     [("WORKSHOP_PASSWORD", 7, 8), ("WORKSHOP_ADMIN_PASSWORD", 31, 32)],
 )
-def test_a_too_short_password_stops_the_hub_with_the_length_the_readme_gives(
+def test_a_too_short_password_stops_the_hub_with_the_length_the_docs_give(
     monkeypatch: pytest.MonkeyPatch, variable: str, length: int, minimum: int
 ) -> None:
     passwords = {
@@ -83,8 +83,8 @@ def test_a_too_short_password_stops_the_hub_with_the_length_the_readme_gives(
     config = _one_machine(monkeypatch, **passwords)
     with pytest.raises(ValueError, match=f"at least {minimum} characters"):
         SharedPasswordAuthenticator(config=config)
-    readme = (DEPLOY.parent / "README.md").read_text(encoding="utf-8")
-    workshop = readme.split("## Run a workshop", 1)[1]
+    instructors = (DEPLOY.parent / "docs" / "instructors.md").read_text(encoding="utf-8")
+    workshop = instructors.split("## Run a workshop", 1)[1]
     assert f"({minimum} characters or more" in workshop
 
 
