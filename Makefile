@@ -74,9 +74,11 @@ NETNS := $(shell unshare --user --map-root-user --net true 2>/dev/null && comman
 PYTEST := $(if $(NETNS),unshare --user --map-root-user --net \
 	sh -c '$(NETNS) link set lo up && LAB_NETNS=loopback-only exec "$$0" "$$@"') $(BIN)/pytest
 # labsupport's coverage, printed by every tier that runs unit tests (files below 100% listed).
+# `make test COVERAGE=` runs without it (tracing slows the timing-sensitive tests a little).
 COVERAGE := --cov --cov-report=term
-# `make check` fails below this share of labsupport's lines (measured: see CONTRIBUTING.md).
-COVERAGE_MIN := 80
+# `make check` fails below this share of labsupport's lines. Measured (December 2026): 85% in
+# `make test`'s tier, 92% with the slow tests (browser, hub, site and notebook runs left out).
+COVERAGE_MIN := 90
 # The notebooks' demos time real concurrency (servers, worker processes, 1,000 requests) and were
 # written for one notebook per core: one worker per physical core, not per hyper-thread.
 NOTEBOOK_WORKERS := --numprocesses=auto
