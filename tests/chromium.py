@@ -2,9 +2,9 @@
 
 Used by tests/test_browser.py (JupyterLab, Run All) and tests/test_site.py (axe-core on the
 built site). Chromium is /usr/bin/chromium, or LAB_CHROMIUM; Playwright's own browser download
-is never used. CI installs Chromium (.ci/run), so a missing browser FAILS the test that needs
-it: a silent skip would let CI go green without the browser check ever running. On a machine
-without Chromium, LAB_SKIP_BROWSER=1 skips those tests on purpose.
+is never used. A test that drives it is marked `@pytest.mark.needs("chromium")` (conftest.py):
+skipped with one line where Chromium is missing, failed under `make check`, so CI can never go
+green without the browser checks running.
 
 Everything stays on this machine: Chromium resolves no host name (only 127.0.0.1 is reachable)
 and its background traffic (updates, sync, metrics) is off.
@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import pytest
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -38,24 +36,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-def require_chromium(check: str) -> None:
-    """Fail the running test (skip it with LAB_SKIP_BROWSER=1) if Chromium is missing; `check`
-    names what would not run, e.g. "the real-browser check"."""
-    if CHROMIUM.exists():
-        return
-    if os.environ.get("LAB_SKIP_BROWSER") == "1":
-        pytest.skip(f"LAB_SKIP_BROWSER=1: {check} was skipped on purpose")
-    pytest.fail(
-        f"Chromium is not installed at {CHROMIUM}, so {check} cannot run. "
-        "Install it (Debian/Ubuntu: apt-get install chromium; .ci/run does this in CI), point "
-        "LAB_CHROMIUM at a Chromium binary, or set LAB_SKIP_BROWSER=1 to skip this test."
-    )
-
-
 @contextmanager
 def chromium(check: str) -> Iterator[Browser]:
-    """Headless Chromium, offline, closed on exit (with `require_chromium(check)` first)."""
-    require_chromium(check)
+    """Headless Chromium, offline, closed on exit; `check` names what it is for (its errors say)."""
     from playwright.sync_api import sync_playwright  # only where a browser is needed
 
     # Chromium refuses to run as root with its sandbox (containers, CI).

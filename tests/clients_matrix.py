@@ -50,7 +50,7 @@ def verdict(error: BaseException | None) -> str:
     """ "works", "refused clearly", or "wrong: why" for a case that raised `error` (or None)."""
     if error is None:
         return WORKS
-    chain = []
+    chain: list[BaseException] = []
     cause: BaseException | None = error
     while cause is not None and len(chain) < 10:
         chain.append(cause)

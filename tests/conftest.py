@@ -70,13 +70,14 @@ def offline_lab(
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """A clients-matrix case (one with a `surface` parameter) is judged by `verdict`: a clear
     refusal passes, anything wrong fails; the verdict goes to the report for the table."""
-    surface = getattr(item, "callspec", None) and item.callspec.params.get("surface")
-    if not surface:
+    callspec = getattr(item, "callspec", None)
+    surface = callspec and callspec.params.get("surface")
+    if not surface or callspec is None:
         return (yield)
     from clients_matrix import REFUSED, verdict
 
     name = item.name.split("[")[0].removeprefix("test_")
-    others = [f"{k}={v}" for k, v in item.callspec.params.items() if k != "surface"]
+    others = [f"{k}={v}" for k, v in callspec.params.items() if k != "surface"]
     case = " ".join([name, *others])
     try:
         result = yield

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from labsupport.instructor.doctor import read_lock
@@ -29,6 +30,7 @@ def load(path: Path) -> dict[str, Any]:
     return loaded
 
 
+@pytest.mark.slow
 def test_repo2docker_builds_the_binder_environment_then_runs_post_build() -> None:
     result = subprocess.run(
         [

@@ -75,6 +75,7 @@ def expected_fraction_hits(seed: int, calls: int, rate: float) -> int:
 # --------------------------------------------------------------------------------------- load
 
 
+@pytest.mark.slow
 async def test_1000_requests_all_answered_audited_and_bounded(
     upstream: MockUpstream, tmp_path: Path
 ) -> None:
@@ -119,6 +120,7 @@ async def test_batch_bound_is_shared_across_requests(
 # ------------------------------------------------------------------------------------- faults
 
 
+@pytest.mark.slow
 async def test_1000_requests_with_faults_get_clean_json_errors(
     upstream: MockUpstream, tmp_path: Path
 ) -> None:
@@ -147,6 +149,7 @@ async def test_1000_requests_with_faults_get_clean_json_errors(
     for record in report.requests:
         if record.status == 200:
             continue
+        assert record.status is not None
         error = record.body["error"]
         assert set(error) == {"type", "message"} and error["message"]
         assert error["type"] == {429: "rate_limited", 502: "upstream_error"}[record.status]

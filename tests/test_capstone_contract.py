@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_capstone_process import running, service_command
 
 from labsupport import FakeServer
@@ -27,6 +28,7 @@ MAX_EXAMPLES = 30  # per operation and phase
 SEED = 1
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_failure(tmp_path: Path) -> None:
     with FakeServer(latency=0.0) as upstream:
         port = free_port()

@@ -46,7 +46,8 @@ from labsupport.network import free_port
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"  # `python -m capstone` runs there
 STARTUP_TIMEOUT = 60.0  # seconds a child may take to listen (or to exit) on a loaded machine
 
-pytestmark = pytest.mark.anyio
+# Each test starts the service (and its upstream, or locust) as processes: system tests.
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 @dataclass

@@ -23,6 +23,7 @@ def write_notebook(path: Path, *cells: str, raises: tuple[int, ...] = ()) -> Pat
     return path
 
 
+@pytest.mark.slow
 def test_check_reports_passing_and_failing_notebooks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -47,6 +48,7 @@ def test_check_reports_passing_and_failing_notebooks(
     assert "1 of 2 notebooks passed." in out
 
 
+@pytest.mark.slow
 def test_check_passes_when_every_notebook_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -71,7 +71,8 @@ def test_another_limit() -> None:
 
     async def one(text: str) -> str:
         async with semaphore:
-            return await summarize(text)
+            summary: str = await summarize(text)
+            return summary
 
     async def summarize_all(texts: list[str]) -> list[str]:
         return await asyncio.gather(*(one(t) for t in texts))

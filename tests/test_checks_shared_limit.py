@@ -15,10 +15,10 @@ import psutil
 import pytest
 
 from labsupport.checks import check_shared_limit, shared_limit
-from labsupport.distributed import redis_server_path
 
 pytestmark = [
-    pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed"),
+    pytest.mark.needs("redis-server"),
+    pytest.mark.slow,  # each answer also runs in 3 uvicorn worker processes
     pytest.mark.timeout(240),
 ]
 

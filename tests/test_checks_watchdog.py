@@ -160,6 +160,7 @@ KERNEL_CELLS = [
 ]
 
 
+@pytest.mark.slow
 def test_in_a_real_kernel_a_deadlocking_answer_is_stopped_and_the_next_cell_answers() -> None:
     notebook = nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_code_cell(source) for source in KERNEL_CELLS]
@@ -221,6 +222,7 @@ async def _interrupted_kernel_session() -> tuple[dict[str, Any], str]:
         await manager.shutdown_kernel(now=True)
 
 
+@pytest.mark.slow
 def test_in_a_real_kernel_the_users_interrupt_stops_a_check_and_cleans_up() -> None:
     checked, printed = asyncio.run(_interrupted_kernel_session())
     # ipykernel 7 ends an interrupted top-level `await` by cancelling the cell's task.

@@ -26,6 +26,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # openai-agents exports traces to the real API in the background; the lab has no use for them.
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 
+# Five client libraries imported and driven (litellm's import alone takes seconds): a system
+# test of the upstream, for `make check` and `make drift`.
+pytestmark = pytest.mark.slow
+
 MODEL = "gpt-4o-mini"
 KEY = "test-key"
 REVIEW = "Review this: The new release is fast and reliable."
@@ -87,7 +91,7 @@ def test_langchain_sync(base_url: str | None) -> None:
     assert llm.invoke(SENTIMENT).content == "Positive"
     assert "".join(str(chunk.content) for chunk in llm.stream(SENTIMENT)) == "Positive"
     assert good_review(llm.with_structured_output(Review).invoke(REVIEW))
-    (call,) = llm.bind_tools([get_weather]).invoke(WEATHER).tool_calls  # type: ignore[attr-defined]
+    (call,) = llm.bind_tools([get_weather]).invoke(WEATHER).tool_calls
     assert (call["name"], call["args"]) == ("get_weather", {"city": "Paris"})
 
 

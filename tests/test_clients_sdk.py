@@ -60,8 +60,8 @@ def check(call: str, result: Any) -> None:
         verdict = result.choices[0].message.parsed
         assert verdict.sentiment == "positive" and "new release" in verdict.topics
     elif call == "tools":
-        (call,) = result.choices[0].message.tool_calls
-        assert call.function.parsed_arguments == Lookup(city="Tokyo")
+        (tool_call,) = result.choices[0].message.tool_calls
+        assert tool_call.function.parsed_arguments == Lookup(city="Tokyo")
     elif call == "embeddings":
         assert [len(d.embedding) for d in result.data] == [64, 64]
     elif call in ("responses", "responses_stream"):

@@ -63,7 +63,7 @@ def _login(authenticator: Authenticator, name: str, password: str) -> Any:
     """A login form's submission; the stand-in login page gets FirstUseAuthenticator's message."""
     login_page = SimpleNamespace(custom_login_error="")
     data = {"username": name, "password": password}
-    return asyncio.run(authenticator.get_authenticated_user(login_page, data))  # type: ignore[arg-type]
+    return asyncio.run(authenticator.get_authenticated_user(login_page, data))
 
 
 def test_both_hubs_use_firstuseauthenticator() -> None:

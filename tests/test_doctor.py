@@ -15,6 +15,7 @@ from labsupport.instructor import doctor
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_doctor_passes_on_this_machine() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "labsupport", "doctor"],

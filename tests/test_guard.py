@@ -203,6 +203,7 @@ print(json.dumps({"source": info["source"], "reason": info["fallback_reason"],
 """
 
 
+@pytest.mark.slow
 def test_import_litellm_offline_falls_back_to_its_bundled_price_list() -> None:
     """litellm fetches its model price list at import and, on `httpx.HTTPError`, uses its bundled
     copy: `NetworkBlockedError` is one, so the import succeeds as on a machine with no network."""

@@ -28,8 +28,9 @@ CELLS = {
 }
 
 
-def run_in_order(names: list[str]) -> list[nbformat.NotebookNode]:
-    """Execute the named cells, in order, in one fresh kernel without an API key."""
+def run_in_order(names: list[str]) -> list[list[nbformat.NotebookNode]]:
+    """Execute the named cells, in order, in one fresh kernel without an API key: each cell's
+    outputs."""
     notebook = nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_code_cell(CELLS[name]) for name in names]
     )
@@ -50,6 +51,7 @@ def error_of(outputs: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
     return error
 
 
+@pytest.mark.slow
 def test_cells_run_before_setup_get_one_line_and_other_errors_keep_their_traceback() -> None:
     client, name, other, setup, after = run_in_order(["client", "name", "other", "setup", "after"])
 

@@ -58,6 +58,8 @@ def test_there_are_notebooks_to_run_live() -> None:
 
 
 # Five notebooks, two at a time, on a loaded 2-core machine: more than the default two minutes.
+@pytest.mark.slow
+@pytest.mark.notebook
 @pytest.mark.timeout(300)
 def test_the_learner_notebooks_run_unchanged_in_live_mode(fake_server_url: str) -> None:
     env = {

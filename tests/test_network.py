@@ -23,8 +23,8 @@ def test_network_blocked_error_is_what_offline_code_already_catches() -> None:
     error = NetworkBlockedError("blocked")
     for kind in (OSError, ConnectionError, httpx.ConnectError, httpx.HTTPError):
         assert isinstance(error, kind)
-    for kind in (httpx2.ConnectError, httpx2.TransportError, httpx2.HTTPError):
-        assert isinstance(error, kind)
+    for httpx2_kind in (httpx2.ConnectError, httpx2.TransportError, httpx2.HTTPError):
+        assert isinstance(error, httpx2_kind)
     assert str(error) == "blocked"
     with pytest.raises(RuntimeError, match="request"):  # as httpx's own, before a request
         _ = error.request

@@ -169,6 +169,7 @@ def _collected(*args: str) -> list[str]:
     return listing.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_every_notebook_nbval_runs_is_wrapped_in_the_hygiene_probes() -> None:
     ids = _collected("notebooks")
     notebooks = sorted({line.split("::")[0] for line in ids if ".ipynb::" in line})
@@ -206,6 +207,7 @@ def pytest_with_the_plugin(folder: Path, *args: str) -> tuple[int, str]:
     return result.returncode, re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # IPython's colours
 
 
+@pytest.mark.slow
 def test_the_probe_fails_a_notebook_that_leaves_things_behind(tmp_path: Path) -> None:
     import nbformat
 

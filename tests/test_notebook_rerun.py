@@ -24,6 +24,8 @@ from labsupport.instructor.kernels import notebook_client
 from tests.test_notebook_hygiene import pytest_with_the_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
+# pytest in a subprocess over trial notebooks, and lessons 04 and 05 executed: minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
 
 # ------------------------------------------------------------------ the plugin on trial notebooks

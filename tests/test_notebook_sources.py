@@ -153,6 +153,7 @@ def test_source_problems_flag_an_exercise_without_solution(toy_root: Path) -> No
     assert tool.main(["--root", str(toy_root), "--no-execute"]) == 1
 
 
+@pytest.mark.slow
 def test_tool_executes_in_the_notebook_folder_and_allows_tagged_errors(toy_root: Path) -> None:
     assert tool.main(["--root", str(toy_root), "--only", "01"]) == 0
 

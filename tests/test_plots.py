@@ -248,6 +248,7 @@ def test_plots_leave_no_figure_open_in_pyplot() -> None:
     assert plt.get_fignums() == []
 
 
+@pytest.mark.slow
 def test_a_returned_figure_is_shown_exactly_once_in_a_notebook_with_its_alt_text() -> None:
     cells = [
         "from labsupport.load import LoadReport, RequestRecord\n"

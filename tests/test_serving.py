@@ -371,6 +371,7 @@ async def test_helpers_reject_what_is_not_an_asgi_app(helper: Any, app: Any) -> 
 # in a real Jupyter kernel -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_serve_at_the_top_level_of_a_jupyter_cell() -> None:
     """The kernel's loop is already running; its interrupt handler must survive."""
     cells = [

@@ -25,14 +25,13 @@ from labsupport.distributed import (
     TokenBucket,
     WorkerTaggedServer,
     connect,
-    redis_server_path,
 )
 from labsupport.distributed.service import create_app
 from labsupport.serving import asgi_client
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed"),
+    pytest.mark.needs("redis-server"),
 ]
 
 

@@ -4,8 +4,8 @@ internal link, nothing fetched from the web, and no WCAG 2.1 A/AA violation that
 
 The site is built once for this module, into a temporary folder, by tools/build_site.py (Sphinx
 with warnings as errors). The accessibility check runs axe-core (npm, installed into
-node_modules/ by `make node-tools`, which `make test` runs) in Debian's Chromium through Playwright,
-started by tests/chromium.py, on every page in the theme's light and dark modes. Set
+node_modules/ by `make node-tools`, which `make check` runs) in Debian's Chromium through
+Playwright, started by tests/chromium.py, on every page in the theme's light and dark modes. Set
 LAB_SITE_NOTEBOOKS to build from another folder of executed notebooks (a regenerated copy).
 """
 
@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import build_site
 import pytest
-from chromium import chromium, require_chromium
+from chromium import chromium
 
 from labsupport.workshop import workshop_link
 
@@ -39,6 +40,8 @@ AXE = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
 REPOSITORY = "https://github.com/example-org/async-llm-lab"
 HUB = "https://hub.example.org"
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+# A Sphinx build of every notebook, then Chromium over every page: minutes.
+pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -136,8 +139,9 @@ def test_every_notebook_has_a_page_with_its_stored_outputs(site: Site) -> None:
 def test_the_landing_page_is_the_readme_for_learners_with_every_lesson(site: Site) -> None:
     index = site.root / "index.html"
     text = index.read_text(encoding="utf-8")
-    assert "Quick start" in text and "Live mode" in text
-    assert "For instructors" not in text  # the README's other parts stay in the README
+    for section in build_site.LANDING_SECTIONS:
+        assert f">{section}<" in text, section
+    assert ">More<" not in text  # its links point into the repository, not into the site
     links = site.pages[Path("index.html")].links
     for notebook in LESSONS:
         assert f"notebooks/{notebook.stem}.html" in links
@@ -247,12 +251,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.needs("chromium", "node-tools")
 @pytest.mark.timeout(600)
 def test_axe_finds_no_wcag_21_aa_violation_on_any_page_in_light_or_dark_mode(
     site: Site, served: str
 ) -> None:
-    require_chromium("the accessibility check")
-    assert AXE.is_file(), f"{AXE} is missing: run `make node-tools` (npm ci)"
     pages = list(site.pages)
     violations: list[str] = []
     checked = 0

@@ -9,13 +9,17 @@ import base64
 import json
 import math
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import jsonschema
 import openai
 import pytest
 from openai import OpenAI
 from openai.lib._pydantic import to_strict_json_schema
+from openai.types.chat import (
+    ChatCompletionAssistantMessageParam,
+    ChatCompletionToolMessageParam,
+)
 from pydantic import BaseModel, Field
 
 import labsupport
@@ -117,8 +121,16 @@ def test_strict_pydantic_tools_parse_and_the_next_turn_answers_from_the_result(
     first = client.chat.completions.parse(model="gpt-4o-mini", messages=messages, tools=tools)
     (call,) = first.choices[0].message.tool_calls or []
     assert call.function.parsed_arguments == Weather(city="Oslo", unit="fahrenheit")
-    result = {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 41}'}
-    assistant = first.choices[0].message.model_dump(exclude_none=True, exclude={"parsed"})
+    result: ChatCompletionToolMessageParam = {
+        "role": "tool",
+        "tool_call_id": call.id,
+        "content": '{"temperature": 41}',
+    }
+    # The SDK's message as the JSON it came as: an assistant message param, field for field.
+    assistant = cast(
+        ChatCompletionAssistantMessageParam,
+        first.choices[0].message.model_dump(exclude_none=True, exclude={"parsed"}),
+    )
     second = client.chat.completions.create(
         model="gpt-4o-mini", messages=[*messages, assistant, result], tools=tools
     )
@@ -133,7 +145,7 @@ def test_streamed_tool_call_deltas_add_up_to_the_same_call(client: OpenAI) -> No
     deltas = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.tool_calls]
     assert len(deltas) > 2  # the name first, then the arguments in pieces
     first = (deltas[0].tool_calls or [])[0]
-    arguments = "".join((d.tool_calls or [])[0].function.arguments or "" for d in deltas)  # type: ignore[union-attr]
+    arguments = "".join((d.tool_calls or [])[0].function.arguments or "" for d in deltas)
     expected = (whole.choices[0].message.tool_calls or [])[0].function
     assert first.function is not None and first.function.name == expected.name
     assert arguments == expected.arguments

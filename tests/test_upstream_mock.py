@@ -17,7 +17,7 @@ import httpx2
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from openai.types.responses import Response
 
 import labsupport
@@ -37,7 +37,7 @@ def upstream() -> Iterator[labsupport.MockUpstream]:
         yield running
 
 
-def ask(text: str) -> list[dict[str, str]]:
+def ask(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
@@ -410,7 +410,12 @@ def test_non_loopback_requests_are_refused_before_any_socket(
         raise AssertionError("a socket connect was attempted")
 
     monkeypatch.setattr("socket.socket.connect", record)
-    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: attempts.append(a) or [])
+
+    def lookup(*args: object, **kwargs: object) -> list[object]:
+        attempts.append(args)
+        return []
+
+    monkeypatch.setattr("socket.getaddrinfo", lookup)
     with pytest.raises(Exception) as caught:
         if library == "httpx":
             httpx.get("https://example.invalid/")
@@ -631,7 +636,12 @@ async def test_aiohttp_refusals_are_immediate_and_name_the_lab(
     import aiohttp
 
     attempts: list[object] = []
-    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: attempts.append(a) or [])
+
+    def resolve(*args: object, **kwargs: object) -> list[object]:
+        attempts.append(args)
+        return []
+
+    monkeypatch.setattr("socket.getaddrinfo", resolve)
     async with aiohttp_client(base_url="https://example.invalid/v1") as client:
         monkeypatch.setattr(client, "_sleep_for_retry", _record_retry(attempts))
         with pytest.raises(openai.APIConnectionError) as caught:

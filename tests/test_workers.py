@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -24,14 +25,14 @@ from labsupport.distributed import (
     ServiceWorkers,
     WorkerTaggedServer,
     connect,
-    redis_server_path,
 )
 from labsupport.distributed.jobs import IN_PROGRESS_MARGIN, JOB_TIMEOUT, audit_counts
 from labsupport.distributed.workers import ChildProcess
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed"),
+    pytest.mark.needs("redis-server"),
+    pytest.mark.slow,  # uvicorn and arq worker processes
     pytest.mark.timeout(180),
 ]
 LIMIT = 3
@@ -187,7 +188,7 @@ def test_bad_worker_arguments_are_refused() -> None:
         ServiceConfig(upstream_url="http://127.0.0.1:9/v1", limiter="shared")
     with pytest.raises(TypeError, match=r"^count must be an int; got 2\.0$"):
         ServiceWorkers(2.0, config)  # type: ignore[arg-type]
-    for field, bad, error in [
+    wrong_values: list[tuple[str, Any, type[Exception]]] = [
         ("lease", 0, ValueError),
         ("lease", "3", TypeError),
         ("lease", 3600, ValueError),
@@ -198,7 +199,8 @@ def test_bad_worker_arguments_are_refused() -> None:
         ("rate", float("nan"), ValueError),
         ("upstream_timeout", 0, ValueError),
         ("audit_delay", -0.5, ValueError),
-    ]:
+    ]
+    for field, bad, error in wrong_values:
         with pytest.raises(error, match=rf"^{field} must"):
             ServiceConfig(upstream_url="http://127.0.0.1:9/v1", **{field: bad})
     assert ServiceConfig.from_environment(config.to_environment()) == config
@@ -262,7 +264,8 @@ sys.stdin.read()
 
 def running(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        alive: bool = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return alive
     except psutil.NoSuchProcess:
         return False
 

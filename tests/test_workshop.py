@@ -296,13 +296,15 @@ def _remove_accounts(group: str) -> None:
 
 def _children(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
     try:
-        return psutil.Process(process.pid).children(recursive=True)
+        children: list[psutil.Process] = psutil.Process(process.pid).children(recursive=True)
+        return children
     except psutil.NoSuchProcess:
         return []
 
 
 def _running(process: psutil.Process) -> bool:
-    return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    running: bool = process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    return running
 
 
 # ------------------------------------------------------------------------- who logs in
@@ -537,6 +539,8 @@ async def _execute(channels: Any, code: str) -> list[dict[str, Any]]:
 MiB = 1024 * 1024
 
 
+@pytest.mark.slow
+@pytest.mark.needs("node-tools")
 @pytest.mark.timeout(900)
 def test_three_learners_pull_the_course_and_run_notebook_01_through_the_hub(
     hub: Hub, learners: dict[str, Learner], capsys: pytest.CaptureFixture[str]
@@ -608,6 +612,8 @@ def _hub_family(hub: Hub) -> list[psutil.Process]:
     return [p for p in _hub_process(hub).children(recursive=True) if p.uids().real == 0]
 
 
+@pytest.mark.slow
+@pytest.mark.needs("node-tools")
 def test_what_a_curious_learner_tries_is_refused(
     hub: Hub, learners: dict[str, Learner], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -692,6 +698,8 @@ def test_what_a_curious_learner_tries_is_refused(
     assert set(grp.getgrnam(hub.group).gr_mem) <= set(LEARNERS)
 
 
+@pytest.mark.slow
+@pytest.mark.needs("node-tools")
 def test_a_learners_kernel_cannot_read_another_learners_home(
     hub: Hub, learners: dict[str, Learner]
 ) -> None:
@@ -728,6 +736,8 @@ def test_a_learners_kernel_cannot_read_another_learners_home(
     assert "content" not in other.text
 
 
+@pytest.mark.slow
+@pytest.mark.needs("node-tools")
 def test_the_instructor_resets_a_learners_password(hub: Hub, learners: dict[str, Learner]) -> None:
     bob, new_password = learners[BOB], secrets.token_urlsafe(12)
     home = Path(pwd.getpwnam(BOB).pw_dir)
@@ -743,6 +753,8 @@ def test_the_instructor_resets_a_learners_password(hub: Hub, learners: dict[str,
     assert pwd.getpwnam(BOB).pw_dir == str(home) and home.stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.slow
+@pytest.mark.needs("node-tools")
 def test_idle_servers_are_culled_by_a_hub_service(hub: Hub) -> None:
     services = {service["name"]: service for service in hub.api("GET", "/services").values()}
     assert services["idle-culler"]["command"][1:3] == ["-m", "jupyterhub_idle_culler"]

@@ -34,8 +34,19 @@ from labsupport.workshop import github_url, workshop_link
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
-#: README sections (besides the introduction above the first one) that a learner needs.
-LANDING_SECTIONS = ("Quick start", "Your progress", "Live mode: a real API")
+#: README sections (besides the introduction above the first one) that a learner needs: all but
+#: *More*, whose links point into the repository (docs/, CONTRIBUTING.md), not into the site.
+LANDING_SECTIONS = (
+    "What you will learn",
+    "The lessons",
+    "Prerequisites",
+    "Supported platforms",
+    "Quick start",
+    "When you are stuck",
+    "Your progress",
+    "Live mode: a real API",
+    "Licence",
+)
 #: Used when there is no GitHub remote to read: the launch buttons say plainly what to set.
 PLACEHOLDER_REPOSITORY = "https://github.com/OWNER/REPO"
 BINDER = "https://mybinder.org"

@@ -7,9 +7,10 @@ someone moves the lock. This tool tries that move in a scratch space, leaving th
 1. resolve the newest versions pyproject's ranges allow (`uv pip compile --upgrade`) into a
    temporary lock, for this platform and Python;
 2. build a scratch virtual environment from it in a temporary directory, with labsupport;
-3. run the unit tests there (the notebook executions are left to `make test` after the move:
-   they take most of the suite's minutes and test the same packages); the npm tools some tests
-   drive are the repository's own `node_modules/` (`make test` installs them);
+3. run the tests there, all but those marked `notebook` (the notebook executions are left to
+   `make check` after the move: they take most of the suite's minutes and test the same
+   packages); the npm tools some tests drive are the repository's own `node_modules/`
+   (`make node-tools`);
 4. print which packages moved (old → new), which appeared or went, and which tests broke.
 
 The exit status is 0 when every test passed, 1 when one broke (or the environment could not be
@@ -33,12 +34,9 @@ from typing import Final
 from labsupport.instructor.doctor import read_lock
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-#: Test files that execute notebooks or drive a browser: minutes each, and `make test` runs them.
-SLOW_TESTS: Final = (
-    "tests/test_notebook_rerun.py",
-    "tests/test_browser.py",
-    "tests/test_live_mode.py",
-)
+#: The tests run, by marker (pyproject.toml): all but those that execute the notebooks, minutes
+#: each; `make check` runs them after the move.
+TIERS: Final = "not notebook"
 #: Tests that compare the environment with requirements.lock: by design not true here.
 LOCK_TESTS: Final = ("tests/test_doctor.py::test_doctor_passes_on_this_machine",)
 # pytest's short summary: "FAILED tests/x.py::test[param with spaces] - message".
@@ -75,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--extra", action="append", default=[], help="pyproject extra to include")
     parser.add_argument("--uv", default=str(Path(sys.executable).parent / "uv"), help="uv to use")
-    parser.add_argument("--workers", default="2", help="pytest-xdist workers (default 2)")
+    parser.add_argument(
+        "--workers", default="logical", help="pytest-xdist workers (default: one per logical core)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
 
@@ -119,10 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nPackages that moved ({len(changes)}):")
         print("\n".join(changes) if changes else "  none: the lock is up to date")
         pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider"]
-        ignored = [flag for path in SLOW_TESTS for flag in ("--ignore", path)]
-        ignored += [flag for test in LOCK_TESTS for flag in ("--deselect", test)]
+        selected = ["tests", "-m", TIERS]
+        selected += [flag for test in LOCK_TESTS for flag in ("--deselect", test)]
         tests = _run(
-            [*pytest, "tests", *ignored, "--numprocesses", args.workers, "-q", "--no-header"],
+            [*pytest, *selected, "--numprocesses", args.workers, "-q", "--no-header"],
             cwd=REPO_ROOT,
             capture_output=True,
         )
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("Failed once, passed alone (load-sensitive, not counted):")
                 print("\n".join(f"  {test}" for test in flaky))
         if not broken:
-            print("drift: green. Move the lock: make lock LOCK_FLAGS=--upgrade && make test")
+            print("drift: green. Move the lock: make lock LOCK_FLAGS=--upgrade && make check")
             return 0
         print(f"drift: {len(broken)} test(s) broke with the newest versions:")
         print("\n".join(f"  {test}" for test in broken) or "  (see the pytest output above)")

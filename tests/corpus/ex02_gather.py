@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import openai
 from openai import AsyncOpenAI
 
 FanOut = Callable[[list[str]], Awaitable[Any]]
-Summarize = Callable[[str], Awaitable[str]]
+Summarize = Callable[[str], Coroutine[Any, Any, str]]
 
 
 def summarizer() -> Summarize:
@@ -118,8 +118,7 @@ def answer_return_exceptions_left_raw() -> FanOut:
     async def analyze_all(texts: list[str]) -> list[Any]:
         replies = await asyncio.gather(*(summarize(t) for t in texts), return_exceptions=True)
         return [
-            r if isinstance(r, Exception) else entry(t, r)
-            for t, r in zip(texts, replies, strict=True)
+            entry(t, r) if isinstance(r, str) else r for t, r in zip(texts, replies, strict=True)
         ]
 
     return analyze_all
@@ -298,7 +297,8 @@ def answer_plain_def() -> FanOut:
     def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
         return [entry(t, t[:20]) for t in texts]
 
-    return analyze_all
+    # The mistake under test: a plain function where the check awaits one.
+    return analyze_all  # type: ignore[return-value]
 
 
 def answer_error_text_for_success() -> FanOut:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from openai import AsyncOpenAI
 
 Batch = Callable[[list[str]], Awaitable[Any]]
-Summarize = Callable[[str], Awaitable[str]]
+Summarize = Callable[[str], Coroutine[Any, Any, str]]
 
 
 def summarizer() -> Summarize:
