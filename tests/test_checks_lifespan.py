@@ -10,6 +10,9 @@ import pytest
 from corpus import Answer, answers
 from corpus import ex05_lifespan as corpus
 from fastapi import FastAPI
+from mutation import ex05_lifespan as mutants05
+from mutation.engine import Mutant, judge, mutants
+from mutation.operators import CAPACITY_LIMITER_ONE, ONE_THREAD_EXECUTOR, THREADING_LOCK
 
 from labsupport.checks import CheckResult, check_lifespan_client
 from labsupport.checks.lifespan import CAUSES
@@ -75,3 +78,30 @@ def test_the_weak_cases_get_the_fix_in_their_hint(name: str) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="n must be an int ≥ 2"):
         asyncio.run(check_lifespan_client(FastAPI(), n=1))
+
+
+# -- mutants: right answers rewritten into the lesson's mistakes (tests/mutation) ---------------
+
+MUTATED = (
+    "exit_stack_around_the_yield",
+    "app_state_with_a_dependency",
+    "global_dict_like_the_seed",
+    "async_with_around_the_yield_on_app_state",
+)
+# The generic operators rewrite upstream calls the answer makes itself: the sync client's.
+GENERIC_MUTATED = ("sync_client_in_a_def_endpoint", "shared_sync_client_through_to_thread")
+GENERIC = (
+    ONE_THREAD_EXECUTOR,
+    CAPACITY_LIMITER_ONE,
+    THREADING_LOCK.expecting("threading_primitive", "concurrency_limited"),
+)
+
+
+@pytest.mark.parametrize(
+    "mutant",
+    mutants(corpus, MUTATED, mutants05.OPERATORS) + mutants(corpus, GENERIC_MUTATED, GENERIC),
+)
+def test_the_mutant_is_refused_with_its_cause(
+    mutant: Mutant, request: pytest.FixtureRequest
+) -> None:
+    judge(mutant, request.node, lambda build: check(build()))

@@ -9,7 +9,8 @@ luck: while `sqlite_threads()` is active, every function the event loop hands to
 which notes each call of a `sqlite3.Connection` or `sqlite3.Cursor` method and the thread making
 it. aiosqlite's connections are used by their own thread, not a worker's, and pass.
 
-The event loop's own thread is watched too, by a profile function set on it: a `sqlite3` call
+The event loop's own thread is watched too, by a profile function set on it (which also counts
+its `time.sleep` calls, the other blocking wait of an `async def` audit): a `sqlite3` call
 there (an `async def` task that awaits, then writes with blocking `sqlite3`) blocks every request
 for as long as the statement takes, however short the block looks on a fast disk. The lesson's
 invariant is that no blocking database call runs on the loop, so it is counted, not timed.
@@ -27,6 +28,7 @@ import asyncio
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -52,6 +54,8 @@ class SqliteThreads:
     def __init__(self) -> None:
         self.on_loop = 0
         """How many sqlite3 statements ran on the event loop's thread while it was watched."""
+        self.sleeps_on_loop = 0
+        """How many `time.sleep` calls the event loop's thread made while it was watched."""
         self._threads: dict[int, set[int]] = {}
         self._previous_profile: Any = None
         # Held until the block ends: a closed connection's id would otherwise be reused by the
@@ -77,7 +81,9 @@ class SqliteThreads:
                 self._threads.setdefault(id(owner), set()).add(threading.get_ident())
 
     def _note_on_loop(self, frame: FrameType, event: str, arg: Any) -> None:
-        if (
+        if event == "c_call" and arg is time.sleep:
+            self.sleeps_on_loop += 1
+        elif (
             event == "c_call"
             and getattr(arg, "__name__", "") in _STATEMENTS
             and isinstance(getattr(arg, "__self__", None), sqlite3.Connection | sqlite3.Cursor)

@@ -6,8 +6,9 @@ conjunction; the cause is the first that failed, in the order below; the hint is
 1. the app runs, and nothing holds the event loop for the watchdog's limit;
 2. every request gets a `{"response": …}` reply;
 3. the event loop stays free while requests are served AND while their audit writes run in the
-   background: no blocking sleep, and no blocking `sqlite3` statement on the loop's thread
-   (counted, not timed: a fast disk does not make a blocking write right);
+   background: no `time.sleep` and no blocking `sqlite3` statement on the loop's thread
+   (counted, not timed: a fast disk does not make a blocking write right), and no other stall
+   of about a write's length for most of the writes' time;
 4. the response does not wait for the audit (the probe's row is not yet written when its reply
    arrives);
 5. no `sqlite3` connection is used by several threads;
@@ -130,6 +131,8 @@ class _Measured:
     server_errors: list[str]
     sqlite_threads: int
     sqlite_on_loop: int
+    sleeps_on_loop: int
+    longest_block: float
     never_awaited: bool
     queued_after: int
 
@@ -213,6 +216,8 @@ async def check_background_audit(
             server_errors,
             threads.most_threads,
             threads.on_loop,
+            threads.sleeps_on_loop,
+            lag.longest,
             never_awaited(caught),
             queues.left(),
         )
@@ -292,15 +297,17 @@ def _verdict(
             f'the endpoint must answer POST {path} with {{"response": "<the model\'s reply>"}}.',
             _first_problem(requests),
         )
-    # A blocking audit stalls the loop for every request's write: total × audit_seconds. Most of
-    # that is far more than a loaded machine's own stalls (a fraction of one write, measured).
-    if measured.blocked >= BLOCKED_SHARE * total * audit_seconds:
+    blocking = (
+        "a blocking call (time.sleep, sqlite3, a sync client) inside an `async def` runs on "
+        "the event loop, even in a background task. Make the audit function a plain `def` "
+        "(it then runs in the thread pool) or await an async driver such as aiosqlite."
+    )
+    if measured.sleeps_on_loop:
         return fail(
             "blocked_loop",
-            "the event loop was blocked: while one audit write ran, no other request could move.",
-            "a blocking call (time.sleep, sqlite3, a sync client) inside an `async def` runs on "
-            "the event loop, even in a background task. Make the audit function a plain `def` "
-            "(it then runs in the thread pool) or await an async driver such as aiosqlite.",
+            f"time.sleep ran {measured.sleeps_on_loop} time(s) on the event loop's thread: "
+            "while it slept, no other request could move.",
+            f"use `await asyncio.sleep(...)` in `async def`; {blocking}",
         )
     if measured.sqlite_on_loop:
         return fail(
@@ -310,6 +317,18 @@ def _verdict(
             "an `async def` task runs on the event loop, also after an `await`: a `sqlite3` "
             "call there blocks it. Make the task a plain `def` with its own connection (it "
             "then runs in the thread pool), or write with aiosqlite (`await db.execute(...)`).",
+        )
+    # Any other blocking audit stalls the loop for every request's write: total × audit_seconds
+    # in all, each stall about one write long. A loaded machine's own stalls add up too, but
+    # rarely to most of that, and not in stretches of a whole write.
+    if (
+        measured.blocked >= BLOCKED_SHARE * total * audit_seconds
+        and measured.longest_block >= BLOCKED_SHARE * audit_seconds
+    ):
+        return fail(
+            "blocked_loop",
+            "the event loop was blocked: while one audit write ran, no other request could move.",
+            blocking,
         )
     if measured.rows_at_probe:
         return fail(

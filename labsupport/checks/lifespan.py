@@ -11,7 +11,8 @@ conjunction; the cause is the first that failed, in the order below; the hint is
 4. one client serves every request over one connection (sequential requests reuse it);
 5. the event loop stays free while concurrent requests wait for the upstream: one shared
    *async* client (a sync `OpenAI` client inside `async def` holds the loop for every call:
-   it undoes lesson 01);
+   it undoes lesson 01), and the requests sent at once all reach the upstream at once (no lock
+   or single thread around the shared client);
 6. shutdown closes it.
 
 Two FastAPI traps get their own cause, when an invariant failed because of them:
@@ -39,6 +40,7 @@ Its causes (`CheckResult.cause`), in the order they are judged:
   one TCP connection each;
 * "sync_client" / "blocked_loop" — while concurrent requests waited for the upstream, the event
   loop was blocked for most of the calls' time (with a sync `OpenAI` client built: "sync_client");
+* "concurrency_limited" — the requests sent at once did not all reach the upstream at once;
 * "missing_await" — requests failed and a coroutine was never awaited (a call without `await`),
   or shutdown created a `close()` coroutine and never awaited it;
 * "never_closed" — a client built during the check was still open after shutdown.
@@ -84,6 +86,7 @@ Cause = Literal[
     "bad_reply",
     "built_before_start",
     "sync_client",
+    "concurrency_limited",
     "client_per_request",
     "missing_await",
     "never_closed",
@@ -110,6 +113,7 @@ class _Measured:
     report: LoadReport
     burst: LoadReport
     blocked: float
+    in_flight: int
     sync_clients: int
     sequential_calls: int
     connections: int
@@ -152,10 +156,12 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
                     burst = await fire(client, "POST", path, n=n, json=lambda i: body(n + i))
                 finally:
                     lag.stop()
+                in_flight = server.stats.max_in_flight
             return _Measured(
                 report,
                 burst,
                 lag.blocked,
+                in_flight,
                 built.sync_count,
                 calls,
                 connections,
@@ -209,8 +215,9 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
     evidence = [
         f"{n} requests, one after another: the upstream got {reached} call{s(reached)} over "
         f"{connections} TCP connection{s(connections)}.",
-        f"{n} requests at once, {BURST_LATENCY:.2f} s per upstream call: the event loop was "
-        f"blocked for {measured.blocked:.2f} s.",
+        f"{n} requests at once, {BURST_LATENCY:.2f} s per upstream call: at most "
+        f"{measured.in_flight} in flight at the upstream; the event loop was blocked for "
+        f"{measured.blocked:.2f} s.",
         f"The app built {measured.built} OpenAI client{s(measured.built)} while the check ran, "
         f"{measured.built_at_startup} of them at startup.",
         f"After shutdown: {measured.open_after} of them not closed, {seen.left_open} "
@@ -317,6 +324,7 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
         if measured.sync_clients:
             return fail(
                 "sync_client",
+                "concurrency_limited",
                 "the event loop was blocked while the requests waited for the upstream: a sync "
                 "`OpenAI` client answers inside `async def` one call at a time.",
                 "create an `AsyncOpenAI` in the lifespan and `await` its calls; a sync `OpenAI` "
@@ -327,6 +335,14 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
             "the event loop was blocked while the requests waited for the upstream.",
             "inside `async def`, every wait must be an `await`: use `AsyncOpenAI` and "
             "`await asyncio.sleep(...)`, never a blocking call.",
+        )
+    if measured.in_flight < n:
+        return fail(
+            "concurrency_limited",
+            f"the {n} requests sent at once reached the upstream at most {measured.in_flight} "
+            "at a time: something in the app makes them wait for each other.",
+            "one shared `AsyncOpenAI` serves concurrent requests by itself: no lock, semaphore "
+            "or single worker thread around its calls.",
         )
     if never_closed and any("close" in message for message in seen.unawaited):
         return fail(

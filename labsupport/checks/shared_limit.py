@@ -107,8 +107,10 @@ REQUESTS_PER_WORKER: Final = 10
 LATENCY: Final = 0.3
 LEASE: Final = 2.0
 """The lease the workers' limiter gets; the checker's upstream calls take far less."""
-PROBE_LEASE: Final = 5.0
-"""The lease in the in-process probe: longer than the probe, so expiry cannot hide a bug."""
+PROBE_LEASE: Final = 30.0
+"""The lease in the in-process probe: longer than the probe, so expiry cannot hide a bug, and
+in whole seconds a number no other argument is (`limit` is at most 10): a lease given to Redis
+in the wrong unit is recognised."""
 SHORT_LEASE: Final = 0.4
 """The lease in the expiry probe, which its holders outlive on purpose."""
 WAIT: Final = 0.3
@@ -485,12 +487,17 @@ def _sleeps_on_this_thread() -> Iterator[_Sleeps]:
 
 
 def _lease_unit_problem(commands: _Commands, lease: float) -> str | None:
-    """A sentence if acquire() gave Redis the lease in seconds where milliseconds belong."""
+    """A sentence if acquire() gave Redis the lease in seconds where milliseconds belong: as
+    `px`, to PEXPIRE, or among a script's arguments (the probe's lease, in whole seconds, is no
+    other number the check passes)."""
     for sent in commands.of("acquire"):
         for command, args, options in sent:
             px = options.get("px")
             if command == "pexpire" and len(args) >= 2:
                 px = args[1]
+            if command == "script":
+                given = [str(value) for value in options.get("args", ())]
+                px = int(lease) if str(int(lease)) in given else None
             if isinstance(px, int | float) and 0 < px < lease * 10:
                 return (
                     f"acquire() sent {command.upper()} with a lease of {px} ms for a lease of "
