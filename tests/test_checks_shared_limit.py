@@ -13,6 +13,8 @@ from typing import Any
 
 import psutil
 import pytest
+from mutation.engine import Mutant, judge
+from mutation.ex07_shared_limit import OPERATORS, source_mutants
 
 from labsupport.checks import check_shared_limit, shared_limit
 from labsupport.distributed import redis_server_path
@@ -531,3 +533,38 @@ def test_an_acquire_that_never_stops_is_left_running_and_the_check_goes_on(
         return in_time, running, limiter.cancels
 
     assert asyncio.run(attempt()) == (False, True, shared_limit.CANCEL_ATTEMPTS + 1)
+
+
+# -- mutants: right answers rewritten into the lesson's mistakes (tests/mutation) ---------------
+
+
+def notebook_solution() -> str:
+    """The solution cell of course/07 that defines SlotLeases (its source, as the learner's)."""
+    text = (Path(__file__).parent.parent / "course" / "07_beyond_one_process.py").read_text()
+    cells = text.split("\n# %%")
+    solution = next(c for c in cells if 'tags=["solution"]' in c and "class SlotLeases" in c)
+    return solution.split("\n", 1)[1]
+
+
+MUTATED = {
+    "notebook_solution": notebook_solution(),
+    "lua_take_and_give_back": LUA_ACQUIRE_AND_RELEASE,
+}
+
+
+@pytest.mark.parametrize(
+    "mutant",
+    [
+        param
+        for name, source in MUTATED.items()
+        for param in source_mutants(name, source, OPERATORS)
+    ],
+)
+def test_the_mutant_is_refused_with_its_cause(
+    mutant: Mutant, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    judge(
+        mutant,
+        request.node,
+        lambda build: asyncio.run(check_shared_limit(load(build(), tmp_path))),
+    )

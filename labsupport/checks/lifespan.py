@@ -324,7 +324,6 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
         if measured.sync_clients:
             return fail(
                 "sync_client",
-                "concurrency_limited",
                 "the event loop was blocked while the requests waited for the upstream: a sync "
                 "`OpenAI` client answers inside `async def` one call at a time.",
                 "create an `AsyncOpenAI` in the lifespan and `await` its calls; a sync `OpenAI` "

@@ -113,6 +113,10 @@ in whole seconds a number no other argument is (`limit` is at most 10): a lease 
 in the wrong unit is recognised."""
 SHORT_LEASE: Final = 0.4
 """The lease in the expiry probe, which its holders outlive on purpose."""
+FRESH_LEASE: Final = 5.0
+"""The lease of the holders that come after them: far longer than the rest of the probe, so
+their slots stay theirs unless someone else frees them (a lease a hundred times too short
+still ends within `WAIT`)."""
 WAIT: Final = 0.3
 """Seconds an acquire() must keep waiting while every slot is held."""
 NO_RETRY_AFTER: Final = 600.0
@@ -402,6 +406,7 @@ async def _probe_expiry(
     """Invariant 7: leases that expire under live holders free their slots, and the old
     holders' late releases do not free the new holders' slots."""
     limiter = cls(redis, name="expiry", limit=limit, lease=SHORT_LEASE)
+    fresh = cls(redis, name="expiry", limit=limit, lease=FRESH_LEASE)
     old: list[Any] = []
     new: list[Any] = []
     try:
@@ -413,7 +418,7 @@ async def _probe_expiry(
         await asyncio.sleep(SHORT_LEASE + 0.3)  # the old holders are still "working"
         for _ in range(limit):
             with redis.during("acquire"):
-                in_time, attempt = await _within(limiter.acquire(), 1.0)
+                in_time, attempt = await _within(fresh.acquire(), 1.0)
             new += _token(attempt)
             _raise_its_error(attempt)
             if not in_time:
@@ -434,12 +439,26 @@ async def _probe_expiry(
                     "score in a sorted set that acquire() prunes), so a crashed worker's slot "
                     "comes back.",
                 )
+        with redis.during("acquire"):
+            in_time, attempt = await _within(fresh.acquire(), WAIT)
+        new += _token(attempt)
+        _raise_its_error(attempt)
+        if in_time:
+            units = _lease_unit_problem(redis.commands, SHORT_LEASE)
+            return _result(
+                "lease_units" if units else "over_limit",
+                f"with {limit} fresh holders, one more got a slot at once: their leases of "
+                f"{FRESH_LEASE:g} s ended long before their time.",
+                (units or "The slots were free again a moment after they were taken.",),
+                hint="give Redis the whole lease: `px=int(lease * 1000)` (milliseconds); a "
+                "lease shorter than the call frees the slot while its holder still works.",
+            )
         for token in old:
             with redis.during("release"):
                 await limiter.release(token)
         old.clear()
         with redis.during("acquire"):
-            in_time, attempt = await _within(limiter.acquire(), WAIT)
+            in_time, attempt = await _within(fresh.acquire(), WAIT)
         new += _token(attempt)
         _raise_its_error(attempt)
         if in_time:
@@ -457,9 +476,12 @@ async def _probe_expiry(
                 "key only if it still holds that token (or ZREM of your token).",
             )
     finally:
-        for token in old + new:
+        for token in old:
             with contextlib.suppress(Exception):
                 await limiter.release(token)
+        for token in new:
+            with contextlib.suppress(Exception):
+                await fresh.release(token)
     return None
 
 
