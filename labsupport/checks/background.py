@@ -431,8 +431,10 @@ class _Queues:
     so a lifespan's queue can still be read after shutdown dropped it)."""
 
     def __init__(self) -> None:
+        # type(), not isinstance(): some objects compute `__class__` on access (lazy modules,
+        # proxies), which made a first scan take a second.
         self._queues: list[asyncio.Queue[Any]] = [
-            item for item in gc.get_objects() if isinstance(item, asyncio.Queue)
+            item for item in gc.get_objects() if issubclass(type(item), asyncio.Queue)
         ]
         self._sizes_before = [queue.qsize() for queue in self._queues]
 
