@@ -70,10 +70,13 @@ async def lifespan(app: FastAPI):
 # %% [markdown]
 # Endpoints get the client through a **dependency**: a function FastAPI calls for each request,
 # whose result it passes in. `OpenAIClient` is that function's type, to reuse in every endpoint.
+# It is an `async def`, so FastAPI calls it on the event loop; a plain `def` dependency is sent to
+# the thread pool on every request (40 threads, shared with every `def` endpoint and background
+# task), and waits there for a free thread when the pool is busy, only to read one attribute.
 
 
 # %%
-def get_openai(request: Request) -> AsyncOpenAI:
+async def get_openai(request: Request) -> AsyncOpenAI:
     return request.state.openai
 
 
@@ -396,7 +399,9 @@ async def summarize(request: ChatRequest, openai_client: OpenAIClient):
 
 # %% [markdown]
 # The check runs your app with its lifespan, sends 5 requests one after another to its own
-# server, stops the app, and looks at the connections.
+# server (one shared client reuses one connection), then 5 at once while it watches the event
+# loop, stops the app, and looks at the clients and connections: how many, of which kind, and
+# whether shutdown closed them.
 
 # %%
 await lab.checks.check_lifespan_client(exercise_app)

@@ -550,8 +550,12 @@ queue_folder.cleanup()
 # with `redis` a `redis.asyncio.Redis` that returns `str` values, and calls
 # `token = await limiter.acquire()` (wait for a slot) and `await limiter.release(token)`.
 # The check runs your class in this kernel, then **sends this cell's code to 3 uvicorn worker
-# processes**: keep the cell self-contained (its own imports, plain Python). It fires 30
-# requests at an upstream that allows 5 in flight, then kills a worker in the middle of a call.
+# processes**: keep the cell self-contained (its own imports, plain Python). In this kernel it
+# takes every slot, checks that one more holder waits (with the event loop free) and gets in
+# after a release, lets short leases expire under holders that are still working (their slots
+# must come back, and their late releases must not free a slot someone else holds now), and
+# reads the commands your class sent: taking a slot and releasing it must each be one step. The
+# workers then get 30 requests at an upstream that allows 5 in flight.
 #
 # The version below is what most services start with. It passes in one process.
 

@@ -13,6 +13,8 @@ import pytest
 from corpus import Answer, answers
 from corpus import ex04_background_audit as corpus
 from fastapi import FastAPI
+from mutation import ex04_background as mutants04
+from mutation.engine import Mutant, judge, mutants
 
 from labsupport.checks import CheckResult, check_background_audit
 from labsupport.checks._sqlite import sqlite_threads
@@ -50,7 +52,7 @@ def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer, tmp_path: 
 
 def test_the_corpus_is_big_enough() -> None:
     verdicts = [param.values[0].passed for param in answers(corpus)]
-    assert verdicts.count(False) >= 12 and verdicts.count(True) >= 4
+    assert verdicts.count(False) >= 20 and verdicts.count(True) >= 8
 
 
 def test_the_evidence_counts_rows_and_the_probe(tmp_path: Path) -> None:
@@ -112,3 +114,46 @@ def test_the_thread_watch_sees_every_worker_thread_and_puts_no_callback_into_sql
     finally:
         connection.close()
     assert traced == ["SELECT 1", "SELECT 2"]
+
+
+# The key words of each weak case's fix (issue 21): its own cause, and a hint that says what to
+# do about it, not "a bare asyncio.create_task is not awaited".
+HINTS = {
+    "async_task_awaits_then_writes_with_sqlite3": ("aiosqlite", "plain `def`"),
+    "add_task_with_a_lambda": ("add_task(write, db, row)", "lambda"),
+    "unannotated_background_tasks_default": ("background_tasks: BackgroundTasks",),
+    "queue_writer_cancelled_without_draining": ("await queue.join()",),
+}
+
+
+@pytest.mark.parametrize("name", list(HINTS))
+def test_the_weak_cases_get_the_fix_in_their_hint(name: str, tmp_path: Path) -> None:
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+    result = check(getattr(corpus, f"answer_{name}")(db_path), db_path)
+    assert "create_task" not in (result.hint or ""), str(result)
+    for words in HINTS[name]:
+        assert words in (result.hint or ""), str(result)
+
+
+# -- mutants: right answers rewritten into the lesson's mistakes (tests/mutation) ---------------
+
+# Not the tracked-tasks answer: without its drain, whether its few concurrent writes end before
+# the lifespan closes the database depends on how long the server takes to shut down (it often
+# does), so its drain_skipped mutant is not reliably wrong. The queue's writes are one at a time:
+# a backlog is always left.
+MUTATED = (
+    "add_task_with_the_lifespan_connection",
+    "def_task_with_its_own_connection",
+    "queue_and_one_writer",
+    "queue_with_a_sentinel",
+)
+
+
+@pytest.mark.parametrize("mutant", mutants(corpus, MUTATED, mutants04.OPERATORS))
+def test_the_mutant_is_refused_with_its_cause(
+    mutant: Mutant, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+    judge(mutant, request.node, lambda build: check(build(db_path), db_path))

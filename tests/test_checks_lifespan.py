@@ -10,6 +10,9 @@ import pytest
 from corpus import Answer, answers
 from corpus import ex05_lifespan as corpus
 from fastapi import FastAPI
+from mutation import ex05_lifespan as mutants05
+from mutation.engine import Mutant, judge, mutants
+from mutation.operators import CAPACITY_LIMITER_ONE, ONE_THREAD_EXECUTOR, THREADING_LOCK
 
 from labsupport.checks import CheckResult, check_lifespan_client
 from labsupport.checks.lifespan import CAUSES
@@ -41,7 +44,7 @@ def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer) -> None:
 
 def test_the_corpus_is_big_enough() -> None:
     verdicts = [param.values[0].passed for param in answers(corpus)]
-    assert verdicts.count(False) >= 12 and verdicts.count(True) >= 4
+    assert verdicts.count(False) >= 20 and verdicts.count(True) >= 9
 
 
 def test_the_evidence_counts_clients_and_connections() -> None:
@@ -50,9 +53,55 @@ def test_the_evidence_counts_clients_and_connections() -> None:
     assert "The app built 1 OpenAI client while the check ran, 1 of them at startup." in text
     assert "After shutdown: 0 of them not closed, 0 connections still open." in text
     per_request = check(corpus.answer_starter_client_per_request())
-    assert "5 clients and 5 connections for 5 sequential requests" in per_request.summary
+    assert "10 clients and 5 connections for 5 sequential requests" in per_request.summary
+
+
+# The key words of each weak case's fix (issue 21): the cause alone is not enough, the hint
+# must say what to do about it.
+HINTS = {
+    "sync_client_in_the_lifespan": ("AsyncOpenAI", "await"),
+    "shutdown_on_event_beside_the_lifespan": ("lifespan", "after it for shutdown"),
+    "startup_on_event_beside_the_lifespan": ("before `yield` for startup",),
+    "close_without_await": ("await client.close()",),
+    "create_without_await": ("await",),
+    "time_sleep_to_be_polite": ("await asyncio.sleep",),
+}
+
+
+@pytest.mark.parametrize("name", list(HINTS))
+def test_the_weak_cases_get_the_fix_in_their_hint(name: str) -> None:
+    result = check(getattr(corpus, f"answer_{name}")())
+    for words in HINTS[name]:
+        assert words in (result.hint or ""), str(result)
 
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="n must be an int ≥ 2"):
         asyncio.run(check_lifespan_client(FastAPI(), n=1))
+
+
+# -- mutants: right answers rewritten into the lesson's mistakes (tests/mutation) ---------------
+
+MUTATED = (
+    "exit_stack_around_the_yield",
+    "app_state_with_a_dependency",
+    "global_dict_like_the_seed",
+    "async_with_around_the_yield_on_app_state",
+)
+# The generic operators rewrite upstream calls the answer makes itself: the sync client's.
+GENERIC_MUTATED = ("sync_client_in_a_def_endpoint", "shared_sync_client_through_to_thread")
+GENERIC = (
+    ONE_THREAD_EXECUTOR,
+    CAPACITY_LIMITER_ONE,
+    THREADING_LOCK.expecting("threading_primitive", "concurrency_limited"),
+)
+
+
+@pytest.mark.parametrize(
+    "mutant",
+    mutants(corpus, MUTATED, mutants05.OPERATORS) + mutants(corpus, GENERIC_MUTATED, GENERIC),
+)
+def test_the_mutant_is_refused_with_its_cause(
+    mutant: Mutant, request: pytest.FixtureRequest
+) -> None:
+    judge(mutant, request.node, lambda build: check(build()))

@@ -237,23 +237,24 @@ def failed(cause: str = "loop_blocked") -> Result:
 
 
 def test_the_same_cause_climbs_one_rung_per_failure(fresh_ladder: hints.HintLadder) -> None:
-    texts = [hints.coach(failed(), notebook=LESSON) for _ in range(5)]
-    first, second, third, fourth, fifth = texts
-    assert "20 requests took" in first and "Hint:" not in first
-    assert "if it fails the same way: a hint" in first
-    assert "Hint: Use AsyncOpenAI" in second and "___" not in second
-    assert "Fill in the blanks" in third and "ticket_client = ___(api_key" in third
-    assert "notebooks/solutions/01_async_client.ipynb" not in third
-    assert "The full solution: notebooks/solutions/01_async_client.ipynb" in fourth
-    assert fifth == fourth, "the last rung is the last"
+    texts = [hints.coach(failed(), notebook=LESSON) for _ in range(4)]
+    first, second, third, fourth = texts
+    assert "20 requests took" in first and "Hint: Use AsyncOpenAI" in first, (
+        "a first failure has a hint"
+    )
+    assert "___" not in first and "if it fails the same way: an example with blanks" in first
+    assert "Fill in the blanks" in second and "ticket_client = ___(api_key" in second
+    assert "notebooks/solutions/01_async_client.ipynb" not in second
+    assert "The full solution: notebooks/solutions/01_async_client.ipynb" in third
+    assert fourth == third, "the last rung is the last"
 
 
 def test_another_cause_starts_its_own_ladder(fresh_ladder: hints.HintLadder) -> None:
     hints.coach(failed("loop_blocked"), notebook=LESSON)
     hints.coach(failed("loop_blocked"), notebook=LESSON)
     other = hints.coach(failed("not_awaited"), notebook=LESSON)
-    assert "Hint:" not in other
-    assert "Fill in the blanks" in hints.coach(failed("loop_blocked"), notebook=LESSON)
+    assert "Fill in the blanks" not in other
+    assert "The full solution" in hints.coach(failed("loop_blocked"), notebook=LESSON)
 
 
 def test_a_pass_resets_the_exercise(fresh_ladder: hints.HintLadder) -> None:
@@ -261,7 +262,7 @@ def test_a_pass_resets_the_exercise(fresh_ladder: hints.HintLadder) -> None:
     hints.coach(failed(), notebook=LESSON)
     passed = hints.coach(Result(EXERCISE, True, "ok", "20 requests overlapped."), notebook=LESSON)
     assert passed.startswith("✅ PASSED") and "Hint" not in passed
-    assert "Hint:" not in hints.coach(failed(), notebook=LESSON)
+    assert "Fill in the blanks" not in hints.coach(failed(), notebook=LESSON)
 
 
 def test_a_check_rerun_straight_after_itself_is_the_same_attempt(
@@ -289,7 +290,9 @@ def test_without_a_cause_the_ladder_keys_by_summary(fresh_ladder: hints.HintLadd
         hint: str | None = "a hint"
 
     hints.coach(OldResult(EXERCISE, False, "blocked"), notebook=LESSON)
-    assert "Hint: a hint" in hints.coach(OldResult(EXERCISE, False, "blocked"), notebook=LESSON)
+    assert "Fill in the blanks" in hints.coach(
+        OldResult(EXERCISE, False, "blocked"), notebook=LESSON
+    )
     assert fresh_ladder.failures == {(EXERCISE, "blocked"): 2}
 
 
@@ -307,7 +310,7 @@ def test_the_progress_file_carries_the_count_over_a_restart(
     monkeypatch.setenv("LAB_PROGRESS_FILE", str(path))
     for cause in ("loop_blocked", "loop_blocked", "loop_blocked"):  # the last: the one shown
         labsupport.progress.record(failed(cause), notebook=LESSON)
-    assert "Fill in the blanks" in hints.coach(failed(), notebook=LESSON)
+    assert "The full solution" in hints.coach(failed(), notebook=LESSON)
 
 
 def test_a_pass_in_the_progress_file_resets_the_count_over_a_restart(
@@ -318,7 +321,7 @@ def test_a_pass_in_the_progress_file_resets_the_count_over_a_restart(
     for result in (failed(), failed(), Result(EXERCISE, True, "ok"), failed()):
         labsupport.progress.record(result, notebook=LESSON)  # the last: the one shown
     first = hints.coach(failed(), notebook=LESSON)
-    assert "Hint:" not in first, "the failures before the pass no longer count"
+    assert "Fill in the blanks" not in first, "the failures before the pass no longer count"
     assert fresh_ladder.failures == {(EXERCISE, "loop_blocked"): 1}
 
 
@@ -329,7 +332,7 @@ def test_the_progress_file_counts_only_the_same_cause(
     monkeypatch.setenv("LAB_PROGRESS_FILE", str(tmp_path / "progress.jsonl"))
     for cause in ("not_awaited", "not_awaited", "loop_blocked"):  # the last: the one shown
         labsupport.progress.record(failed(cause), notebook=LESSON)
-    assert "Hint:" not in hints.coach(failed("loop_blocked"), notebook=LESSON)
+    assert "Fill in the blanks" not in hints.coach(failed("loop_blocked"), notebook=LESSON)
 
 
 def test_every_lesson_with_an_exercise_is_coached_with_a_faded_example() -> None:
@@ -384,6 +387,7 @@ def test_a_check_result_in_a_notebook_climbs_the_ladder(fresh_ladder: hints.Hint
         )
 
     first, second = check(), check()
-    assert "Hint:" in str(first), "str() is never coached"
-    assert "Hint:" not in pretty(first)
-    assert "Hint: Use AsyncOpenAI and await the call." in pretty(second)
+    assert "Hint:" in str(first) and "Fill in the blanks" not in str(second), "never coached"
+    assert "Hint: Use AsyncOpenAI and await the call." in pretty(first)
+    assert "Fill in the blanks" not in pretty(first)
+    assert "Fill in the blanks" in pretty(second)

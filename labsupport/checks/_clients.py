@@ -26,6 +26,8 @@ class BuiltClients:
 
     def __init__(self) -> None:
         self.count = 0
+        self.sync_count = 0
+        """How many of them are sync `OpenAI` clients."""
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -36,6 +38,7 @@ class BuiltClients:
         self._pools.add(pool)
         self._clients.add(client)
         self.count += 1
+        self.sync_count += isinstance(client, openai.OpenAI)
 
     def closed(self) -> int:
         """How many of the recorded clients that are still alive have been closed."""

@@ -1,5 +1,23 @@
 """Checker for notebook 04: a slow audit write moved out of the request path, losing nothing.
 
+What the lesson teaches, as invariants measured for any answer (the verdict is their
+conjunction; the cause is the first that failed, in the order below; the hint is its fix):
+
+1. the app runs, and nothing holds the event loop for the watchdog's limit;
+2. every request gets a `{"response": …}` reply;
+3. the event loop stays free while requests are served AND while their audit writes run in the
+   background: no `time.sleep` and no blocking `sqlite3` statement on the loop's thread
+   (counted, not timed: a fast disk does not make a blocking write right), and no other stall
+   of about a write's length for most of the writes' time;
+4. the response does not wait for the audit (the probe's row is not yet written when its reply
+   arrives);
+5. no `sqlite3` connection is used by several threads;
+6. after shutdown, every request left exactly one row: nothing scheduled was lost, whether by a
+   coroutine nobody awaited (`add_task(lambda: write(...))`), a `BackgroundTasks` FastAPI
+   never ran (an unannotated `background_tasks=BackgroundTasks()` default), a queue whose
+   writer was cancelled before the queue was drained, or a bare `asyncio.create_task` nobody
+   awaited at shutdown.
+
 Its causes (`CheckResult.cause`), in the order they are judged:
 
 * "ok" — the responses did not wait for the audit, and every request left exactly one row;
@@ -10,6 +28,8 @@ Its causes (`CheckResult.cause`), in the order they are judged:
 * "missing_return" — the endpoint returned nothing (`null`);
 * "bad_reply" — errors, or replies without a `"response"` text;
 * "blocked_loop" — an `async def` audit task blocked the event loop (time.sleep, sqlite3);
+* "sqlite_on_loop" — a `sqlite3` statement ran on the event loop's thread (an `async def` task
+  that awaits, then writes with blocking `sqlite3`);
 * "inline_write" — the probe request's row was already written when its response arrived: the
   response waited for the audit (an awaited write, `await asyncio.to_thread(...)`);
 * "coroutine_passed_to_add_task" — `add_task(write(...))`: a coroutine where a function belongs;
@@ -17,6 +37,13 @@ Its causes (`CheckResult.cause`), in the order they are judged:
   background tasks share it), which loses rows whenever two writes overlap: found by tracing
   which threads ran statements on it, so the verdict does not depend on whether they overlapped;
 * "audit_failed" — rows were lost and the server logged the audit task's errors;
+* "coroutine_never_awaited" — rows were lost, and Python warned that coroutines were never
+  awaited: a function that *returns* a coroutine (`add_task(lambda: write(...))`) is run in a
+  thread, and its coroutine is dropped;
+* "unannotated_background_tasks" — rows were lost, and the endpoint's `BackgroundTasks` is a
+  default value without the type annotation: FastAPI injects (and runs) only an annotated one;
+* "queue_not_drained" — rows were lost, and an `asyncio.Queue` still held rows after shutdown:
+  its writer was cancelled before the queue was drained;
 * "rows_lost" — rows were lost silently: tasks nobody awaited at shutdown (`asyncio.create_task`);
 * "too_many_rows" — more than one row per request.
 
@@ -26,6 +53,7 @@ audit writes' own duration, so a loaded machine does not change the verdict.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import inspect
 import logging
@@ -34,15 +62,23 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
+from unittest import mock
 
 import httpx
+from starlette.background import BackgroundTasks
 
 from .._text import shorten
 from ..load import LoadReport, fire
 from ..looplag import LoopLagMonitor
 from ..serving import serve
 from ..validation import check_int, check_seconds
-from ._common import caught_warnings, reference_latency, stopped_by_watchdog, upstream_or_none
+from ._common import (
+    caught_warnings,
+    never_awaited,
+    reference_latency,
+    stopped_by_watchdog,
+    upstream_or_none,
+)
 from ._scenario import nested_loop
 from ._sqlite import sqlite_threads
 from .result import CheckResult
@@ -56,6 +92,7 @@ Cause = Literal[
     "ok",
     "threading_primitive",
     "blocked_loop",
+    "sqlite_on_loop",
     "timed_out",
     "app_error",
     "nested_event_loop",
@@ -65,6 +102,9 @@ Cause = Literal[
     "coroutine_passed_to_add_task",
     "shared_sqlite_connection",
     "audit_failed",
+    "coroutine_never_awaited",
+    "unannotated_background_tasks",
+    "queue_not_drained",
     "rows_lost",
     "too_many_rows",
 ]
@@ -90,6 +130,11 @@ class _Measured:
     shutdown: float
     server_errors: list[str]
     sqlite_threads: int
+    sqlite_on_loop: int
+    sleeps_on_loop: int
+    longest_block: float
+    never_awaited: bool
+    queued_after: int
 
 
 async def check_background_audit(
@@ -131,21 +176,29 @@ async def check_background_audit(
 
     async def measure() -> _Measured:
         lag = LoopLagMonitor()
-        with _server_errors() as server_errors, caught_warnings(), sqlite_threads() as threads:
+        with (
+            _queues_seen() as queues,
+            _server_errors() as server_errors,
+            caught_warnings() as caught,
+            sqlite_threads() as threads,
+        ):
             try:
                 async with serve(app) as client:
                     lag.start()  # once the server is up: its startup is not the app's fault
+                    threads.watch_loop()  # requests, background work and shutdown
                     # The probe on a connection of its own: a failing background task may
                     # close it.
                     async with httpx.AsyncClient(
                         base_url=client.base_url, trust_env=False
                     ) as alone:
                         probe = await fire(alone, "POST", path, n=1, json=body)
-                    rows_at_probe = await _count(count_rows) - rows_before
+                    with threads.loop_unwatched():
+                        rows_at_probe = await _count(count_rows) - rows_before
                     burst = await fire(client, "POST", path, n=n, json=lambda i: body(i + 1))
                     responses_done = time.perf_counter()
                 shutdown = time.perf_counter() - responses_done
             finally:
+                threads.unwatch_loop()
                 lag.stop()  # interrupted too: its watcher task must not outlive the check
             gc.collect()  # coroutines never awaited warn when collected: inside, not later
         return _Measured(
@@ -157,6 +210,11 @@ async def check_background_audit(
             shutdown,
             server_errors,
             threads.most_threads,
+            threads.on_loop,
+            threads.sleeps_on_loop,
+            lag.longest,
+            never_awaited(caught),
+            queues.left(),
         )
 
     outcome = await guarded(
@@ -176,11 +234,11 @@ async def check_background_audit(
             f"{shorten(str(error), 160)}",
             hint="its lifespan (startup or shutdown) must run without errors.",
         )
-    return _verdict(outcome.value, n, path, latency, audit_seconds)
+    return _verdict(outcome.value, n, path, latency, audit_seconds, app)
 
 
 def _verdict(
-    measured: _Measured, n: int, path: str, latency: float, audit_seconds: float
+    measured: _Measured, n: int, path: str, latency: float, audit_seconds: float, app: Any
 ) -> CheckResult:
     burst, total = measured.burst, n + 1
     errors = measured.server_errors
@@ -234,15 +292,38 @@ def _verdict(
             f'the endpoint must answer POST {path} with {{"response": "<the model\'s reply>"}}.',
             _first_problem(requests),
         )
-    # A blocking audit stalls the loop for every request's write: total × audit_seconds. Most of
-    # that is far more than a loaded machine's own stalls (a fraction of one write, measured).
-    if measured.blocked >= BLOCKED_SHARE * total * audit_seconds:
+    blocking = (
+        "a blocking call (time.sleep, sqlite3, a sync client) inside an `async def` runs on "
+        "the event loop, even in a background task. Make the audit function a plain `def` "
+        "(it then runs in the thread pool) or await an async driver such as aiosqlite."
+    )
+    if measured.sleeps_on_loop:
+        return fail(
+            "blocked_loop",
+            f"time.sleep ran {measured.sleeps_on_loop} time(s) on the event loop's thread: "
+            "while it slept, no other request could move.",
+            f"use `await asyncio.sleep(...)` in `async def`; {blocking}",
+        )
+    if measured.sqlite_on_loop:
+        return fail(
+            "sqlite_on_loop",
+            f"{measured.sqlite_on_loop} blocking sqlite3 statements ran on the event loop's "
+            "thread: while each ran, no other request could move.",
+            "an `async def` task runs on the event loop, also after an `await`: a `sqlite3` "
+            "call there blocks it. Make the task a plain `def` with its own connection (it "
+            "then runs in the thread pool), or write with aiosqlite (`await db.execute(...)`).",
+        )
+    # Any other blocking audit stalls the loop for every request's write: total × audit_seconds
+    # in all, each stall about one write long. A loaded machine's own stalls add up too, but
+    # rarely to most of that, and not in stretches of a whole write.
+    if (
+        measured.blocked >= BLOCKED_SHARE * total * audit_seconds
+        and measured.longest_block >= BLOCKED_SHARE * audit_seconds
+    ):
         return fail(
             "blocked_loop",
             "the event loop was blocked: while one audit write ran, no other request could move.",
-            "a blocking call (time.sleep, sqlite3, a sync client) inside an `async def` runs on "
-            "the event loop, even in a background task. Make the audit function a plain `def` "
-            "(it then runs in the thread pool) or await an async driver such as aiosqlite.",
+            blocking,
         )
     if measured.rows_at_probe:
         return fail(
@@ -280,6 +361,33 @@ def _verdict(
                 "the error the server logged (above) says why; a background task's exception "
                 "never reaches the client, so test the audit function on its own first.",
             )
+        if measured.never_awaited:
+            return fail(
+                "coroutine_never_awaited",
+                f"{lost} audit entries were lost: the writes were coroutines nobody awaited.",
+                "give `add_task` the async function itself and its arguments: "
+                "`background_tasks.add_task(write, db, row)`. A lambda (or any plain function) "
+                "that returns `write(db, row)` is run in a thread, and the coroutine it "
+                "returns is dropped.",
+            )
+        if _unannotated_background_tasks(app):
+            return fail(
+                "unannotated_background_tasks",
+                f"{lost} audit entries were lost: FastAPI never ran the endpoint's "
+                "`BackgroundTasks`.",
+                "annotate the parameter, without a default: `background_tasks: "
+                "BackgroundTasks`. Only an annotated one is injected and run after the "
+                "response; `background_tasks=BackgroundTasks()` is one shared object nobody "
+                "runs.",
+            )
+        if measured.queued_after:
+            return fail(
+                "queue_not_drained",
+                f"{lost} audit entries were lost: after shutdown, {measured.queued_after} rows "
+                "were still waiting in an `asyncio.Queue`.",
+                "at shutdown, `await queue.join()` (every row written) before cancelling the "
+                "writer task and closing the database.",
+            )
         return fail(
             "rows_lost",
             f"{lost} audit entries were lost, and nothing reported it.",
@@ -310,6 +418,62 @@ async def _count(count_rows: RowCounter) -> int:
     if isinstance(result, bool) or not isinstance(result, int):
         raise TypeError(f"count_rows() must return an int (the number of rows); got {result!r}")
     return result
+
+
+class _Queues:
+    """The `asyncio.Queue`s in use during a check: those already alive (found by the garbage
+    collector: a queue kept in a closure or a module), and those created during it (kept here,
+    so a lifespan's queue can still be read after shutdown dropped it)."""
+
+    def __init__(self) -> None:
+        # type(), not isinstance(): some objects compute `__class__` on access (lazy modules,
+        # proxies), which made a first scan take a second.
+        self._queues: list[asyncio.Queue[Any]] = [
+            item for item in gc.get_objects() if issubclass(type(item), asyncio.Queue)
+        ]
+        self._sizes_before = [queue.qsize() for queue in self._queues]
+
+    def add(self, queue: asyncio.Queue[Any]) -> None:
+        self._queues.append(queue)
+
+    def left(self) -> int:
+        """How many more items wait in the queues than when the check began."""
+        before = self._sizes_before + [0] * (len(self._queues) - len(self._sizes_before))
+        return sum(max(0, q.qsize() - size) for q, size in zip(self._queues, before, strict=True))
+
+
+@contextmanager
+def _queues_seen() -> Iterator[_Queues]:
+    """Watch the `asyncio.Queue`s in use inside the block (see `_Queues`)."""
+    seen = _Queues()
+    original = asyncio.Queue.__init__
+
+    def keeping(self: asyncio.Queue[Any], *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        seen.add(self)
+
+    with mock.patch.object(asyncio.Queue, "__init__", keeping):
+        yield seen
+
+
+def _unannotated_background_tasks(app: Any) -> bool:
+    """Whether an endpoint takes a `BackgroundTasks` instance as a parameter's default value
+    without the annotation FastAPI injects by: the default is never run."""
+    for route in getattr(app, "routes", ()):
+        endpoint = getattr(route, "endpoint", None)
+        if endpoint is None:
+            continue
+        try:
+            parameters = inspect.signature(endpoint).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        for parameter in parameters:
+            if isinstance(parameter.default, BackgroundTasks) and not (
+                isinstance(parameter.annotation, type)
+                and issubclass(parameter.annotation, BackgroundTasks)
+            ):
+                return True
+    return False
 
 
 def _has_response(body: Any) -> bool:

@@ -1,6 +1,25 @@
 """Checker for notebook 05: one OpenAI client for the app's lifetime, opened and closed by the
 lifespan.
 
+What the lesson teaches, as invariants measured for any answer (the verdict is their
+conjunction; the cause is the first that failed, in the order below; the hint is its fix):
+
+1. the app starts and stops without errors, and never blocks the event loop for the watchdog's
+   limit;
+2. every request, sequential or concurrent, gets a `{"response": …}` reply;
+3. the client is built while the app starts (it reads the check's `OPENAI_BASE_URL`);
+4. one client serves every request over one connection (sequential requests reuse it);
+5. the event loop stays free while concurrent requests wait for the upstream: one shared
+   *async* client (a sync `OpenAI` client inside `async def` holds the loop for every call:
+   it undoes lesson 01), and the requests sent at once all reach the upstream at once (no lock
+   or single thread around the shared client);
+6. shutdown closes it.
+
+Two FastAPI traps get their own cause, when an invariant failed because of them:
+`@app.on_event(...)` handlers beside `lifespan=` never run (FastAPI runs them only without a
+lifespan; the decorator's DeprecationWarning is the only sign), and `client.close()` without
+`await` closes nothing (a coroutine that never ran).
+
 Its causes (`CheckResult.cause`), in the order they are judged:
 
 * "ok" — one client, built at startup, served every request over one connection, and shutdown
@@ -12,11 +31,18 @@ Its causes (`CheckResult.cause`), in the order they are judged:
 * "lifespan_not_passed" — requests failed, and the app has no lifespan: it was never passed to
   `FastAPI(lifespan=...)`;
 * "missing_return" — the endpoint returned nothing (`null`);
+* "on_event_ignored" — an invariant failed, and the app has `@app.on_event` handlers beside
+  its lifespan: FastAPI never ran them;
 * "bad_reply" — other failed requests, or replies without a `"response"` text;
 * "built_before_start" — the check's upstream saw no calls: the client was built before the app
   started (at import), so it never read the check's `OPENAI_BASE_URL`;
 * "client_per_request" — a client was built for each request (counted), or the requests used
   one TCP connection each;
+* "sync_client" / "blocked_loop" — while concurrent requests waited for the upstream, the event
+  loop was blocked for most of the calls' time (with a sync `OpenAI` client built: "sync_client");
+* "concurrency_limited" — the requests sent at once did not all reach the upstream at once;
+* "missing_await" — requests failed and a coroutine was never awaited (a call without `await`),
+  or shutdown created a `close()` coroutine and never awaited it;
 * "never_closed" — a client built during the check was still open after shutdown.
 
 Clients are counted, and their state read, as they are built (`OpenAI(...)` / `AsyncOpenAI(...)`
@@ -34,6 +60,7 @@ from unittest import mock
 
 from .._text import shorten
 from ..load import LoadReport, fire
+from ..looplag import LoopLagMonitor
 from ..serving import asgi_client
 from ..upstream.fake_server import FakeServer
 from ..validation import check_int
@@ -55,15 +82,27 @@ Cause = Literal[
     "client_closed_before_yield",
     "lifespan_not_passed",
     "missing_return",
+    "on_event_ignored",
     "bad_reply",
     "built_before_start",
+    "sync_client",
+    "concurrency_limited",
     "client_per_request",
+    "missing_await",
     "never_closed",
 ]
 CAUSES: Final[tuple[str, ...]] = get_args(Cause)
 
 FAKE_LATENCY: Final = 0.02
 """Seconds per call on the check's own upstream: the check is about connections, not time."""
+
+BURST_LATENCY: Final = 0.2
+"""Seconds per call during the concurrent burst: long enough that a call holding the event loop
+shows as most of the burst's time, whatever the machine's load."""
+
+BLOCKED_SHARE: Final = 0.5
+"""The share of the burst's calls' total time the loop must be blocked for to be judged so: a
+sync client blocks it for all of it (n × latency), an async one for next to nothing."""
 
 CLOSE_GRACE: Final = 0.5
 """Seconds a closed client's connections may take to be seen closed by the server."""
@@ -72,6 +111,12 @@ CLOSE_GRACE: Final = 0.5
 @dataclass(frozen=True)
 class _Measured:
     report: LoadReport
+    burst: LoadReport
+    blocked: float
+    in_flight: int
+    sync_clients: int
+    sequential_calls: int
+    connections: int
     built_at_startup: int
     closed_at_startup: int
     built: int
@@ -79,9 +124,10 @@ class _Measured:
 
 
 async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) -> CheckResult:
-    """Run `app` (lifespan included), send `n` requests one after another, shut it down, and
-    judge its OpenAI clients: how many were built, when, over how many TCP connections, and
-    whether shutdown closed them.
+    """Run `app` (lifespan included), send `n` requests one after another, then `n` at once
+    while watching the event loop, shut it down, and judge its OpenAI clients: how many were
+    built, when, of which kind, over how many TCP connections, and whether shutdown closed them
+    (the invariants are in the module docstring).
 
     The app's client goes to a `FakeServer` on 127.0.0.1: during the check `OPENAI_BASE_URL`
     points at it, so `AsyncOpenAI()` built *during the check* (in the lifespan, or per request)
@@ -94,32 +140,48 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
     check_int("n", n, minimum=2, why="reuse needs a second request")
     upstream = upstream_or_none()
 
-    async def measure() -> _Measured:
+    def body(i: int) -> dict[str, str]:
+        return {"message": f"Summarize in 5 words: ticket {i}"}
+
+    async def measure(server: FakeServer) -> _Measured:
         with built_clients() as built:
             async with asgi_client(app) as client:
                 at_startup, closed_at_startup = built.count, built.closed()
-                report = await fire(
-                    client,
-                    "POST",
-                    path,
-                    n=n,
-                    concurrency=1,
-                    json=lambda i: {"message": f"Summarize in 5 words: ticket {i}"},
-                )
-            return _Measured(report, at_startup, closed_at_startup, built.count, built.open())
+                report = await fire(client, "POST", path, n=n, concurrency=1, json=body)
+                connections, calls = server.connections, server.stats.calls
+                server.configure(latency=BURST_LATENCY)  # counts afresh
+                lag = LoopLagMonitor()
+                lag.start()
+                try:
+                    burst = await fire(client, "POST", path, n=n, json=lambda i: body(n + i))
+                finally:
+                    lag.stop()
+                in_flight = server.stats.max_in_flight
+            return _Measured(
+                report,
+                burst,
+                lag.blocked,
+                in_flight,
+                built.sync_count,
+                calls,
+                connections,
+                at_startup,
+                closed_at_startup,
+                built.count,
+                built.open(),
+            )
 
     with FakeServer(latency=FAKE_LATENCY) as server, caught_warnings() as caught:
         gc.collect()  # earlier garbage must not be blamed on this app
         caught.clear()
         with mock.patch.dict(os.environ, {"OPENAI_BASE_URL": server.base_url}):
-            outcome = await guarded(measure(), block_limit=2.0, time_limit=30.0 + 2 * n)
+            outcome = await guarded(measure(server), block_limit=2.0, time_limit=30.0 + 2 * n)
         left_open = await _open_connections_after(server, CLOSE_GRACE)
         gc.collect()  # clients dropped without close() are collected here: they warn
         unclosed = sum(issubclass(w.category, ResourceWarning) for w in caught)
-        reached = server.stats.calls
-        connections = server.connections
+        unawaited = [str(w.message) for w in caught if "was never awaited" in str(w.message)]
     if outcome.stopped:
-        return stopped_by_watchdog(EXERCISE, outcome.blocked, f"the app's {n} requests")
+        return stopped_by_watchdog(EXERCISE, outcome.blocked, f"the app's {2 * n} requests")
     if outcome.error is not None or outcome.value is None:
         error = outcome.error
         return CheckResult(
@@ -131,36 +193,54 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
         )
     measured = outcome.value
     mocked = upstream.stats.calls if upstream is not None else 0
-    return _verdict(app, measured, n, path, reached, connections, left_open, unclosed, mocked)
+    return _verdict(app, measured, n, path, _Seen(left_open, unclosed, unawaited, mocked))
 
 
-def _verdict(
-    app: Any,
-    measured: _Measured,
-    n: int,
-    path: str,
-    reached: int,
-    connections: int,
-    left_open: int,
-    unclosed: int,
-    mocked: int,
-) -> CheckResult:
+@dataclass(frozen=True)
+class _Seen:
+    """What the check saw outside the app: connections left open, unclosed-resource warnings,
+    coroutines never awaited, calls the in-process mock took."""
+
+    left_open: int
+    unclosed: int
+    unawaited: list[str]
+    mocked: int
+
+
+def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> CheckResult:
     def s(count: int) -> str:
         return "" if count == 1 else "s"
 
-    report = measured.report
+    report, reached, connections = measured.report, measured.sequential_calls, measured.connections
     evidence = [
         f"{n} requests, one after another: the upstream got {reached} call{s(reached)} over "
         f"{connections} TCP connection{s(connections)}.",
+        f"{n} requests at once, {BURST_LATENCY:.2f} s per upstream call: at most "
+        f"{measured.in_flight} in flight at the upstream; the event loop was blocked for "
+        f"{measured.blocked:.2f} s.",
         f"The app built {measured.built} OpenAI client{s(measured.built)} while the check ran, "
         f"{measured.built_at_startup} of them at startup.",
-        f"After shutdown: {measured.open_after} of them not closed, {left_open} "
-        f"connection{s(left_open)} still open.",
+        f"After shutdown: {measured.open_after} of them not closed, {seen.left_open} "
+        f"connection{s(seen.left_open)} still open.",
     ]
-    if unclosed:
-        evidence.append(f"Garbage collection found {unclosed} unclosed socket(s) or transport(s).")
+    if seen.unclosed:
+        evidence.append(
+            f"Garbage collection found {seen.unclosed} unclosed socket(s) or transport(s)."
+        )
+    if seen.unawaited:
+        evidence.append(f"Python warned: {shorten(seen.unawaited[0], 120)}.")
 
     def fail(cause: Cause, summary: str, hint: str, *extra: str) -> CheckResult:
+        if cause != "on_event_ignored" and _ignored_event_handlers(app):
+            return fail(
+                "on_event_ignored",
+                f"{summary[:1].upper()}{summary[1:]} The app has `@app.on_event` handlers "
+                "beside its lifespan, and FastAPI never runs them: with `lifespan=`, only the "
+                "lifespan runs.",
+                'move what the `@app.on_event("startup")` / `("shutdown")` functions do '
+                "into the lifespan: before `yield` for startup, after it for shutdown.",
+                *extra,
+            )
         return CheckResult(
             exercise=EXERCISE,
             passed=False,
@@ -170,16 +250,17 @@ def _verdict(
             hint=hint,
         )
 
-    failed = sum(r.status != 200 for r in report.requests)
+    requests = report.requests + measured.burst.requests
+    failed = sum(r.status != 200 for r in requests)
     if failed:
-        first = next(r for r in report.requests if r.status != 200)
+        first = next(r for r in requests if r.status != 200)
         said = shorten(
             f"First: {first.error_type or first.status}: {first.error or first.body}", 200
         )
         if measured.built_at_startup and measured.closed_at_startup == measured.built_at_startup:
             return fail(
                 "client_closed_before_yield",
-                f"{failed} of {n} requests failed: the client built at startup was already "
+                f"{failed} of {2 * n} requests failed: the client built at startup was already "
                 "closed when the first request came.",
                 "the `yield` must be inside the `async with AsyncOpenAI(...) as client:` block "
                 "(or close the client after `yield`): leaving the block closes the client.",
@@ -188,27 +269,37 @@ def _verdict(
         if _no_lifespan(app):
             return fail(
                 "lifespan_not_passed",
-                f"{failed} of {n} requests failed, and the app has no lifespan: nothing created "
-                "the client.",
+                f"{failed} of {2 * n} requests failed, and the app has no lifespan: nothing "
+                "created the client.",
                 "pass your lifespan to the app: `app = FastAPI(lifespan=lifespan)`.",
+                said,
+            )
+        if seen.unawaited:
+            return fail(
+                "missing_await",
+                f"{failed} of {2 * n} requests failed, and Python warned that a coroutine was "
+                "never awaited: a call of the async client without `await`.",
+                "write `await` before every call of the `AsyncOpenAI` client "
+                "(`response = await client.chat.completions.create(...)`).",
                 said,
             )
         return fail(
             "bad_reply",
-            f"{failed} of {n} requests failed.",
+            f"{failed} of {2 * n} requests failed.",
             f'the endpoint must answer POST {path} with {{"response": "<the model\'s reply>"}}.',
             said,
         )
-    if all(body is None for body in report.bodies):
+    bodies = [r.body for r in requests]
+    if all(body is None for body in bodies):
         return fail(
             "missing_return",
-            f"all {n} replies were empty (null): the endpoint returned nothing.",
+            f"all {2 * n} replies were empty (null): the endpoint returned nothing.",
             'end the endpoint with `return {"response": response.choices[0].message.content}`.',
         )
-    if not all(isinstance(b, dict) and isinstance(b.get("response"), str) for b in report.bodies):
+    if not all(isinstance(b, dict) and isinstance(b.get("response"), str) for b in bodies):
         return fail(
             "bad_reply",
-            f'the replies had no "response" text (first: {shorten(str(report.bodies[0]), 80)}).',
+            f'the replies had no "response" text (first: {shorten(str(bodies[0]), 80)}).',
             f'the endpoint must answer POST {path} with {{"response": "<the model\'s reply>"}}.',
         )
     if reached < n and measured.built == 0:
@@ -217,9 +308,9 @@ def _verdict(
             "the check's upstream was not used: the client was built before the app started.",
             "create the client in the lifespan (startup), where it reads OPENAI_BASE_URL, "
             "not at import time.",
-            f"The in-process upstream answered {mocked} call{s(mocked)} instead.",
+            f"The in-process upstream answered {seen.mocked} call{s(seen.mocked)} instead.",
         )
-    never_closed = measured.open_after > 0 or left_open > 0 or unclosed > 0
+    never_closed = measured.open_after > 0 or seen.left_open > 0 or seen.unclosed > 0
     if measured.built >= n or connections > 1:
         return fail(
             "client_per_request",
@@ -228,6 +319,37 @@ def _verdict(
             + (", and not all were closed." if never_closed else "."),
             "create ONE `AsyncOpenAI` in the lifespan, hand it to the endpoint (lifespan state, "
             "`app.state` or a dependency), and close it at shutdown.",
+        )
+    if measured.blocked >= BLOCKED_SHARE * n * BURST_LATENCY:
+        if measured.sync_clients:
+            return fail(
+                "sync_client",
+                "the event loop was blocked while the requests waited for the upstream: a sync "
+                "`OpenAI` client answers inside `async def` one call at a time.",
+                "create an `AsyncOpenAI` in the lifespan and `await` its calls; a sync `OpenAI` "
+                "client blocks the whole event loop for every call (lesson 01).",
+            )
+        return fail(
+            "blocked_loop",
+            "the event loop was blocked while the requests waited for the upstream.",
+            "inside `async def`, every wait must be an `await`: use `AsyncOpenAI` and "
+            "`await asyncio.sleep(...)`, never a blocking call.",
+        )
+    if measured.in_flight < n:
+        return fail(
+            "concurrency_limited",
+            f"the {n} requests sent at once reached the upstream at most {measured.in_flight} "
+            "at a time: something in the app makes them wait for each other.",
+            "one shared `AsyncOpenAI` serves concurrent requests by itself: no lock, semaphore "
+            "or single worker thread around its calls.",
+        )
+    if never_closed and any("close" in message for message in seen.unawaited):
+        return fail(
+            "missing_await",
+            "the client was never closed: `client.close()` was called without `await`, so it "
+            "only made a coroutine that never ran.",
+            "write `await client.close()` after the `yield` (`AsyncOpenAI.close` is a coroutine "
+            "function).",
         )
     if never_closed:
         return fail(
@@ -240,10 +362,19 @@ def _verdict(
         exercise=EXERCISE,
         passed=True,
         cause="ok",
-        summary=f"for this check's {n} requests, one client served every request over one "
-        "connection, and shutdown closed it.",
+        summary=f"for this check's {2 * n} requests, one client served every request (one "
+        "connection for the sequential ones), the event loop stayed free, and shutdown "
+        "closed it.",
         evidence=tuple(evidence),
     )
+
+
+def _ignored_event_handlers(app: Any) -> bool:
+    """Whether the app has `on_event` handlers that FastAPI will not run: it runs them only in
+    its default lifespan, never beside one given with `lifespan=`."""
+    router = getattr(app, "router", None)
+    handlers = [*getattr(router, "on_startup", ()), *getattr(router, "on_shutdown", ())]
+    return bool(handlers) and not _no_lifespan(app)
 
 
 def _no_lifespan(app: Any) -> bool:

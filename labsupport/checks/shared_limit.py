@@ -2,17 +2,46 @@
 
 The learner writes a class, constructed as `Limiter(redis, name=…, limit=…, lease=…)`, with
 `async def acquire(self) -> str` (wait for a slot, return a token) and
-`async def release(self, token) -> None`. The check runs it three ways, each one catching a
-different mistake:
+`async def release(self, token) -> None`.
 
-1. **In this process**, against a private Redis: `limit` acquires succeed, one more waits, and a
-   release lets the waiter in (a slot handed back is a slot someone else can take).
-2. **In 3 uvicorn worker processes** serving the lesson's service, which get the source of the
-   cell (or file) that defines the class: 30 requests against an upstream that allows `limit`
-   calls in flight. Too many in flight with Redis unused is a per-process limit; with Redis
-   used, a check-then-set that is not atomic.
-3. **A worker killed with SIGKILL** in the middle of a call: its slot must come back within the
-   lease, or a crash shrinks the limit for good.
+What the lesson teaches, as invariants measured for any answer; the verdict is their
+conjunction, the cause the first one that failed (in this order), the hint its fix:
+
+1. **It is a limiter**: a class with `async def acquire` and `async def release` ("not_a_limiter").
+2. **It never blocks the event loop**, in any step: the whole in-process part runs under the
+   watchdog ("threading_primitive", "blocked_loop", "timed_out": a `threading` semaphore, a
+   `time.sleep` loop that never awaits), and while `acquire()` waits for a slot it never calls
+   `time.sleep` on the event loop's thread ("blocking_wait": `time.sleep` between polls that
+   await Redis; counted by a profile function, so a loaded machine cannot change the verdict).
+3. **`limit` holders at once, in one process**: `limit` acquires return ("too_few_slots"), and
+   they return `limit` different tokens ("same_token": a constant token cannot tell holders
+   apart). A limiter that sends Redis no command while acquiring keeps its limit per process:
+   the workers' part (9) comes next, and says so; 6-8 are about Redis and are skipped.
+4. **Never more than `limit`**: one more acquire waits while `limit` leases are live
+   ("over_limit"; "lease_units" when the lease went to Redis in the wrong unit: `px` and
+   `PEXPIRE` take milliseconds, `ex` and `EXPIRE` seconds).
+5. **A release hands the slot over**: a waiter gets in after one release ("not_released").
+6. **Taking a slot is one atomic step with its expiry** ("set_then_expire": `SETNX`, or `SET`
+   without an expiry, then `EXPIRE` / `PEXPIRE`: a crash between the two keeps the slot
+   forever; seen in the commands acquire() sent).
+7. **A lease expires while its holder still works**: with a short lease, `limit` holders take
+   every slot and then outlive their leases; `limit` new holders must get in ("no_expiry"),
+   and when the old holders release afterwards, the new holders' slots must stay taken
+   ("released_others": a release by plain `DEL`, or by a token several holders share, frees a
+   slot someone else holds now).
+8. **A release is one atomic step**: compare the token and delete in one command or script
+   ("non_atomic_release": a `GET` then a `DEL` sent separately; between the two the lease may
+   expire and another holder take the slot; seen in the commands release() sent).
+9. **One limit across processes**: 3 uvicorn worker processes serving the lesson's service run
+   the cell (or file) that defines the class; 30 requests against an upstream that allows
+   `limit` calls in flight. Too many in flight with Redis unused is a per-process limit
+   ("per_process"); with Redis used, a check-then-set in two steps ("non_atomic"); fewer than
+   `limit` wastes it ("too_few_slots"). Failed requests there are "error".
+
+Steps 1–8 run in this process against a private Redis (short leases, so waiting out an expiry
+takes about a second); the commands each acquire() and release() send are recorded by a thin
+stand-in for the Redis client the class receives (a script's commands run inside Redis in one
+step and count as one). "ok" only when all hold; "no_redis" when `redis-server` is missing.
 """
 
 from __future__ import annotations
@@ -21,13 +50,15 @@ import asyncio
 import contextlib
 import inspect
 import linecache
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
-
-import httpx
+from types import FrameType
+from typing import Any, Final, Literal, get_args
 
 from ..distributed import (
     RedisServer,
@@ -39,11 +70,13 @@ from ..distributed import (
 )
 from ..distributed.redis_server import install_command
 from ..load import LoadReport, fire
-from ..upstream import Fault, RateLimit
+from ..upstream import RateLimit
 from ..validation import check_int
+from ._common import stopped_by_watchdog
 from .result import CheckResult
+from .watchdog import guarded
 
-__all__ = ["Cause", "check_shared_limit"]
+__all__ = ["CAUSES", "Cause", "check_shared_limit"]
 
 EXERCISE = "one limit shared by every worker"
 
@@ -51,34 +84,64 @@ Cause = Literal[
     "ok",
     "no_redis",  # redis-server is not installed: nothing could be checked
     "not_a_limiter",  # not a class with async acquire() and release(token)
+    "threading_primitive",  # the watchdog stopped a threading lock/semaphore on the loop
+    "blocked_loop",  # the watchdog stopped code that held the loop (time.sleep, busy loop)
+    "timed_out",  # the check ran past its time limit
     "error",  # constructing it, acquire or release raised (or a worker could not load it)
     "too_few_slots",  # fewer than `limit` holders at once: safe, but wastes the limit
+    "same_token",  # holders at once got equal tokens
     "over_limit",  # one more than `limit` got a slot in one process
+    "lease_units",  # the lease reached Redis in the wrong unit (px takes milliseconds)
+    "blocking_wait",  # acquire() waited with the event loop blocked (time.sleep polling)
     "not_released",  # release() did not hand the slot to a waiter
+    "set_then_expire",  # the slot taken, then its expiry set, in two commands
+    "no_expiry",  # an expired lease never gave its slot back
+    "released_others",  # an old holder's release freed a slot a new holder holds
+    "non_atomic_release",  # release() read the token, then deleted, in two commands
     "per_process",  # each worker limits itself: Redis unused, workers × limit in flight
     "non_atomic",  # Redis used, yet more than `limit` in flight: check-then-set in two steps
-    "no_expiry",  # a killed worker's slot never came back
 ]
+CAUSES: Final[tuple[str, ...]] = get_args(Cause)
 
 WORKERS: Final = 3
 REQUESTS_PER_WORKER: Final = 10
 LATENCY: Final = 0.3
 LEASE: Final = 2.0
 """The lease the workers' limiter gets; the checker's upstream calls take far less."""
-PROBE_LEASE: Final = 5.0
-"""The lease in the in-process probe: longer than the probe, so expiry cannot hide a bug."""
+PROBE_LEASE: Final = 30.0
+"""The lease in the in-process probe: longer than the probe, so expiry cannot hide a bug, and
+in whole seconds a number no other argument is (`limit` is at most 10): a lease given to Redis
+in the wrong unit is recognised."""
+SHORT_LEASE: Final = 0.4
+"""The lease in the expiry probe, which its holders outlive on purpose."""
+FRESH_LEASE: Final = 5.0
+"""The lease of the holders that come after them: far longer than the rest of the probe, so
+their slots stay theirs unless someone else frees them (a lease a hundred times too short
+still ends within `WAIT`)."""
+WAIT: Final = 0.3
+"""Seconds an acquire() must keep waiting while every slot is held."""
 NO_RETRY_AFTER: Final = 600.0
 CANCEL_ATTEMPTS: Final = 5
 CANCEL_GRACE: Final = 1.0
 """How often, and how long each time, the check cancels a learner's acquire() it gave up on."""
+BLOCK_LIMIT: Final = 2.0
+TIME_LIMIT: Final = 90.0
+"""The watchdog's limits for the whole check (worker start-up included)."""
 _still_running: set[asyncio.Future[Any]] = set()
+
+_EXPIRY_OPTIONS: Final = ("px", "ex", "pxat", "exat", "keepttl")
+_EXPIRE_COMMANDS: Final = ("expire", "pexpire", "expireat", "pexpireat")
+_READS: Final = ("get", "mget", "exists", "zscore", "zrank", "hget", "ttl", "pttl", "lindex")
+_DELETES: Final = ("delete", "unlink", "zrem", "hdel", "srem", "getdel", "lrem")
 
 
 async def check_shared_limit(limiter_class: Any, *, limit: int = 5) -> CheckResult:
-    """Judge `limiter_class` as a limit of `limit` calls in flight shared by worker processes.
+    """Judge `limiter_class` as a limit of `limit` calls in flight shared by worker processes,
+    by the invariants in the module docstring.
 
     Starts its own `redis-server`, fake upstream and 3 workers (all on 127.0.0.1), and stops
-    them all before it returns. It takes a few seconds more than the workers need to start.
+    them all before it returns, also when the watchdog stops learner code that blocks the
+    event loop. It takes a few seconds more than the workers need to start.
     """
     check_int("limit", limit, minimum=2, maximum=10, why="calls in flight")
     problem = _interface_problem(limiter_class)
@@ -95,12 +158,23 @@ async def check_shared_limit(limiter_class: Any, *, limit: int = 5) -> CheckResu
             "this check needs redis-server, which is not installed.",
             hint=f"install it with: {install_command()}",
         )
-    name = limiter_class.__name__
-    source = _defining_source(limiter_class)
+    outcome = await guarded(
+        _whole_check(limiter_class, limit), block_limit=BLOCK_LIMIT, time_limit=TIME_LIMIT
+    )
+    if outcome.stopped:
+        return stopped_by_watchdog(EXERCISE, outcome.blocked, f"{limiter_class.__name__}'s check")
+    if outcome.value is None:
+        return _error(f"{limiter_class.__name__} raised", outcome.error)
+    return outcome.value
+
+
+async def _whole_check(cls: type, limit: int) -> CheckResult:
+    name = cls.__name__
+    source = _defining_source(cls)
     with RedisServer() as redis_server:
         redis = connect(redis_server.url)
         try:
-            verdict = await _probe_one_process(limiter_class, redis, limit)
+            verdict = await _probe_one_process(cls, redis, limit)
             if verdict is not None:
                 return verdict
             if source is None:
@@ -109,7 +183,7 @@ async def check_shared_limit(limiter_class: Any, *, limit: int = 5) -> CheckResu
                     f"the source of {name} cannot be found, so worker processes cannot run it.",
                     hint="define the class in a notebook cell (or a .py file) of its own.",
                 )
-            return await _check_in_workers(limiter_class, source, redis, redis_server.url, limit)
+            return await _check_in_workers(cls, source, redis, redis_server.url, limit)
         finally:
             await redis.aclose()
 
@@ -117,17 +191,93 @@ async def check_shared_limit(limiter_class: Any, *, limit: int = 5) -> CheckResu
 # -------------------------------------------------------------------- 1. in one process
 
 
-async def _probe_one_process(cls: type, redis: Any, limit: int) -> CheckResult | None:
-    """acquire × limit, one more waits, a release lets it in; a CheckResult if not."""
+Sent = list[tuple[str, tuple[Any, ...], dict[str, Any]]]
+"""The commands one call of acquire() or release() sent: (method name, args, options)."""
+
+
+@dataclass
+class _Commands:
+    """What a limiter sent to Redis, one list of (command, args, options) per call of it."""
+
+    calls: list[tuple[str, Sent]] = field(default_factory=list)
+
+    def of(self, method: str) -> list[Sent]:
+        return [sent for called, sent in self.calls if called == method]
+
+
+_sending_for: ContextVar[Sent | None] = ContextVar("_sending_for", default=None)
+"""The list the current task's commands go to: a task started inside a call (an acquire()
+still polling in the background) keeps noting into its own call's list."""
+
+
+class _RecordingRedis:
+    """The Redis client a probed limiter receives: every command method call is noted in the
+    list of the acquire() or release() call it belongs to (`during`), then passed to the real
+    client unchanged. A registered script's commands run inside Redis as one step, and its
+    run is noted as one command, "script"."""
+
+    def __init__(self, redis: Any, commands: _Commands) -> None:
+        self._redis, self.commands = redis, commands
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._redis, name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+
+        def noted(*args: Any, **kwargs: Any) -> Any:
+            sent = _sending_for.get()
+            if sent is not None:
+                sent.append((name.lower(), args, kwargs))
+            result = attribute(*args, **kwargs)
+            return _noted_script(result) if name == "register_script" else result
+
+        return noted
+
+    @contextlib.contextmanager
+    def during(self, method: str) -> Iterator[None]:
+        sent: Sent = []
+        self.commands.calls.append((method, sent))
+        token = _sending_for.set(sent)
+        try:
+            yield
+        finally:
+            _sending_for.reset(token)
+
+
+def _noted_script(script: Any) -> Any:
+    """A registered script that notes each run as one command, "script"."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        sent = _sending_for.get()
+        if sent is not None:
+            sent.append(("script", args, kwargs))
+        return script(*args, **kwargs)
+
+    return run
+
+
+async def _probe_one_process(cls: type, real_redis: Any, limit: int) -> CheckResult | None:
+    """Invariants 2–8 of the module docstring, in this process; a CheckResult if one fails."""
     name = cls.__name__
+    commands = _Commands()
+    redis = _RecordingRedis(real_redis, commands)
     try:
         limiter = cls(redis, name="probe", limit=limit, lease=PROBE_LEASE)
     except Exception as error:
         return _error(f"{name}(redis, name=…, limit={limit}, lease={PROBE_LEASE:g}) raised", error)
+
+    async def acquire(within: float) -> tuple[bool, asyncio.Future[Any]]:
+        with redis.during("acquire"):
+            return await _within(limiter.acquire(), within)
+
+    async def release(token: Any) -> None:
+        with redis.during("release"):
+            await limiter.release(token)
+
     tokens: list[Any] = []
     try:
         for _ in range(limit):
-            in_time, attempt = await _within(limiter.acquire(), 2.0)
+            in_time, attempt = await acquire(2.0)
             tokens += _token(attempt)  # released at the end, even if it came too late
             _raise_its_error(attempt)
             if not in_time:
@@ -141,21 +291,60 @@ async def _probe_one_process(cls: type, redis: Any, limit: int) -> CheckResult |
                     ),
                     hint=f"allow exactly `limit` ({limit}) holders at once, not one lock.",
                 )
-        extra = asyncio.create_task(limiter.acquire())
-        done, _ = await asyncio.wait([extra], timeout=0.3)
+        # A limiter that keeps no state in Redis is a limit per process, whatever else it
+        # does: the workers' part shows that first (invariants 3's tokens, 6-8 need Redis).
+        uses_redis = any(commands.of("acquire"))
+        if uses_redis and len({repr(token) for token in tokens}) < len(tokens):
+            return _result(
+                "same_token",
+                f"{limit} holders at once got only {len({repr(t) for t in tokens})} different "
+                "token(s): a release cannot tell whose slot it frees.",
+                (f"The tokens: {', '.join(repr(t) for t in tokens)[:200]}.",),
+                hint="give every acquire() a token of its own (`uuid.uuid4().hex`), store it "
+                "as the slot's value, and return it (with the slot's key, if you need it).",
+            )
+        with _sleeps_on_this_thread() as sleeps, redis.during("acquire"):
+            extra = asyncio.ensure_future(limiter.acquire())
+            done, _ = await asyncio.wait([extra], timeout=WAIT)
         if done:
             with contextlib.suppress(Exception):
                 tokens.append(extra.result())
             if extra.exception() is not None:
                 return _error(f"{name}.acquire() raised", extra.exception())
+            evidence = (
+                f"In one process, {limit + 1} acquire() calls returned without any release.",
+            )
+            units = _lease_unit_problem(commands, PROBE_LEASE)
+            if units is not None:
+                return _result(
+                    "lease_units",
+                    f"the slots expired at once: {units}",
+                    evidence,
+                    hint=f"`px` and `PEXPIRE` take milliseconds: a lease of {PROBE_LEASE:g} s "
+                    f"is `px=int(lease * 1000)` ({PROBE_LEASE * 1000:.0f}), not "
+                    f"`px=int(lease)`; `ex` takes whole seconds.",
+                )
             return _result(
                 "over_limit",
                 f"a holder number {limit + 1} got a slot while {limit} held theirs.",
-                (f"In one process, {limit + 1} acquire() calls returned without any release.",),
-                hint="when every slot is taken, acquire() must wait (poll) until one is "
-                "released or expires, not return.",
+                evidence,
+                hint="when every slot is taken, acquire() must wait (poll with `await "
+                "asyncio.sleep(...)`) until one is released or expires, not return.",
             )
-        await limiter.release(tokens.pop())
+        if sleeps.count:
+            await _stop(extra)
+            return _result(
+                "blocking_wait",
+                "while acquire() waited for a slot, it blocked the event loop with time.sleep: "
+                "nothing else in this worker could run meanwhile.",
+                (
+                    f"With every slot held, one more acquire() waited {WAIT:.2f} s and called "
+                    f"time.sleep {sleeps.count} time(s) on the event loop's thread.",
+                ),
+                hint="wait between polls with `await asyncio.sleep(0.02)`, never "
+                "`time.sleep(...)`: inside `async def`, every wait must be an `await`.",
+            )
+        await release(tokens.pop())
         done, _ = await asyncio.wait([extra], timeout=1.5)
         if not done:
             await _stop(extra)
@@ -168,17 +357,217 @@ async def _probe_one_process(cls: type, redis: Any, limit: int) -> CheckResult |
                     "token, and the waiter was still waiting 1.5 s later.",
                 ),
                 hint="release(token) must remove exactly that holder's lease from Redis "
-                "(ZREM, or a DEL of its key if it still holds your token).",
+                "(a compare-and-delete script for its key, or ZREM of its token).",
             )
         if extra.exception() is not None:
             return _error(f"{name}.acquire() raised", extra.exception())
         tokens.append(extra.result())
+        for token in tokens:
+            await release(token)
+        tokens.clear()
+        if not uses_redis:
+            return None
+        two_steps = _set_then_expire(commands)
+        if two_steps is not None:
+            return _result(
+                "set_then_expire",
+                "acquire() takes the slot and sets its expiry in two commands: a worker that "
+                "dies between the two keeps the slot for good.",
+                (f"acquire() sent {two_steps}.",),
+                hint="take the slot and its lease in one command: "
+                "`await redis.set(key, token, nx=True, px=lease_ms)`.",
+            )
+        verdict = await _probe_expiry(cls, redis, real_redis, limit)
+        if verdict is not None:
+            return verdict
+        read_then_delete = _read_then_delete(commands)
+        if read_then_delete is not None:
+            return _result(
+                "non_atomic_release",
+                "release() reads the slot's token and deletes the key in two commands: between "
+                "them the lease can expire and another holder take the slot, whose lease the "
+                "delete then removes.",
+                (f"release() sent {read_then_delete}.",),
+                hint="compare and delete in one step, inside Redis: a Lua script "
+                "(`redis.register_script`) that DELs the key only if GET returns your token.",
+            )
     except Exception as error:
         return _error(f"{name} raised in one process", error)
     finally:
         for token in tokens:
             with contextlib.suppress(Exception):
                 await limiter.release(token)
+    return None
+
+
+async def _probe_expiry(
+    cls: type, redis: _RecordingRedis, real_redis: Any, limit: int
+) -> CheckResult | None:
+    """Invariant 7: leases that expire under live holders free their slots, and the old
+    holders' late releases do not free the new holders' slots."""
+    limiter = cls(redis, name="expiry", limit=limit, lease=SHORT_LEASE)
+    fresh = cls(redis, name="expiry", limit=limit, lease=FRESH_LEASE)
+    old: list[Any] = []
+    new: list[Any] = []
+    try:
+        for _ in range(limit):
+            with redis.during("acquire"):
+                in_time, attempt = await _within(limiter.acquire(), 2.0)
+            old += _token(attempt)
+            _raise_its_error(attempt)
+        await asyncio.sleep(SHORT_LEASE + 0.3)  # the old holders are still "working"
+        for _ in range(limit):
+            with redis.during("acquire"):
+                in_time, attempt = await _within(fresh.acquire(), 1.0)
+            new += _token(attempt)
+            _raise_its_error(attempt)
+            if not in_time:
+                expiry = _expiry_unit_problem(redis.commands, SHORT_LEASE)
+                return _result(
+                    "lease_units" if expiry else "no_expiry",
+                    f"holders whose lease of {SHORT_LEASE:g} s had run out still kept "
+                    "their slots: a crashed worker would shrink the limit for good.",
+                    (
+                        f"{limit} holders took every slot with a lease of {SHORT_LEASE:g} s; "
+                        f"{SHORT_LEASE + 0.3:.1f} s later only {len(new)} of {limit} new "
+                        "holders got in." + (f" {expiry}" if expiry else ""),
+                    ),
+                    hint="`ex` / `EXPIRE` take seconds: `px=int(lease * 1000)` is the lease "
+                    "in milliseconds."
+                    if expiry
+                    else "give each holder a lease that expires (PX on SET NX, or an expiry "
+                    "score in a sorted set that acquire() prunes), so a crashed worker's slot "
+                    "comes back.",
+                )
+        with redis.during("acquire"):
+            in_time, attempt = await _within(fresh.acquire(), WAIT)
+        new += _token(attempt)
+        _raise_its_error(attempt)
+        if in_time:
+            units = _lease_unit_problem(redis.commands, SHORT_LEASE)
+            return _result(
+                "lease_units" if units else "over_limit",
+                f"with {limit} fresh holders, one more got a slot at once: their leases of "
+                f"{FRESH_LEASE:g} s ended long before their time.",
+                (units or "The slots were free again a moment after they were taken.",),
+                hint="give Redis the whole lease: `px=int(lease * 1000)` (milliseconds); a "
+                "lease shorter than the call frees the slot while its holder still works.",
+            )
+        for token in old:
+            with redis.during("release"):
+                await limiter.release(token)
+        old.clear()
+        with redis.during("acquire"):
+            in_time, attempt = await _within(fresh.acquire(), WAIT)
+        new += _token(attempt)
+        _raise_its_error(attempt)
+        if in_time:
+            return _result(
+                "released_others",
+                "a holder whose lease had expired released a slot that another holder had "
+                "taken since: one more than the limit got in.",
+                (
+                    f"{limit} holders outlived their {SHORT_LEASE:g} s leases, {limit} new "
+                    "holders took the slots, then the old ones released their tokens: one more "
+                    "acquire() got a slot at once.",
+                ),
+                hint="release only your own lease: a unique token per acquire() "
+                "(`uuid.uuid4().hex`) as the key's value, and a Lua script that deletes the "
+                "key only if it still holds that token (or ZREM of your token).",
+            )
+    finally:
+        for token in old:
+            with contextlib.suppress(Exception):
+                await limiter.release(token)
+        for token in new:
+            with contextlib.suppress(Exception):
+                await fresh.release(token)
+    return None
+
+
+@dataclass
+class _Sleeps:
+    count: int = 0
+
+
+@contextlib.contextmanager
+def _sleeps_on_this_thread() -> Iterator[_Sleeps]:
+    """Count the `time.sleep` calls the calling thread (the event loop's) makes inside: a
+    profile function sees the call however it was imported (`from time import sleep` too)."""
+    sleeps = _Sleeps()
+
+    def note(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_call" and arg is time.sleep:
+            sleeps.count += 1
+
+    previous = sys.getprofile()
+    sys.setprofile(note)
+    try:
+        yield sleeps
+    finally:
+        sys.setprofile(previous)
+
+
+def _lease_unit_problem(commands: _Commands, lease: float) -> str | None:
+    """A sentence if acquire() gave Redis the lease in seconds where milliseconds belong: as
+    `px`, to PEXPIRE, or among a script's arguments (the probe's lease, in whole seconds, is no
+    other number the check passes)."""
+    for sent in commands.of("acquire"):
+        for command, args, options in sent:
+            px = options.get("px")
+            if command == "pexpire" and len(args) >= 2:
+                px = args[1]
+            if command == "script":
+                given = [str(value) for value in options.get("args", ())]
+                px = int(lease) if str(int(lease)) in given else None
+            if isinstance(px, int | float) and 0 < px < lease * 10:
+                return (
+                    f"acquire() sent {command.upper()} with a lease of {px} ms for a lease of "
+                    f"{lease:g} s."
+                )
+    return None
+
+
+def _expiry_unit_problem(commands: _Commands, lease: float) -> str | None:
+    """A sentence if acquire() gave Redis the lease in milliseconds where seconds belong."""
+    for sent in commands.of("acquire"):
+        for command, args, options in sent:
+            ex = options.get("ex")
+            if command == "expire" and len(args) >= 2:
+                ex = args[1]
+            if isinstance(ex, int | float) and ex >= lease * 100:
+                return (
+                    f"acquire() sent {command.upper()} with {ex} seconds for a lease of "
+                    f"{lease:g} s."
+                )
+    return None
+
+
+def _set_then_expire(commands: _Commands) -> str | None:
+    """The commands of an acquire() that took a slot without an expiry and set it after."""
+    for sent in commands.of("acquire"):
+        taken = False
+        for command, _args, options in sent:
+            if command == "setnx" or (
+                command == "set"
+                and options.get("nx")
+                and not any(options.get(o) for o in _EXPIRY_OPTIONS)
+            ):
+                taken = True
+            elif taken and command in _EXPIRE_COMMANDS:
+                return " then ".join(c.upper() for c, _, _ in sent[:8])
+    return None
+
+
+def _read_then_delete(commands: _Commands) -> str | None:
+    """The commands of a release() that read, then deleted, in separate commands."""
+    for sent in commands.of("release"):
+        names = [command for command, _, _ in sent]
+        if "watch" in names:  # an optimistic transaction: the delete fails if the key changed
+            continue
+        read = next((i for i, c in enumerate(names) if c in _READS), None)
+        if read is not None and any(c in _DELETES for c in names[read + 1 :]):
+            return " then ".join(c.upper() for c in names[:8])
     return None
 
 
@@ -238,29 +627,16 @@ async def _check_in_workers(
                         tuple(evidence),
                         hint=f"let exactly {limit} holders in at once.",
                     )
-                recovered = await _kill_a_holder(cls, workers, upstream, redis, limit)
-                if recovered is None:
-                    return _result(
-                        "no_expiry",
-                        "a worker killed in the middle of a call never gave its slot back.",
-                        (
-                            *evidence,
-                            f"After kill -9 of a worker holding a slot, {LEASE:g} s of lease "
-                            f"and 1 s more went by, and still only {limit - 1} of {limit} slots "
-                            "could be taken.",
-                        ),
-                        hint="give each holder a lease that expires (PX on SET NX, or an "
-                        "expiry score in a sorted set that acquire() prunes), so a crashed "
-                        "worker's slot comes back.",
-                    )
                 evidence.append(
-                    f"kill -9 of a worker in the middle of a call: its slot came back after "
-                    f"{recovered:.2f} s (the lease is {LEASE:.2f} s)."
+                    f"In one process: {limit} holders at once with {limit} different tokens, "
+                    "one more waited (the event loop free) until a release; leases of "
+                    f"{SHORT_LEASE:g} s expired under live holders and freed their slots, and "
+                    "the old holders' releases freed none of the new holders' slots."
                 )
                 return _result(
                     "ok",
-                    f"{limit} calls in flight across {WORKERS} workers, 0 × 429, and a crashed "
-                    "worker's slot came back.",
+                    f"{limit} calls in flight across {WORKERS} workers, 0 × 429; an expired "
+                    "lease gave its slot back, and a late release took no one else's.",
                     tuple(evidence),
                 )
             finally:
@@ -308,54 +684,6 @@ def _too_many(limit: int, sent: int, refused: int, commands: int) -> CheckResult
         hint="make the check and the take one atomic step: `SET key token NX PX ms` per slot, "
         "or a Lua script (redis.register_script) that counts and adds in one go.",
     )
-
-
-async def _kill_a_holder(
-    cls: type, workers: ServiceWorkers, upstream: WorkerTaggedServer, redis: Any, limit: int
-) -> float | None:
-    """kill -9 worker 1 during a slow call; seconds until all `limit` slots can be taken, or
-    None if they cannot within the lease + 1 s."""
-    slow = LEASE - 1.0  # the call outlives the kill, and ends within the service's timeout
-    upstream.configure(faults=[Fault.matching(r"slow", delay=slow)], rate_limit=None)
-    port = workers.ports[0]
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
-        call = asyncio.create_task(client.post("/chat", json={"message": "a slow one"}, timeout=5))
-        deadline = time.monotonic() + 10
-        while upstream.stats.in_flight < 1 and not call.done() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        killed_at = time.monotonic()
-        workers.kill(0)
-        await asyncio.wait([call])
-        with contextlib.suppress(Exception):
-            call.result()  # the connection was cut: that is the point
-    limiter = cls(redis, name="openai", limit=limit, lease=LEASE)
-    deadline = killed_at + LEASE + 1.0
-    while time.monotonic() < deadline:
-        async with _all_slots(limiter, limit, timeout=0.2) as taken:
-            if taken == limit:
-                return time.monotonic() - killed_at
-        await asyncio.sleep(0.1)
-    return None
-
-
-@contextlib.asynccontextmanager
-async def _all_slots(limiter: Any, limit: int, *, timeout: float) -> AsyncIterator[int]:
-    """Take as many of `limit` slots as come within `timeout` s each; yield how many; release."""
-    tokens: list[Any] = []
-    taken = 0
-    try:
-        for _ in range(limit):
-            in_time, attempt = await _within(limiter.acquire(), timeout)
-            tokens += _token(attempt)
-            if not in_time:
-                break
-            _raise_its_error(attempt)
-            taken += 1
-        yield taken
-    finally:
-        for token in tokens:
-            with contextlib.suppress(Exception):
-                await limiter.release(token)
 
 
 async def _within(acquiring: Awaitable[Any], seconds: float) -> tuple[bool, asyncio.Future[Any]]:

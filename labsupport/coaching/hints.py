@@ -4,11 +4,11 @@ Feedback that only says what is wrong leaves a stuck learner stuck; feedback tha
 at once takes the exercise away. So a check's result, as a notebook shows it, climbs a ladder,
 one rung per failure of the same exercise for the same cause (``CheckResult.cause``):
 
-1. the measured diagnosis: what the check saw, and what that means;
-2. plus the targeted hint (``CheckResult.hint``);
-3. plus a faded example: the lesson's solution cell with the names and keywords it adds to the
+1. the measured diagnosis (what the check saw, and what that means) and the targeted hint
+   (``CheckResult.hint``): a first failure always says what to try;
+2. plus a faded example: the lesson's solution cell with the names and keywords it adds to the
    exercise blanked out (``___``), read from the lesson's source ``course/NN_name.py``;
-4. plus where the full solution is: ``notebooks/solutions/NN_name.ipynb``.
+3. plus where the full solution is: ``notebooks/solutions/NN_name.ipynb``.
 
 The ladder counts attempts, not clicks: running the check cell again straight after itself, with
 nothing run in between, shows the same rung (so a re-run repeats its output). A pass resets the
@@ -54,7 +54,7 @@ COACHED_NOTEBOOKS: frozenset[str] = frozenset(
         "07_beyond_one_process",
     }
 )
-LAST_RUNG: Final = 4
+LAST_RUNG: Final = 3
 BLANK: Final = "___"
 #: What a faded example never blanks: the control flow and the builtins are the skeleton of
 #: any answer, not the answer (a lesson's answer is in the names it adds, and in the keywords
@@ -178,9 +178,9 @@ def render(result: Result, rung: int, notebook: str) -> str:
     lines += [f"  • {line}" for line in result.evidence]
     if result.passed:
         return "\n".join(lines)
-    if rung >= 2 and result.hint:
+    if result.hint:
         lines.append(f"  Hint: {result.hint}")
-    if rung >= 3:
+    if rung >= 2:
         example = faded_example(lesson_source(notebook))
         if example:
             lines.append(f"  Fill in the blanks ({BLANK}): the solution, with what it adds hidden:")
@@ -190,7 +190,7 @@ def render(result: Result, rung: int, notebook: str) -> str:
             f"  The full solution: notebooks/solutions/{notebook}.ipynb, under “Your turn”."
         )
     else:
-        more = {1: "a hint", 2: "an example with blanks", 3: "where the solution is"}[max(rung, 1)]
+        more = {1: "an example with blanks", 2: "where the solution is"}[max(rung, 1)]
         lines.append(f"  (Change your code and check again; if it fails the same way: {more}.)")
     return "\n".join(lines)
 

@@ -9,6 +9,8 @@ opens one aiosqlite connection and yields it as `audit_db`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import sqlite3
 import threading
 import time
@@ -18,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 from fastapi import BackgroundTasks, FastAPI, Request
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel
 
 AUDIT_SECONDS = 0.2
@@ -381,5 +383,243 @@ def answer_queue_and_one_writer(db_path: str) -> FastAPI:
 
     def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
         http.state.audit_queue.put_nowait((request.user_id, reply))
+
+    return service(db_path, audit, lifespan=lifespan)
+
+
+# -- more, written as new learners write them (issue 21) ---------------------------------------
+
+
+def answer_async_task_awaits_then_writes_with_sqlite3(db_path: str) -> FastAPI:
+    """NOT YET, sqlite_on_loop: an `async def` task that awaits its pause, then writes with
+    blocking `sqlite3`: each write is short, and it still runs on the event loop."""
+
+    async def write(row: tuple[str, str]) -> None:
+        await asyncio.sleep(AUDIT_SECONDS)
+        db = sqlite3.connect(db_path)
+        try:
+            db.execute(INSERT, row)
+            db.commit()
+        finally:
+            db.close()
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        tasks.add_task(write, (request.user_id, reply))
+
+    return service(db_path, audit)
+
+
+def answer_add_task_with_a_lambda(db_path: str) -> FastAPI:
+    """NOT YET, coroutine_never_awaited: `add_task(lambda: slow_write_audit_row(db, row))`:
+    Starlette runs the lambda in a thread, and the coroutine it returns is dropped."""
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        db, row = http.state.audit_db, (request.user_id, reply)
+        tasks.add_task(lambda: slow_write_audit_row(db, row))
+
+    return service(db_path, audit)
+
+
+def answer_unannotated_background_tasks_default(db_path: str) -> FastAPI:
+    """NOT YET, unannotated_background_tasks: `background_tasks=BackgroundTasks()` without the
+    annotation: FastAPI never injects it, and nobody runs the tasks added to it."""
+    client = AsyncOpenAI()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with aiosqlite.connect(db_path) as db:
+            yield {"audit_db": db}
+        await client.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def audited_chat(
+        request: ChatRequest,
+        http: Request,
+        background_tasks=BackgroundTasks(),  # noqa: B008 -- the mistake under test
+    ) -> dict[str, Any]:
+        response = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
+        )
+        reply = response.choices[0].message.content or ""
+        background_tasks.add_task(
+            slow_write_audit_row, http.state.audit_db, (request.user_id, reply)
+        )
+        return {"response": reply}
+
+    return app
+
+
+def answer_queue_writer_cancelled_without_draining(db_path: str) -> FastAPI:
+    """NOT YET, queue_not_drained: a queue and one writer, cancelled at shutdown while rows
+    still wait in the queue."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        async with aiosqlite.connect(db_path) as db:
+
+            async def writer() -> None:
+                while True:
+                    await slow_write_audit_row(db, await queue.get())
+
+            task = asyncio.create_task(writer())
+            yield {"audit_queue": queue}
+            task.cancel()  # the rows still queued are lost
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        http.state.audit_queue.put_nowait((request.user_id, reply))
+
+    return service(db_path, audit, lifespan=lifespan)
+
+
+def answer_wait_for_the_write(db_path: str) -> FastAPI:
+    """NOT YET, inline_write: `await asyncio.wait_for(write(...), timeout=5)`, "so it cannot
+    hang": still awaited before the response."""
+
+    async def audit(
+        request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks
+    ) -> None:
+        await asyncio.wait_for(
+            slow_write_audit_row(http.state.audit_db, (request.user_id, reply)), timeout=5
+        )
+
+    return service(db_path, audit)
+
+
+def answer_def_endpoint_writes_inline(db_path: str) -> FastAPI:
+    """NOT YET, inline_write: a plain `def` endpoint with the sync client and a `sqlite3`
+    write before `return`: the loop is free, but each response waits for its write."""
+    client = OpenAI()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        client.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    def audited_chat(request: ChatRequest) -> dict[str, Any]:
+        response = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
+        )
+        reply = response.choices[0].message.content or ""
+        time.sleep(AUDIT_SECONDS)
+        with sqlite3.connect(db_path, timeout=5) as db:
+            db.execute(INSERT, (request.user_id, reply))
+        db.close()
+        return {"response": reply}
+
+    return app
+
+
+def answer_tasks_cancelled_at_shutdown(db_path: str) -> FastAPI:
+    """NOT YET, rows_lost: `create_task`, kept in a set that the lifespan *cancels* at shutdown
+    ("clean up what is left") instead of awaiting."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        pending: set[asyncio.Task[None]] = set()
+        async with aiosqlite.connect(db_path) as db:
+            yield {"audit_db": db, "pending": pending}
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        task = asyncio.create_task(
+            slow_write_audit_row(http.state.audit_db, (request.user_id, reply))
+        )
+        http.state.pending.add(task)
+        task.add_done_callback(http.state.pending.discard)
+
+    return service(db_path, audit, lifespan=lifespan)
+
+
+def answer_lambda_creating_a_task(db_path: str) -> FastAPI:
+    """NOT YET, audit_failed: `add_task(lambda: asyncio.create_task(write(...)))`: the lambda
+    runs in a worker thread, which has no event loop."""
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        db, row = http.state.audit_db, (request.user_id, reply)
+        tasks.add_task(lambda: asyncio.create_task(slow_write_audit_row(db, row)))
+
+    return service(db_path, audit)
+
+
+def answer_partial_of_the_async_write(db_path: str) -> FastAPI:
+    """PASSED, ok: `add_task(functools.partial(write, db, row))`: Starlette sees through the
+    partial to the async function and awaits it."""
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        tasks.add_task(
+            functools.partial(slow_write_audit_row, http.state.audit_db, (request.user_id, reply))
+        )
+
+    return service(db_path, audit)
+
+
+def answer_async_task_with_a_thread_per_write(db_path: str) -> FastAPI:
+    """PASSED, ok: an `async def` task that sleeps with `await`, then hands a `sqlite3` write
+    with its own connection to `asyncio.to_thread`."""
+
+    def blocking_insert(row: tuple[str, str]) -> None:
+        db = sqlite3.connect(db_path, timeout=5)
+        try:
+            db.execute(INSERT, row)
+            db.commit()
+        finally:
+            db.close()
+
+    async def write(user_id: str, reply: str) -> None:
+        await asyncio.sleep(AUDIT_SECONDS)
+        await asyncio.to_thread(blocking_insert, (user_id, reply))
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        tasks.add_task(write, request.user_id, reply)
+
+    return service(db_path, audit)
+
+
+def answer_aiosqlite_connection_per_task(db_path: str) -> FastAPI:
+    """PASSED, ok: each `async def` task opens its own aiosqlite connection."""
+
+    async def write(row: tuple[str, str]) -> None:
+        await asyncio.sleep(AUDIT_SECONDS)
+        async with aiosqlite.connect(db_path, timeout=5) as db:
+            await db.execute(INSERT, row)
+            await db.commit()
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        tasks.add_task(write, (request.user_id, reply))
+
+    return service(db_path, audit)
+
+
+def answer_queue_with_a_sentinel(db_path: str) -> FastAPI:
+    """PASSED, ok: a queue whose writer stops at a `None` sentinel, awaited at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue(maxsize=100)
+        async with aiosqlite.connect(db_path) as db:
+
+            async def writer() -> None:
+                while (row := await queue.get()) is not None:
+                    await slow_write_audit_row(db, row)
+
+            task = asyncio.create_task(writer())
+            yield {"audit_queue": queue}
+            await queue.put(None)  # after every row already queued
+            await task
+
+    async def audit(
+        request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks
+    ) -> None:
+        await http.state.audit_queue.put((request.user_id, reply))
 
     return service(db_path, audit, lifespan=lifespan)

@@ -8,13 +8,16 @@ event loop once the check has judged it.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel
 
 LEFTOVERS: list[AsyncOpenAI] = []
@@ -328,5 +331,307 @@ def answer_lifespan_router_attribute() -> FastAPI:
     @app.post("/chat")
     async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
         return await reply(http.state.openai, request)
+
+    return app
+
+
+# -- more, written as new learners write them (issue 21) ---------------------------------------
+
+
+def answer_sync_client_in_the_lifespan() -> FastAPI:
+    """NOT YET, sync_client: a sync `OpenAI` built in the lifespan, called inside `async def`:
+    one client, closed at shutdown, and every call holds the event loop."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        client = OpenAI()
+        yield {"openai": client}
+        client.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        response = http.state.openai.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
+        )
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_shutdown_on_event_beside_the_lifespan() -> FastAPI:
+    """NOT YET, on_event_ignored: the lifespan builds the client, `@app.on_event("shutdown")`
+    closes it; FastAPI never runs that handler beside `lifespan=`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.openai = AsyncOpenAI()
+        LEFTOVERS.append(app.state.openai)
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    with warnings.catch_warnings():  # FastAPI's DeprecationWarning, the only sign
+        warnings.simplefilter("ignore", DeprecationWarning)
+
+        @app.on_event("shutdown")
+        async def close_client() -> None:
+            await app.state.openai.close()
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest) -> dict[str, Any]:
+        return await reply(app.state.openai, request)
+
+    return app
+
+
+def answer_startup_on_event_beside_the_lifespan() -> FastAPI:
+    """NOT YET, on_event_ignored: `@app.on_event("startup")` builds the client, next to a
+    lifespan (for the database): the handler never runs, and every request fails."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+
+        @app.on_event("startup")
+        async def open_client() -> None:
+            app.state.openai = AsyncOpenAI()
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest) -> dict[str, Any]:
+        return await reply(app.state.openai, request)
+
+    return app
+
+
+def answer_close_without_await() -> FastAPI:
+    """NOT YET, missing_await: `client.close()` at shutdown, without `await`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        client = AsyncOpenAI()
+        LEFTOVERS.append(client)
+        yield {"openai": client}
+        client.close()  # type: ignore[unused-coroutine]  # the mistake under test
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return await reply(http.state.openai, request)
+
+    return app
+
+
+def answer_create_without_await() -> FastAPI:
+    """NOT YET, missing_await: `client.chat.completions.create(...)` without `await` in the
+    endpoint: the reply is a coroutine, and every request fails."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncOpenAI() as client:
+            yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        response = http.state.openai.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
+        )
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_time_sleep_to_be_polite() -> FastAPI:
+    """NOT YET, blocked_loop: the right client, and a `time.sleep` "to be polite to the API"."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncOpenAI() as client:
+            yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        time.sleep(0.3)
+        return await reply(http.state.openai, request)
+
+    return app
+
+
+def answer_dependency_with_yield_per_request() -> FastAPI:
+    """NOT YET, client_per_request: a `yield` dependency, which FastAPI runs once per request:
+    a client built and closed each time."""
+    app = FastAPI()
+
+    async def openai_client() -> AsyncIterator[AsyncOpenAI]:
+        client = AsyncOpenAI()
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    @app.post("/chat")
+    async def summarize(
+        request: ChatRequest,
+        client: AsyncOpenAI = Depends(openai_client),  # noqa: B008 -- FastAPI's own idiom
+    ) -> dict[str, Any]:
+        return await reply(client, request)
+
+    return app
+
+
+def answer_fallback_client_by_a_typo() -> FastAPI:
+    """NOT YET, client_per_request: the lifespan stores `app.state.client`, the endpoint looks
+    for `openai` and quietly builds its own."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncOpenAI() as client:
+            app.state.client = client
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest) -> dict[str, Any]:
+        client = getattr(app.state, "openai", None) or AsyncOpenAI()
+        LEFTOVERS.append(client)
+        return await reply(client, request)
+
+    return app
+
+
+def answer_sync_client_in_a_def_endpoint() -> FastAPI:
+    """PASSED, ok: a sync `OpenAI` from the lifespan in a plain `def` endpoint: FastAPI runs it
+    in the thread pool, so the loop stays free; one client, closed at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with OpenAI() as client:
+            app.state.openai = client
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    def summarize(request: ChatRequest) -> dict[str, Any]:
+        response = app.state.openai.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
+        )
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_async_dependency_on_lifespan_state() -> FastAPI:
+    """PASSED, ok: an `async def` dependency reading the lifespan's state (no thread hop)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        client = AsyncOpenAI(max_retries=1)
+        try:
+            yield {"llm": client}
+        finally:
+            await client.close()
+
+    async def llm(request: Request) -> AsyncOpenAI:
+        client: AsyncOpenAI = request.state.llm
+        return client
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(
+        request: ChatRequest,
+        client: AsyncOpenAI = Depends(llm),  # noqa: B008 -- FastAPI's own idiom
+    ) -> dict[str, Any]:
+        return await reply(client, request)
+
+    return app
+
+
+def answer_holder_class_started_and_stopped() -> FastAPI:
+    """PASSED, ok: a small holder class whose `start()` and `stop()` the lifespan calls."""
+
+    class Clients:
+        openai: AsyncOpenAI | None = None
+
+        async def start(self) -> None:
+            self.openai = AsyncOpenAI()
+
+        async def stop(self) -> None:
+            if self.openai is not None:
+                await self.openai.close()
+                self.openai = None
+
+    clients = Clients()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await clients.start()
+        try:
+            yield
+        finally:
+            await clients.stop()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest) -> dict[str, Any]:
+        assert clients.openai is not None
+        return await reply(clients.openai, request)
+
+    return app
+
+
+def answer_async_with_around_the_yield_on_app_state() -> FastAPI:
+    """PASSED, ok: `async with AsyncOpenAI() as client:` around the `yield`, kept on
+    `app.state`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncOpenAI() as client:
+            app.state.openai = client
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        return await reply(http.app.state.openai, request)
+
+    return app
+
+
+def answer_shared_sync_client_through_to_thread() -> FastAPI:
+    """PASSED, ok: one sync `OpenAI` from the lifespan, each call handed to
+    `asyncio.to_thread`: the loop stays free, one client, closed at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        client = OpenAI()
+        try:
+            yield {"openai": client}
+        finally:
+            client.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        response = await asyncio.to_thread(
+            http.state.openai.chat.completions.create,
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": request.message}],
+        )
+        return {"response": response.choices[0].message.content}
 
     return app
