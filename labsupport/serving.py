@@ -245,6 +245,11 @@ def json_refusal(scope: Scope, status: int, message: str) -> ASGIApp:
     return JSONResponse({"detail": message}, status_code=status)
 
 
+DRAIN_FACTOR = 16
+"""How much more than ``max_bytes`` a refused body may still send, read and dropped, before the
+413: beyond it the connection is closed with bytes unread."""
+
+
 class BodyLimits:
     """A pure ASGI middleware: the whole request body, read before the app runs, within
     ``timeout`` seconds and at most ``max_bytes``.
@@ -255,9 +260,11 @@ class BodyLimits:
       its body must not hold a connection for ever);
     * the client disconnects first → the app is not called: there is nobody to answer.
 
-    A refused body that was still arriving gets ``Connection: close``: uvicorn closes the
-    connection after the answer. (Bytes of the client's still unread then make the kernel
-    send a reset, and a client that is still sending may see that instead of the answer.)
+    A body refused for its size is read to its end and dropped first (up to ``DRAIN_FACTOR`` ×
+    ``max_bytes`` more, within the same deadline), so a client still sending reads the 413
+    instead of a reset: bytes left unread in a closed socket make the kernel send one. A
+    refused body that was still arriving after that gets ``Connection: close``: uvicorn closes
+    the connection after the answer.
     ``refuse`` makes the answer, so an app keeps its own error shape. The app then reads the
     same bytes as usual.
     """
@@ -275,6 +282,7 @@ class BodyLimits:
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send, 413, close=False)
             return
+        started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.timeout):
                 body = await self._read(receive)
@@ -284,7 +292,12 @@ class BodyLimits:
         if body is None:
             return
         if len(body) > self.max_bytes:
-            await self._refuse(scope, receive, send, 413, close=True)
+            try:
+                async with asyncio.timeout_at(started + self.timeout):
+                    ended = await self._drain(receive)
+            except TimeoutError:
+                ended = False
+            await self._refuse(scope, receive, send, 413, close=not ended)
             return
         replayed = False
 
@@ -310,6 +323,19 @@ class BodyLimits:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+    async def _drain(self, receive: Receive) -> bool:
+        """Read and drop the rest of a refused body; True if it ended (False: too much more,
+        or the client left)."""
+        dropped = 0
+        while dropped <= DRAIN_FACTOR * self.max_bytes:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, status: int, *, close: bool

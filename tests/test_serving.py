@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from labsupport import serving
 from labsupport.checks.watchdog import guarded
-from labsupport.serving import BodyLimits, ServerLimits, asgi_client, serve
+from labsupport.serving import DRAIN_FACTOR, BodyLimits, ServerLimits, asgi_client, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -493,12 +493,17 @@ async def test_body_limits_refuse_a_body_too_large_or_too_slow() -> None:
     async with asgi_client(app, lifespan=False) as client:
         declared = await client.post("/", content=b"x" * 26)
         chunked = await client.post("/", content=trickled(3, every=0.0))
+        # More than DRAIN_FACTOR × max_bytes still coming: not read to its end, closed.
+        flood = await client.post("/", content=trickled(50, every=0.0))
         slow = await client.post("/", content=trickled(2, every=1.0))
 
     assert declared.status_code == 413 and "connection" not in declared.headers
     assert declared.json() == {"detail": "The request body is larger than 25 bytes."}
-    # Refused while the body still arrives: the connection is closed after the answer.
-    assert chunked.status_code == 413 and chunked.headers["connection"] == "close"
+    # Refused while the body still arrives: the rest is read and dropped first, so the client
+    # reads the 413 (not a reset) and the connection stays usable.
+    assert chunked.status_code == 413 and "connection" not in chunked.headers
+    assert DRAIN_FACTOR * 25 < 50 * 10
+    assert flood.status_code == 413 and flood.headers["connection"] == "close"
     assert slow.status_code == 408 and slow.headers["connection"] == "close"
     assert slow.json() == {"detail": "The request body was not complete within 0.2 s."}
     assert bodies == []  # the app never ran
