@@ -54,5 +54,5 @@ def test_the_evidence_counts_clients_and_connections() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="n must be an int ≥ 2"):
-        asyncio.run(check_lifespan_client(FastAPI(), n=1))
+    result = asyncio.run(check_lifespan_client(FastAPI(), n=1))
+    assert result.cause == "bad_input" and "n must be an int ≥ 2" in result.summary

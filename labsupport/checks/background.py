@@ -45,7 +45,7 @@ from ..validation import check_int
 from ._common import caught_warnings, reference_latency, stopped_by_watchdog, upstream_or_none
 from ._scenario import nested_loop
 from ._sqlite import sqlite_threads
-from .result import CheckResult
+from .result import CheckResult, a_function, an_app, recorded
 from .watchdog import guarded
 
 __all__ = ["CAUSES", "Cause", "check_background_audit"]
@@ -92,6 +92,7 @@ class _Measured:
     sqlite_threads: int
 
 
+@recorded(notebook="04_background_tasks", app=an_app, count_rows=a_function)
 async def check_background_audit(
     app: Any,
     count_rows: RowCounter,

@@ -40,7 +40,7 @@ from ..distributed import (
 from ..distributed.redis_server import install_command
 from ..load import LoadReport, fire
 from ..upstream import Fault, RateLimit
-from .result import CheckResult
+from .result import CheckResult, WatchdogLimits, recorded
 
 __all__ = ["Cause", "check_shared_limit"]
 
@@ -73,6 +73,7 @@ CANCEL_GRACE: Final = 1.0
 _still_running: set[asyncio.Future[Any]] = set()
 
 
+@recorded(notebook="07_beyond_one_process", watchdog=WatchdogLimits(2.0, 300.0))
 async def check_shared_limit(limiter_class: Any, *, limit: int = 5) -> CheckResult:
     """Judge `limiter_class` as a limit of `limit` calls in flight shared by worker processes.
 
