@@ -167,6 +167,7 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
         dog.restore_handler(previous)
         heartbeat.cancel()
         await asyncio.wait([heartbeat])
+        _retrieve_errors(dog.interrupted_tasks)
     error: BaseException | None = None
     value: T | None = None
     if task.cancelled():
@@ -182,6 +183,24 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
         timed_out=dog.timed_out,
         interruptible=dog.interruptible,
     )
+
+
+def _retrieve_errors(tasks: set[asyncio.Task[Any]]) -> None:
+    """Mark the `_Interrupted` of each of the learner's `tasks` as seen, now or when the task
+    ends, so the loop never prints "Task exception was never retrieved" for a task a check gave
+    up on.
+
+    Left to the garbage collector, each would print its traceback into a later cell, whenever
+    the task happens to be collected; and on Python 3.11 that finalizer, run while `ast.parse`
+    builds its tree, makes the parse fail ("AST constructor recursion depth mismatch"), breaking
+    whatever compiles code next (IPython, pytest's assertion rewriting)."""
+    for task in tasks:
+        task.add_done_callback(_seen)
+
+
+def _seen(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _unwound(task: asyncio.Future[Any]) -> None:
@@ -217,6 +236,8 @@ class _Watchdog:
         self.interruptible = threading.current_thread() is threading.main_thread()
         self.blocked: Blocked | None = None
         self.timed_out = False
+        self.interrupted_tasks: set[asyncio.Task[Any]] = set()
+        """The learner's tasks the signal handler raised `_Interrupted` in."""
         self._main = threading.main_thread().ident or 0
         self._start = self._beat = time.perf_counter()
         self._stepped_in: float | None = None
@@ -253,6 +274,9 @@ class _Watchdog:
             and frame is not None
             and _in_learner_callback(frame)
         ):
+            task = asyncio.current_task(self.loop)
+            if task is not None:
+                self.interrupted_tasks.add(task)
             raise _Interrupted(self.blocked.describe() if self.blocked else "time limit reached")
 
     # -- on the watchdog's thread -----------------------------------------------------------
