@@ -124,9 +124,10 @@ def stopped_by_watchdog(exercise: str, blocked: Blocked | None, what: str) -> Ch
             passed=False,
             cause="threading_primitive",
             summary=f"{blocked.describe()}; the check stopped it.",
-            hint="a threading lock or semaphore blocks the whole event loop while it waits, so "
-            "the task that would release it never runs. Use `asyncio.Semaphore` / "
-            "`asyncio.Lock` with `async with`: they wait with `await`.",
+            hint="a threading lock, semaphore, event or queue blocks the whole event loop while "
+            "it waits, so the task that would release it never runs. Use their asyncio "
+            "counterparts (`asyncio.Semaphore` / `asyncio.Lock` with `async with`, "
+            "`await event.wait()`, `await queue.get()`): they wait with `await`.",
         )
     sleep = (
         "use `await asyncio.sleep(...)`, not `time.sleep(...)`: " if blocked.kind == "sleep" else ""
