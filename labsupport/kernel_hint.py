@@ -9,6 +9,7 @@ while the lab is not set up, with one line:
     run the first cell (`lab.setup(...)`) first (this cell raised OpenAIError: Missing ...)
 
 Every other exception, and these two once the lab is set up, keep IPython's usual traceback.
+The extension also makes Jupyter's ■ stop an awaiting cell at once (`labsupport.kernel_interrupt`).
 
 The cell that is run first is the learner's choice, so the extension must be in the kernel
 before any cell: `python -m labsupport.kernel_hint` (run by `make venv` and Binder's
@@ -25,10 +26,18 @@ from typing import Any, Final
 
 import openai
 
+from . import kernel_interrupt
 from ._text import shorten
 from .lab import current_upstream
 
-__all__ = ["HINT", "config_path", "hint_for", "install", "load_ipython_extension"]
+__all__ = [
+    "HINT",
+    "config_path",
+    "hint_for",
+    "install",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
 
 HINT: Final = "run the first cell (`lab.setup(...)`) first"
 #: What the first cell of every notebook defines.
@@ -70,6 +79,14 @@ def load_ipython_extension(shell: Any) -> None:
             shell._showtraceback(etype, value, [line])
 
     shell.set_custom_exc((NameError, openai.OpenAIError), handler)
+    # The course's one kernel extension also makes ■ stop an awaiting cell at once.
+    kernel_interrupt.register(shell)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    """Called by IPython (`%unload_ext labsupport.kernel_hint`): the kernel as it was."""
+    shell.set_custom_exc((), None)
+    kernel_interrupt.unregister(shell)
 
 
 def config_path(prefix: str = sys.prefix) -> Path:

@@ -14,7 +14,8 @@ unchanged and print real evidence. Scripted faults are skipped there, with a not
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Unpack
+import sys
+from typing import TYPE_CHECKING, Any, Unpack
 
 from .upstream.mock import OPENAI_API_BASE, PLACEHOLDER_KEY, MockUpstream
 from .upstream.settings import LabUpstream, SettingsChanges, UpstreamSettings
@@ -100,11 +101,26 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
     # it): now for what is imported, in a notebook after the cell that imports the rest.
     warm_up()
     warm_after_each_cell()
+    _load_kernel_extension()
     print(
         "Offline lab: a simulated OpenAI API answers in this kernel "
         f"({requested.latency:g} s per call). Nothing leaves this machine."
     )
     return _upstream
+
+
+def _load_kernel_extension() -> None:
+    """In an IPython kernel, load the course's extension (`labsupport.kernel_hint`: the first-cell
+    hint, and ■ that stops an awaiting cell at once), for a kernel whose environment's config
+    does not (one that `make venv` did not set up). Loading it again does nothing."""
+    shell = _ipython_shell()
+    if shell is not None:
+        shell.extension_manager.load_extension("labsupport.kernel_hint")
+
+
+def _ipython_shell() -> Any:
+    ipython = sys.modules.get("IPython")  # never imported here: a plain script has no shell
+    return ipython.get_ipython() if ipython is not None else None
 
 
 def current_upstream() -> LabUpstream | None:
