@@ -133,6 +133,7 @@ class Upstream:
             self._in_flight = 0
             self._max_in_flight = 0
             self._status_counts: dict[int | None, int] = {}
+            self._cancelled = 0
             self._timeline: list[UpstreamCall] = []
             self._window: deque[float] = deque()
             self._epoch = time.perf_counter()
@@ -149,6 +150,7 @@ class Upstream:
                 max_in_flight=self._max_in_flight,
                 status_counts=dict(self._status_counts),
                 timeline=tuple(self._timeline),
+                cancelled=self._cancelled,
             )
 
     # -- one request -----------------------------------------------------------------------
@@ -383,10 +385,18 @@ class Upstream:
             body = stored
         return Answer(number, 200, headers, body, wait=wait)
 
-    def finish(self, answer: Answer, *, delivered: bool = True, client: str | None = None) -> None:
+    def finish(
+        self,
+        answer: Answer,
+        *,
+        delivered: bool = True,
+        client: str | None = None,
+        cancelled: bool = False,
+    ) -> None:
         """Record that `answer` was sent, or with `delivered=False` that the client gave up
-        waiting (a timeout) before it was; `client` corrects which kind of client read it.
-        Safe to call twice; the first call counts."""
+        waiting before it was: a timeout, or with `cancelled=True` a client that stopped reading
+        for another reason (its task was cancelled: ■ on the cell); `client` corrects which
+        kind of client read it. Safe to call twice; the first call counts."""
         end = time.perf_counter()
         with self._lock:
             if answer.finished:
@@ -397,7 +407,10 @@ class Upstream:
             status = answer.status if delivered else None
             entry = self._timeline[answer.call - 1]
             self._timeline[answer.call - 1] = entry.ended(end, status, client or entry.client)
-            self._status_counts[status] = self._status_counts.get(status, 0) + 1
+            if status is None and cancelled:
+                self._cancelled += 1
+            else:
+                self._status_counts[status] = self._status_counts.get(status, 0) + 1
             if answer.in_flight:
                 self._in_flight -= 1
 

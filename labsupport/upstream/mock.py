@@ -197,7 +197,9 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 self._delivered = number == len(steps)
                 yield part
         finally:
-            self._upstream.finish(self._answer, delivered=self._delivered, client="sync")
+            self._upstream.finish(
+                self._answer, delivered=self._delivered, client="sync", cancelled=True
+            )
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         # One pass only: a client that iterates again (the SDK drains a stream after "[DONE]")
@@ -206,6 +208,8 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             self._async_parts = self._aparts()
         return self._async_parts
 
+    # Reading stopped before the answer was delivered, and not by `_timed_out()` (which counts
+    # first): the client stopped reading, its task cancelled. Counted as cancelled, not timed out.
     async def _aparts(self) -> AsyncGenerator[bytes, None]:
         try:
             steps = self._steps()
@@ -219,17 +223,23 @@ class _AnswerStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 self._delivered = number == len(steps)
                 yield part
         finally:
-            self._upstream.finish(self._answer, delivered=self._delivered, client="async")
+            self._upstream.finish(
+                self._answer, delivered=self._delivered, client="async", cancelled=True
+            )
 
     def close(self) -> None:
         if self._sync_parts is not None:
             self._sync_parts.close()
-        self._upstream.finish(self._answer, delivered=self._delivered, client="sync")
+        self._upstream.finish(
+            self._answer, delivered=self._delivered, client="sync", cancelled=True
+        )
 
     async def aclose(self) -> None:
         if self._async_parts is not None:
             await self._async_parts.aclose()
-        self._upstream.finish(self._answer, delivered=self._delivered, client="async")
+        self._upstream.finish(
+            self._answer, delivered=self._delivered, client="async", cancelled=True
+        )
 
 
 class MockUpstream(Upstream, Switch):

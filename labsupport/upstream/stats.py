@@ -36,7 +36,8 @@ class UpstreamStats:
     """A snapshot of the upstream's counters since its last reset.
 
     `status_counts` maps each HTTP status the upstream sent to how often; the key None counts calls
-    the client abandoned before the answer came (timeouts).
+    the client abandoned before the answer came (timeouts). `cancelled` counts the calls whose
+    client stopped reading for another reason: its task was cancelled (■ on the cell).
     """
 
     calls: int
@@ -44,6 +45,7 @@ class UpstreamStats:
     max_in_flight: int
     status_counts: dict[int | None, int]
     timeline: tuple[UpstreamCall, ...]
+    cancelled: int = 0
 
     def count(self, status: int | None) -> int:
         """How many calls got `status` (None: timed out)."""
@@ -51,8 +53,11 @@ class UpstreamStats:
 
     def __str__(self) -> str:
         statuses = ", ".join(
-            f"{count} × {'timeout' if status is None else status}"
-            for status, count in sorted(self.status_counts.items(), key=lambda kv: kv[0] or 0)
+            [
+                f"{count} × {'timeout' if status is None else status}"
+                for status, count in sorted(self.status_counts.items(), key=lambda kv: kv[0] or 0)
+            ]
+            + ([f"{self.cancelled} × cancelled"] if self.cancelled else [])
         )
         return (
             f"upstream: {self.calls} calls ({statuses or 'none finished'}), "
