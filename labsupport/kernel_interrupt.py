@@ -13,8 +13,8 @@ wake a loop from a signal handler. The cancel then runs within one loop iteratio
 puts its previous handler back after the cell, which drops the wrapper too; a cell without
 `await` keeps Python's `KeyboardInterrupt`, untouched.
 
-The course's kernel extension (`labsupport.kernel_hint`, loaded in every kernel of the
-environment, and by `lab.setup()`) registers it.
+The course's kernel extension (`labsupport.kernel_hint`, loaded at start by every kernel of the
+environment) registers it, and so does `lab.setup()`, for a kernel that does not load it.
 """
 
 from __future__ import annotations

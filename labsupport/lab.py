@@ -101,7 +101,7 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
     # it): now for what is imported, in a notebook after the cell that imports the rest.
     warm_up()
     warm_after_each_cell()
-    _load_kernel_extension()
+    _interrupts_take_effect()
     print(
         "Offline lab: a simulated OpenAI API answers in this kernel "
         f"({requested.latency:g} s per call). Nothing leaves this machine."
@@ -109,13 +109,15 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
     return _upstream
 
 
-def _load_kernel_extension() -> None:
-    """In an IPython kernel, load the course's extension (`labsupport.kernel_hint`: the first-cell
-    hint, and ■ that stops an awaiting cell at once), for a kernel whose environment's config
-    does not (one that `make venv` did not set up). Loading it again does nothing."""
+def _interrupts_take_effect() -> None:
+    """In IPython, make ■ stop an awaiting cell at once (`labsupport.kernel_interrupt`), also in a
+    kernel whose environment's config does not load the course's extension (one that `make
+    venv` did not set up). Registering it again does nothing."""
     shell = _ipython_shell()
     if shell is not None:
-        shell.extension_manager.load_extension("labsupport.kernel_hint")
+        from . import kernel_interrupt  # signal and asyncio only: the first cell stays light
+
+        kernel_interrupt.register(shell)
 
 
 def _ipython_shell() -> Any:
