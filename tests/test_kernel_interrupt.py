@@ -63,3 +63,15 @@ def test_stop_ends_awaiting_and_blocking_cells_before_they_would_end() -> None:
     assert error == again_error == "CancelledError"
     assert blocking_error == "KeyboardInterrupt"
     assert max(awaiting, blocking, again) < SLEEP  # stopped early, not when the sleep ended
+
+
+def test_an_interrupted_cell_says_so_in_one_line_and_other_errors_are_left_alone() -> None:
+    from labsupport.kernel_hint import interrupted_line
+
+    assert interrupted_line(asyncio.CancelledError()) == (
+        "CancelledError: the cell was interrupted (■)"
+    )
+    assert (
+        interrupted_line(KeyboardInterrupt()) == "KeyboardInterrupt: the cell was interrupted (■)"
+    )
+    assert interrupted_line(RuntimeError("the service exited (0)")) is None
