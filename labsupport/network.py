@@ -142,9 +142,8 @@ async def run_uvicorn(
 
     Yields the server once it accepts connections (a crash or a start-up slower than
     `SERVER_START_TIMEOUT` raises instead). On exit uvicorn stops accepting, lets running
-    requests finish for up to `graceful_shutdown` seconds (None: as long as they take; not at
-    all when the block was cancelled: an interrupted cell stops at once), and closes every
-    connection; the task is awaited, so nothing outlives the block. A crash while
+    requests finish for up to `graceful_shutdown` seconds (None: as long as they take), and
+    closes every connection; the task is awaited, so nothing outlives the block. A crash while
     serving is raised after that cleanup. The app's lifespan is not run here: the caller owns it.
     """
     config = uvicorn.Config(
@@ -161,11 +160,6 @@ async def run_uvicorn(
     try:
         await _wait_until_started(server, serving)
         yield server
-    except asyncio.CancelledError:
-        # The cell was interrupted (■): stop now, as uvicorn's second Ctrl+C does, instead of
-        # draining requests and background tasks first, so that ■ stops the cell early.
-        server.force_exit = True
-        raise
     finally:
         server.should_exit = True
         if not server.started:
