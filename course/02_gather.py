@@ -335,7 +335,7 @@ print("tasks:", ["cancelled" if t.cancelled() else type(t.exception()).__name__ 
 group_stats = upstream.stats
 print(
     f"upstream: {group_stats.count(500)} × 500, {group_stats.count(200)} × 200, "
-    f"{group_stats.count(None)} abandoned mid-call (cancelled)"
+    f"{group_stats.cancelled} abandoned mid-call (cancelled)"
 )
 
 # %% [markdown]

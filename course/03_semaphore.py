@@ -191,9 +191,10 @@ explore(requests=20, latency=0.05, bound=LIMIT, upstream_limit=LIMIT)
 # ## A progress bar
 #
 # A long batch deserves a progress bar. tqdm draws one; tick it as each task finishes (a done
-# callback), and run the tasks in an `asyncio.TaskGroup`, which waits for all of them and
-# returns them in the order of the inputs. (`file=sys.stdout` prints the bar as plain text in
-# the cell's output.)
+# callback, which runs for a cancelled task too: skip those, or ■ makes the bar jump to done),
+# and run the tasks in an `asyncio.TaskGroup`, which waits for all of them and returns them in
+# the order of the inputs. (`file=sys.stdout` prints the bar as plain text in the cell's
+# output.)
 #
 # tqdm also has a drop-in for `gather`, `tqdm.asyncio.tqdm.gather`, but it runs the calls
 # through `asyncio.as_completed`, which does not cancel them when the caller is cancelled: stop
@@ -217,7 +218,7 @@ async def rate_limited_with_progress(texts: list[str], max_concurrent: int = 5) 
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(process_with_limit(t)) for t in texts]
             for task in tasks:
-                task.add_done_callback(lambda _: bar.update())
+                task.add_done_callback(lambda done: done.cancelled() or bar.update())
     return [task.result() for task in tasks]
 
 

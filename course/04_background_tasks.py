@@ -276,7 +276,7 @@ from fastapi import Request
 
 if (last_run := globals().get("workdir")) is not None:  # this cell run again:
     last_run.cleanup()  # remove the folder of its last run first
-workdir = tempfile.TemporaryDirectory()  # removed in the last cell
+workdir = tempfile.TemporaryDirectory()  # removed when the kernel stops
 AUDIT_DB = os.path.join(workdir.name, "audit.sqlite3")
 SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, user_id TEXT, message TEXT, reply TEXT,
@@ -284,12 +284,7 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
 
 
 def audit_file(path: str) -> str:
-    """`path`, with its table created; a clear error once the last cell removed the folder."""
-    if not os.path.isdir(os.path.dirname(path)):
-        raise RuntimeError(
-            "the last cell of this notebook removed the audit folder: re-run the cell that "
-            "creates it (`workdir = tempfile.TemporaryDirectory()`, under 'A durable audit log')"
-        )
+    """`path`, with its table created."""
     with sqlite3.connect(path) as db:
         db.execute(SCHEMA)
     db.close()  # `with` commits; it does not close
@@ -345,7 +340,7 @@ def count_rows(where_clause: str = "1", path: str = AUDIT_DB) -> int:
 # %% [markdown]
 # 200 concurrent requests, then shutdown, then count the rows they added:
 
-# %%
+# %% tags=["drains-on-interrupt"]
 N = 200
 rows_before = count_rows()
 complete_before = count_rows("latency_ms > 0 AND total_tokens > 0")
@@ -631,10 +626,6 @@ await lab.checks.check_background_audit(
 # * At shutdown, uvicorn waits (up to its timeout) for background tasks, then runs the lifespan's
 #   shutdown. Tasks you `create_task` yourself are yours to track and drain.
 # * Work that must survive a crash belongs in a durable queue.
-
-# %%
-await aclient.close()
-workdir.cleanup()  # the cells above that use the database now say to re-run the SQLite cell
 
 # %% [markdown]
 # Next: **05 · Lifespan** — one client for the whole app, connection pooling, and leaks.

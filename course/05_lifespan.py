@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 if (last_run := globals().get("workdir")) is not None:  # this cell run again:
     last_run.cleanup()  # remove the folder of its last run first
-workdir = tempfile.TemporaryDirectory()  # removed in the last cell
+workdir = tempfile.TemporaryDirectory()  # removed when the kernel stops
 AUDIT_DB = os.path.join(workdir.name, "audit.sqlite3")
 
 
@@ -48,11 +48,6 @@ class ChatRequest(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    if not os.path.isdir(workdir.name):  # fail at startup, and say what to do about it
-        raise RuntimeError(
-            "the last cell of this notebook removed the audit folder: re-run the cell that "
-            "creates it (`workdir = tempfile.TemporaryDirectory()`, above)"
-        )
     openai_client = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
     print("startup:  OpenAI client created")
     audit_db = await aiosqlite.connect(AUDIT_DB)
@@ -416,9 +411,6 @@ await lab.checks.check_lifespan_client(exercise_app)
 # * One client reuses its idle connections: 1 connection for 10 sequential calls instead of 10.
 #   Concurrent calls still need one connection each; `httpx2.Limits` caps them.
 # * A client that is never closed keeps its sockets open until the garbage collector finds it.
-
-# %%
-workdir.cleanup()  # the lifespan above now says to re-run the cell that creates the folder
 
 # %% [markdown]
 # Next: **06 · Capstone** — one service, every pattern, under load and faults.

@@ -8,7 +8,10 @@ while the lab is not set up, with one line:
 
     run the first cell (`lab.setup(...)`) first (this cell raised OpenAIError: Missing ...)
 
-Every other exception, and these two once the lab is set up, keep IPython's usual traceback.
+A cell stopped by ■ gets one line too, `CancelledError: the cell was interrupted (■)`, instead
+of a traceback through the libraries it was waiting in. Every other exception, and the first
+two once the lab is set up, keep IPython's usual traceback.
+The extension also makes Jupyter's ■ stop an awaiting cell at once (`labsupport.kernel_interrupt`).
 
 The cell that is run first is the learner's choice, so the extension must be in the kernel
 before any cell: `python -m labsupport.kernel_hint` (run by `make venv` and Binder's
@@ -18,6 +21,8 @@ environment's own IPython config (`<sys.prefix>/etc/ipython/ipython_kernel_confi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -25,10 +30,18 @@ from typing import Any, Final
 
 import openai
 
+from . import kernel_interrupt
 from ._text import shorten
 from .lab import current_upstream
 
-__all__ = ["HINT", "config_path", "hint_for", "install", "load_ipython_extension"]
+__all__ = [
+    "HINT",
+    "config_path",
+    "hint_for",
+    "install",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
 
 HINT: Final = "run the first cell (`lab.setup(...)`) first"
 #: What the first cell of every notebook defines.
@@ -51,6 +64,19 @@ def hint_for(error: BaseException) -> str | None:
     return f"{HINT} (this cell raised {what})"
 
 
+INTERRUPTED: Final = "the cell was interrupted (■)"
+
+
+def interrupted_line(error: BaseException) -> str | None:
+    """The one line for a cell stopped by ■ (`KeyboardInterrupt`, or `CancelledError` for an
+    awaiting cell), else None. Its traceback runs through asyncio, uvicorn, httpx…: dozens of
+    library frames that say nothing to a learner, and that IPython takes seconds to format on a
+    busy machine, so the cell's reply (and the next cell) would wait for them."""
+    if isinstance(error, KeyboardInterrupt | asyncio.CancelledError):
+        return f"{type(error).__name__}: {INTERRUPTED}"
+    return None
+
+
 def load_ipython_extension(shell: Any) -> None:
     """Called by IPython (`%load_ext labsupport.kernel_hint`, or the kernel config)."""
 
@@ -61,15 +87,30 @@ def load_ipython_extension(shell: Any) -> None:
         tb: TracebackType | None,
         tb_offset: int | None = None,
     ) -> None:
-        line = hint_for(value)
+        line = interrupted_line(value) or hint_for(value)
         if line is None:
             shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
         else:
+            # IPython's protocol for an exception that renders its own traceback: also what
+            # IPython 9 stores in its history for the cell, instead of formatting every
+            # library frame again (seconds, for an interrupt deep in uvicorn).
+            with contextlib.suppress(AttributeError, TypeError):
+                value._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
             # What showtraceback() ends with: the error reaches the notebook as the cell's
             # error output, with this one line as its whole traceback.
             shell._showtraceback(etype, value, [line])
 
-    shell.set_custom_exc((NameError, openai.OpenAIError), handler)
+    shell.set_custom_exc(
+        (NameError, openai.OpenAIError, KeyboardInterrupt, asyncio.CancelledError), handler
+    )
+    # The course's one kernel extension also makes ■ stop an awaiting cell at once.
+    kernel_interrupt.register(shell)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    """Called by IPython (`%unload_ext labsupport.kernel_hint`): the kernel as it was."""
+    shell.set_custom_exc((), None)
+    kernel_interrupt.unregister(shell)
 
 
 def config_path(prefix: str = sys.prefix) -> Path:

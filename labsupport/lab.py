@@ -14,7 +14,8 @@ unchanged and print real evidence. Scripted faults are skipped there, with a not
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Unpack
+import sys
+from typing import TYPE_CHECKING, Any, Unpack
 
 from .upstream.mock import OPENAI_API_BASE, PLACEHOLDER_KEY, MockUpstream
 from .upstream.settings import LabUpstream, SettingsChanges, UpstreamSettings
@@ -99,11 +100,28 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
     # it): now for what is imported, in a notebook after the cell that imports the rest.
     warm_up()
     warm_after_each_cell()
+    _interrupts_take_effect()
     print(
         "Offline lab: a simulated OpenAI API answers in this kernel "
         f"({requested.latency:g} s per call). Nothing leaves this machine."
     )
     return _upstream
+
+
+def _interrupts_take_effect() -> None:
+    """In IPython, make ■ stop an awaiting cell at once (`labsupport.kernel_interrupt`), also in a
+    kernel whose environment's config does not load the course's extension (one that `make
+    venv` did not set up). Registering it again does nothing."""
+    shell = _ipython_shell()
+    if shell is not None:
+        from . import kernel_interrupt  # signal and asyncio only: the first cell stays light
+
+        kernel_interrupt.register(shell)
+
+
+def _ipython_shell() -> Any:
+    ipython = sys.modules.get("IPython")  # never imported here: a plain script has no shell
+    return ipython.get_ipython() if ipython is not None else None
 
 
 def current_upstream() -> LabUpstream | None:

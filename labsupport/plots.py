@@ -43,6 +43,7 @@ __all__ = [
     "plot_in_flight",
     "plot_latencies",
     "plot_timeline",
+    "series_style",
 ]
 
 
@@ -127,12 +128,40 @@ OUTCOME_STYLES: dict[str, BarStyle] = {
 }
 UPSTREAM_STYLE = BarStyle(OKABE_ITO["bluish green"], "")
 #: Lines of several series differ in colour and in dash pattern; "--" in black is kept for the
-#: reference lines (one upstream call, a limit).
-SERIES_CYCLE = cycler(
-    color=[OKABE_ITO[name] for name in ("blue", "orange", "bluish green", "reddish purple")],
-    linestyle=["-", ":", "-.", (0, (5, 1, 1, 1, 1, 1))],
+#: reference lines (one upstream call, a limit). Seven colours and seven dash patterns: the
+#: n-th series gets colour n mod 7 and, past the first seven, a dash pattern shifted by one per
+#: round, so no two of 49 series share both (`series_style`). 07's "all workers" plus four
+#: workers are five lines; a cycle of four once drew the fifth like the first.
+SERIES_COLORS: tuple[str, ...] = (
+    *(
+        OKABE_ITO[name]
+        for name in ("blue", "orange", "bluish green", "reddish purple", "vermillion", "sky blue")
+    ),
+    "#666666",  # grey: Okabe-Ito's yellow is too pale for a thin line on white
 )
+SERIES_DASHES: tuple[Any, ...] = (
+    "-",
+    ":",
+    "-.",
+    (0, (5, 1, 1, 1, 1, 1)),
+    (0, (1, 3)),
+    (0, (8, 2)),
+    (0, (3, 1, 1, 1)),
+)
+SERIES_CYCLE = cycler(color=list(SERIES_COLORS), linestyle=list(SERIES_DASHES))
 REFERENCE_LINE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1}
+
+
+def series_style(index: int) -> dict[str, Any]:
+    """The colour and dash pattern of the `index`-th series of a plot (from 0): unique pairs
+    for the first 49 series."""
+    colors, dashes = len(SERIES_COLORS), len(SERIES_DASHES)
+    return {
+        "color": SERIES_COLORS[index % colors],
+        "linestyle": SERIES_DASHES[(index + index // colors) % dashes],
+    }
+
+
 PANEL_WIDTH = 5.0  # inches per side-by-side panel
 PANEL_HEIGHT = 3.5
 
@@ -250,10 +279,17 @@ def plot_latencies(
     latency = _optional_seconds(latency, "latency")
     fig, (ax,) = _figure(1)
     described = []
-    for label, report in panels.items():
+    for index, (label, report) in enumerate(panels.items()):
         latencies = sorted(report.latencies)
         shares = [(i + 1) / len(latencies) for i in range(len(latencies))]
-        ax.step([0.0, *latencies], [0.0, *shares], where="post", linewidth=2, label=label or None)
+        ax.step(
+            [0.0, *latencies],
+            [0.0, *shares],
+            where="post",
+            linewidth=2,
+            label=label or None,
+            **series_style(index),
+        )
         described.append(
             f"{_labelled(label)}{_count(len(latencies), 'request')}, median {report.p50:.2f} s, "
             f"slowest {report.max_latency:.2f} s"
@@ -264,8 +300,7 @@ def plot_latencies(
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("latency (seconds)")
     ax.set_ylabel("share of requests")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right")
+    _legend_below(fig, ax)
     if title is not None:
         ax.set_title(title)
     fig.summary = _sentence(
@@ -304,13 +339,14 @@ def plot_in_flight(
     origin = min(starts)
     fig, (ax,) = _figure(1)
     described = []
-    for label, items in by_label.items():
+    for index, (label, items) in enumerate(by_label.items()):
         steps = in_flight_steps(items)
         if not steps:
             continue
         times = [0.0] + [moment - origin for moment, _ in steps]
         counts = [0] + [count for _, count in steps]
-        ax.step(times, counts, where="post", linewidth=2, label=label or None)
+        style = series_style(index)
+        ax.step(times, counts, where="post", linewidth=2, label=label or None, **style)
         described.append(f"{_labelled(label)}{_peak(max(counts), limit)}")
     if limit is not None:
         ax.axhline(limit, **REFERENCE_LINE, label=f"limit {limit}")
@@ -319,8 +355,7 @@ def plot_in_flight(
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("seconds since first request")
     ax.set_ylabel("in flight")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right")
+    _legend_below(fig, ax)
     if title is not None:
         ax.set_title(title)
     reference = f"Dashed line: the limit of {limit}." if limit is not None else ""
@@ -414,6 +449,16 @@ def _figure(panels: int, *, sharex: bool = False) -> tuple[DescribedFigure, list
         ax.set_facecolor("white")
         ax.set_prop_cycle(SERIES_CYCLE)
     return cast(DescribedFigure, fig), list(axes[0])
+
+
+def _legend_below(fig: Figure, ax: Axes) -> None:
+    """The legend of `ax`'s labelled lines, below the plot, outside the axes: a legend inside
+    them, wherever placed, covers some run's data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles, labels, loc="outside lower center", ncols=min(len(handles), 3), frameon=False
+        )
 
 
 def _bar(style: BarStyle) -> dict[str, Any]:

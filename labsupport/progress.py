@@ -1,6 +1,6 @@
 """Progress without a server: every check leaves one line in a file in the learner's home.
 
-Each time a course checker returns its `CheckResult`, `record` appends one JSON line to
+Each time a course check returns its `CheckResult`, `record` appends one JSON line to
 ``~/.async-llm-lab/progress.jsonl``: when, which user, which notebook and exercise, the verdict
 and, for a failure, its cause. Nothing leaves the machine, and nothing names the learner but
 the OS account (on a JupyterHub, the hub's user name). Two commands read these files:
@@ -53,7 +53,8 @@ HOME_RELATIVE = Path(".async-llm-lab") / "progress.jsonl"
 FORMAT = 1
 
 #: The notebook of each course checker, by the checker's module in `labsupport.checks`, in course
-#: order. A result built anywhere else (a test, a learner's own experiment) is not recorded.
+#: order. Each public check names its notebook (`@recorded(notebook=…)`), which must be here; a
+#: result built anywhere else (a test, a learner's own experiment) is not recorded.
 COURSE_EXERCISES: dict[str, str] = {
     "async_client": "01_async_client",
     "gather": "02_gather",
@@ -126,16 +127,16 @@ def progress_file() -> Path | None:
 _unsaved_said = False
 
 
-def record(result: Result, *, notebook: str | None = None) -> None:
-    """Append `result` to the progress file, if a course checker built it; never raises.
+def record(result: Result, *, notebook: str) -> None:
+    """Append `result`, a check of the lesson `notebook`, to the progress file; never raises.
 
-    `notebook` defaults to the notebook of the checker module found on the call stack (the one
-    constructing `result`). Failing to write prints one line to stderr, once per process.
+    The course's checks call it once per result (`labsupport.checks.result.recorded`); a result
+    built anywhere else is not recorded. Failing to write prints one line to stderr, once per
+    process.
     """
     global _unsaved_said
     path = progress_file()
-    notebook = notebook or _calling_checker_notebook()
-    if path is None or notebook is None:
+    if path is None:
         return
     line = {
         "format": FORMAT,
@@ -159,19 +160,6 @@ def record(result: Result, *, notebook: str | None = None) -> None:
                 f"set {FILE_VARIABLE} to a writable file, or {SWITCH_VARIABLE}=off.)",
                 file=sys.stderr,
             )
-
-
-def _calling_checker_notebook() -> str | None:
-    """The notebook of the innermost `labsupport.checks.<module>` frame on the stack."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        module = str(frame.f_globals.get("__name__", ""))
-        if module.startswith(_CHECKS_PACKAGE):
-            name = module.removeprefix(_CHECKS_PACKAGE)
-            if name in COURSE_EXERCISES:
-                return COURSE_EXERCISES[name]
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
 
 
 def _os_user() -> str:

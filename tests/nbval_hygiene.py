@@ -9,8 +9,10 @@ so no notebook has to be executed again for them:
 second time right after nbval's run and must print the stored outputs again (compared by nbval
 itself, with the sanitizer): a re-run counts from where it starts, restarts what it started and
 repeats its verdicts. A cell whose second run took longer than `LONG_CELL` seconds then runs a
-third time and is interrupted halfway through (`interrupt_kernel()`, as Jupyter does); nothing
-of that run is compared, but every later cell still is: an interrupted cell leaves no setting
+third time and is interrupted halfway through (`interrupt_kernel()`, as Jupyter does): it must
+stop before its uninterrupted run time (■ takes effect), unless tagged `drains-on-interrupt`
+(what is left after ■ is a graceful shutdown the lesson teaches); nothing of that run is
+compared, but every later cell still is: an interrupted cell leaves no setting
 changed, no server running and no count off. A solution notebook is its learner notebook with
 the exercise cell swapped for the solution: the cells before the first one that differs were
 already exercised in the learner notebook, so there they run once. `--nbval-once` turns all of
@@ -54,6 +56,9 @@ from nbval.plugin import IPyNbCell, IPyNbFile, NbCellError
 LONG_CELL = 1.0
 #: The notebooks learners open; their solutions are in `solutions/`, under the same names.
 LESSON = re.compile(r"^[0-9][0-9]_.*\.ipynb$")
+#: The tag of a cell whose work left after ■ is a shutdown the lesson teaches to wait for (a
+#: server draining its background tasks): interrupted, it must end, but not necessarily early.
+DRAINS = "drains-on-interrupt"
 #: A repeated cell runs up to three times: pytest-timeout's limit (pyproject) is for one.
 REPEATED_CELL_TIMEOUT = 360
 _REPEATED = pytest.StashKey[bool]()
@@ -221,9 +226,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 def _interrupt_halfway(cell: IPyNbCell, took: float) -> bool:
     """Run `cell` again and interrupt it `took / 2` seconds in (if it is still running then,
-    which it says); wait until the kernel is idle again. Nothing it printed is compared."""
+    which it says); wait until the kernel is idle again. Nothing it printed is compared, but an
+    interrupted cell must have stopped early: before the `took` seconds its uninterrupted run
+    took, or ■ did not take effect (the course's kernel extension makes it, for awaiting cells:
+    `labsupport.kernel_interrupt`)."""
     kernel = cell.parent.kernel
     timeout = cell.config.option.nbval_cell_timeout
+    began = time.monotonic()
     message = kernel.execute_cell_input(cell.cell.source, allow_stdin=False)
     interrupted = False
     try:
@@ -235,6 +244,12 @@ def _interrupt_halfway(cell: IPyNbCell, took: float) -> bool:
             kernel.await_reply(message, timeout=timeout)
         except Empty:
             cell.raise_cell_error(f"still running {timeout} s after it was interrupted")
+        ran = time.monotonic() - began
+        if ran >= took and DRAINS not in cell.cell.metadata.get("tags", ()):
+            cell.raise_cell_error(
+                f"interrupted {took / 2:.1f} s in, it ran {ran:.1f} s in all, no less than its "
+                f"uninterrupted run ({took:.1f} s): the interrupt did not stop it early"
+            )
     kernel.await_idle(message, timeout=timeout)
     return interrupted
 

@@ -74,5 +74,5 @@ def test_the_upstream_settings_are_restored() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(TypeError, match="fn must be an async function"):
-        asyncio.run(check_parallel_fanout("analyze_all"))  # type: ignore[arg-type]
+    result = asyncio.run(check_parallel_fanout("analyze_all"))  # type: ignore[arg-type]
+    assert result.cause == "bad_input" and "`async def` function" in result.summary

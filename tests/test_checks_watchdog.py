@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import signal
+import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from labsupport.checks import watchdog
 from labsupport.checks.watchdog import Guarded, guarded
 from labsupport.instructor.kernels import KERNEL_NAME, CurrentEnvKernelManager
 
@@ -56,6 +60,51 @@ async def swallows_everything() -> None:
             time.sleep(60)
 
 
+class Holder:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+
+async def attribute_lock_across_an_await() -> None:
+    holder = Holder()
+
+    async def one() -> None:
+        with holder.lock:  # an attribute chain, an RLock: held by this thread, entered again
+            await asyncio.sleep(0.01)
+
+    # The RLock lets its own thread in again: block from a thread-held one instead.
+    threading.Thread(target=holder.lock.acquire, daemon=True).start()
+    await asyncio.sleep(0.05)
+    await one()
+
+
+async def two_items_one_of_them_a_lock() -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    with contextlib.nullcontext(), lock:
+        await asyncio.sleep(0.01)
+
+
+async def acquire_with_a_keyword() -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire(timeout=60)
+
+
+async def event_nobody_sets() -> None:
+    threading.Event().wait()
+
+
+async def queue_nobody_fills() -> None:
+    queue.Queue[int]().get()
+
+
+async def blocking_socket_read() -> None:
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        mine.recv(1)  # blocking I/O: the other end never writes
+
+
 async def fine() -> int:
     await asyncio.sleep(0.05)
     return 42
@@ -76,7 +125,14 @@ def run(scenario: object, *, time_limit: float = 20.0) -> Guarded[object]:
         (sleeps_a_minute, "sleep", "time.sleep()"),
         (busy_loop, "busy", "`while time.perf_counter() < end:`"),
         (swallows_everything, "sleep", "time.sleep()"),
+        (attribute_lock_across_an_await, "threading", "threading.RLock.__enter__()"),
+        (two_items_one_of_them_a_lock, "threading", "threading.Lock.__enter__()"),
+        (acquire_with_a_keyword, "threading", "threading.Lock.acquire()"),
+        (event_nobody_sets, "threading", "threading.Event.wait()"),
+        (queue_nobody_fills, "threading", "queue.Queue.get()"),
+        (blocking_socket_read, "call", "socket.socket.recv()"),
     ],
+    ids=lambda value: getattr(value, "__name__", None) or str(value),
 )
 def test_a_blocked_loop_is_stopped_and_named_then_the_next_scenario_runs(
     scenario: object, kind: str, call: str
@@ -127,6 +183,13 @@ def test_the_users_interrupt_is_still_a_keyboard_interrupt() -> None:
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(main())
     assert signal.getsignal(signal.SIGUSR1) == handler
+
+
+def test_the_watchdog_names_calls_without_reading_opcodes() -> None:
+    """Opcode names differ between Python versions (3.12 dropped PRECALL and LOAD_METHOD, 3.14
+    BEFORE_WITH): the watchdog reads source positions and frames, which every version keeps."""
+    source = Path(watchdog.__file__).read_text(encoding="utf-8")
+    assert "import dis" not in source and "opname" not in source
 
 
 def test_bad_limits() -> None:

@@ -225,6 +225,33 @@ def test_the_probe_fails_a_notebook_that_leaves_things_behind(tmp_path: Path) ->
     assert "while collecting garbage: ResourceWarning: unclosed <socket.socket" in found, found
 
 
+INTERRUPTED = [
+    "import labsupport as lab\n\nlab.setup()",
+    # Stopped by the interrupt, halfway through its third run.
+    "import asyncio\n\nawait asyncio.sleep(2)",
+    # Swallows the cancellation the interrupt brings, and its third run lasts longer than its
+    # second: it cannot end before its uninterrupted run time, however loaded the machine.
+    "import time\n\ntry:\n    runs += 1\nexcept NameError:\n    runs = 1\n"
+    "end = time.monotonic() + 2 * runs\nwhile time.monotonic() < end:\n    try:\n"
+    "        await asyncio.sleep(end - time.monotonic())\n"
+    "    except asyncio.CancelledError:\n        pass",
+]
+
+
+def test_an_interrupted_cell_must_stop_early(tmp_path: Path) -> None:
+    import nbformat
+
+    cells = [nbformat.v4.new_code_cell(source) for source in INTERRUPTED]
+    notebook = tmp_path / "01_interrupted.ipynb"  # a lesson's name: its cells run again
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
+    returncode, report = pytest_with_the_plugin(tmp_path, "--nbval-lax", notebook.name)
+
+    assert returncode == 1, report[-3000:]
+    assert "1 failed, 4 passed" in report, report[-3000:]  # baseline, 3 cells, probe
+    assert f"FAILED {notebook.name}::Cell 2" in report, report[-3000:]
+    assert "the interrupt did not stop it early" in report, report[-3000:]
+
+
 def test_the_suite_runs_in_a_loopback_only_namespace() -> None:
     if os.environ.get("LAB_NETNS") != "loopback-only":
         pytest.skip(

@@ -5,8 +5,8 @@ each cell of a lesson runs a second time and must print what is stored again, a 
 interrupted halfway, and every later cell must still print what is stored. Here: that plugin
 does fail what it should (a cell whose re-run counts on, a cell whose interruption leaves a
 setting changed) and spares what it should (the cells a solution shares with its lesson run
-once); and, after a notebook's cleanup cell (04, 05), a cell that needs what it removed says
-which cell to re-run.
+once); and "Run All, then fix the exercise": after a whole notebook, its exercise cells and its
+check run again and the solution passes.
 """
 
 from __future__ import annotations
@@ -99,36 +99,42 @@ def test_nbval_once_runs_each_cell_once(tmp_path: Path) -> None:
     assert interrupted == {}
 
 
-# After the last cell removed the notebook's audit folder, a cell that needs it says which cell
-# to re-run, instead of aiosqlite's "unable to open database file".
-AFTER_CLEANUP = [
-    ("04_background_tasks.ipynb", "rows_before = count_rows()"),
-    ("05_lifespan.ipynb", "async with lab.asgi_client(app) as client:"),
-]
+# "Run All, then fix the exercise": after a whole notebook ran, its exercise cells and its check
+# run again and the solution still passes: no cell after them closed or removed what they use.
+SOLVED = sorted(path.name for path in (ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*.ipynb"))
 
 
-@pytest.mark.parametrize(("name", "needs_the_folder"), AFTER_CLEANUP)
-@pytest.mark.timeout(300)
-def test_a_cell_run_after_the_cleanup_cell_says_what_to_re_run(
-    name: str, needs_the_folder: str
-) -> None:
-    """The cells before one that uses the database, then the cleanup cell, then that one."""
-    path = ROOT / "notebooks" / name
+@pytest.mark.parametrize("name", SOLVED)
+@pytest.mark.timeout(600)
+def test_after_run_all_the_exercise_and_its_check_run_again_and_pass(name: str) -> None:
+    path = ROOT / "notebooks" / "solutions" / name
     notebook = nbformat.read(path, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    user = next(i for i, cell in enumerate(code) if needs_the_folder in cell.source)
-    (cleanup,) = [cell for cell in code if "workdir.cleanup()" in cell.source]
-    notebook.cells = [*code[:user], cleanup, code[user]]
-    # The last cell is the only one that may raise (notebook_client fails on any other).
-    notebook.cells[-1].metadata.setdefault("tags", []).append("raises-exception")
-    asyncio.run(notebook_client(notebook, cwd=path.parent).async_execute())
-    raised = [
-        [f"{out.ename}: {out.evalue}" for out in cell.outputs if out.output_type == "error"]
-        for cell in notebook.cells
-    ]
-    assert raised[:-1] == [[]] * (user + 1)
-    assert raised[-1] == [
-        "RuntimeError: the last cell of this notebook removed the audit folder: re-run the cell "
-        "that creates it (`workdir = tempfile.TemporaryDirectory()`"
-        + (", under 'A durable audit log')" if name.startswith("04") else ", above)")
-    ]
+    solution = [i for i, cell in enumerate(code) if "solution" in cell.metadata.get("tags", [])]
+    checks = [i for i, cell in enumerate(code) if "await lab.checks.check_" in cell.source]
+    assert solution and checks, f"{name}: no solution cell or no check cell"
+    again = [*solution, checks[-1]]
+    client = notebook_client(nbformat.v4.new_notebook(cells=code), cwd=path.parent)
+
+    async def run_all_then_again() -> list[str]:
+        async with client.async_setup_kernel():
+            for index, cell in enumerate(client.nb.cells):
+                await client.async_execute_cell(cell, index)
+            for index in again:
+                await client.async_execute_cell(client.nb.cells[index], index)
+        return [_printed(client.nb.cells[index]) for index in again]
+
+    printed = asyncio.run(run_all_then_again())
+    assert "✅ PASSED" in printed[-1], printed[-1]
+
+
+def _printed(cell: NotebookNode) -> str:
+    parts = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type in ("execute_result", "display_data"):
+            parts.append(output.data.get("text/plain", ""))
+        elif output.output_type == "error":
+            parts.append(f"{output.ename}: {output.evalue}")
+    return "".join(parts)

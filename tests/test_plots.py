@@ -11,6 +11,7 @@ import nbclient
 import nbformat
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -19,11 +20,13 @@ from labsupport.load import LoadReport, RequestRecord
 from labsupport.plots import (
     OKABE_ITO,
     OUTCOME_STYLES,
+    REFERENCE_LINE,
     Calls,
     DescribedFigure,
     plot_in_flight,
     plot_latencies,
     plot_timeline,
+    series_style,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,3 +276,46 @@ def test_a_returned_figure_is_shown_exactly_once_in_a_notebook_with_its_alt_text
     # JupyterLab shows only the PNG of that output: the words follow as a caption of their own.
     after = notebook.cells[1].outputs[notebook.cells[1].outputs.index(figure) + 1]
     assert after["data"] == {"text/plain": figure["data"]["text/plain"]}
+
+
+def _all_plots(series: int) -> dict[str, Figure]:
+    """Each plot function's figure, with `series` runs (07: "all workers" and four workers)."""
+    runs = {
+        f"run {i}": report([200, 429, None][: 1 + i % 3] * 2, t0=100.0 + i) for i in range(series)
+    }
+    return {
+        "plot_timeline": plot_timeline(runs, latency=0.1),
+        "plot_latencies": plot_latencies(runs, latency=0.1),
+        "plot_in_flight": plot_in_flight(runs, limit=2),
+    }
+
+
+def test_series_styles_are_unique_pairs_and_never_the_reference_line() -> None:
+    styles = [series_style(i) for i in range(49)]
+    pairs = {(style["color"], str(style["linestyle"])) for style in styles}
+    assert len(pairs) == 49
+    assert all(style["color"] != REFERENCE_LINE["color"] for style in styles)
+    assert all(style["linestyle"] != REFERENCE_LINE["linestyle"] for style in styles)
+
+
+@pytest.mark.parametrize("series", [5, 7])
+def test_no_two_lines_of_a_figure_share_colour_and_style(series: int) -> None:
+    labels = {f"run {i}" for i in range(series)}
+    for name, fig in _all_plots(series).items():
+        if name == "plot_timeline":
+            continue  # one panel per run, its bars coloured by outcome
+        lines = [line for line in fig.axes[0].get_lines() if line.get_label() in labels]
+        assert len(lines) == series, name
+        assert len({to_rgba(line.get_color()) for line in lines}) == series, name
+
+
+def test_legends_sit_outside_the_axes_so_they_cover_no_data() -> None:
+    for name, fig in _all_plots(5).items():
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)  # lays the figure out: the legend's and the axes' boxes are final
+        assert not any(ax.get_legend() for ax in fig.axes), name  # no legend inside an axes
+        assert fig.legends, name
+        for legend in fig.legends:
+            box = legend.get_window_extent(renderer)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), name

@@ -1,4 +1,5 @@
-"""What every checker needs: the upstream's latency, its counters, and warnings on the way."""
+"""What every checker needs: the upstream's latency, its counters, warnings on the way, and the
+result of a scenario the watchdog stopped (`stopped_by_watchdog`, defined with `CheckResult`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from contextlib import contextmanager
 from openai import AsyncOpenAI
 
 from ..lab import LabUpstream, current_upstream
-from .result import CheckResult
-from .watchdog import Blocked
+from .result import stopped_by_watchdog
 
 __all__ = [
     "caught_warnings",
@@ -57,38 +57,3 @@ def caught_warnings() -> Iterator[list[warnings.WarningMessage]]:
 def never_awaited(caught: list[warnings.WarningMessage]) -> bool:
     """Whether a coroutine was created and dropped without `await` (Python warns at GC)."""
     return any("was never awaited" in str(w.message) for w in caught)
-
-
-def stopped_by_watchdog(exercise: str, blocked: Blocked | None, what: str) -> CheckResult:
-    """The result of a scenario the watchdog had to stop: cause "threading_primitive" or
-    "blocked_loop" (the loop was blocked), or "timed_out" (`what` did not finish in time)."""
-    if blocked is None:
-        return CheckResult(
-            exercise=exercise,
-            passed=False,
-            cause="timed_out",
-            summary=f"{what} did not finish within the check's time limit; the check stopped it.",
-            hint="does something wait forever (a lock nobody releases, a queue nobody reads, an "
-            "event nobody sets)?",
-        )
-    if blocked.kind == "threading":
-        return CheckResult(
-            exercise=exercise,
-            passed=False,
-            cause="threading_primitive",
-            summary=f"{blocked.describe()}; the check stopped it.",
-            hint="a threading lock or semaphore blocks the whole event loop while it waits, so "
-            "the task that would release it never runs. Use `asyncio.Semaphore` / "
-            "`asyncio.Lock` with `async with`: they wait with `await`.",
-        )
-    sleep = (
-        "use `await asyncio.sleep(...)`, not `time.sleep(...)`: " if blocked.kind == "sleep" else ""
-    )
-    return CheckResult(
-        exercise=exercise,
-        passed=False,
-        cause="blocked_loop",
-        summary=f"{blocked.describe()}; the check stopped it.",
-        hint=f"{sleep}inside `async def`, every wait must be an `await`; run blocking code with "
-        "`await asyncio.to_thread(...)`.",
-    )

@@ -46,7 +46,7 @@ from ._common import (
     stopped_by_watchdog,
     upstream_or_none,
 )
-from .result import CheckResult
+from .result import CheckResult, an_app, recorded
 from .watchdog import guarded
 
 __all__ = ["CAUSES", "Cause", "check_async_endpoint"]
@@ -96,6 +96,7 @@ class _Run:
     stats: UpstreamStats | None
 
 
+@recorded(notebook="01_async_client", app=an_app)
 async def check_async_endpoint(app: Any, *, path: str = "/chat", n: int = 20) -> CheckResult:
     """Send `n` concurrent requests to `app`'s `path` (in process), and as many to a reference
     app with one shared `AsyncOpenAI`; judge whether `app` served them together (about as fast as

@@ -81,7 +81,7 @@ from ._common import (
 )
 from ._scenario import nested_loop
 from ._sqlite import sqlite_threads
-from .result import CheckResult
+from .result import CheckResult, a_function, an_app, recorded
 from .watchdog import guarded
 
 __all__ = ["CAUSES", "Cause", "check_background_audit"]
@@ -137,6 +137,7 @@ class _Measured:
     queued_after: int
 
 
+@recorded(notebook="04_background_tasks", app=an_app, count_rows=a_function)
 async def check_background_audit(
     app: Any,
     count_rows: RowCounter,

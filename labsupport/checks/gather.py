@@ -49,7 +49,7 @@ from ._scenario import (
     scripted,
     settle_unawaited,
 )
-from .result import CheckResult
+from .result import CheckResult, an_async_function, recorded
 from .watchdog import guarded
 
 __all__ = ["CAUSES", "Cause", "check_parallel_fanout"]
@@ -113,6 +113,7 @@ class _Runs:
     faulty_problem: _Problem | None = None
 
 
+@recorded(notebook="02_gather", fn=an_async_function)
 async def check_parallel_fanout(fn: FanOut) -> CheckResult:
     """Run `fn(texts)` twice against the offline upstream and judge the fan-out.
 

@@ -66,7 +66,7 @@ from ..upstream.fake_server import FakeServer
 from ..validation import check_int
 from ._clients import built_clients
 from ._common import caught_warnings, stopped_by_watchdog, upstream_or_none
-from .result import CheckResult
+from .result import CheckResult, an_app, recorded
 from .watchdog import guarded
 
 __all__ = ["CAUSES", "Cause", "check_lifespan_client"]
@@ -123,6 +123,7 @@ class _Measured:
     open_after: int
 
 
+@recorded(notebook="05_lifespan", app=an_app)
 async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) -> CheckResult:
     """Run `app` (lifespan included), send `n` requests one after another, then `n` at once
     while watching the event loop, shut it down, and judge its OpenAI clients: how many were

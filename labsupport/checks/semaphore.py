@@ -53,7 +53,7 @@ from ._scenario import (
     settle_unawaited,
 )
 from ._semaphores import SemaphoreUse, watched_semaphores
-from .result import CheckResult
+from .result import CheckResult, an_async_function, recorded
 from .watchdog import guarded
 
 __all__ = ["CAUSES", "Cause", "batch_texts", "check_bounded_batch"]
@@ -122,6 +122,7 @@ class _Runs:
     refused_stats: UpstreamStats | None = None
 
 
+@recorded(notebook="03_semaphore", fn=an_async_function)
 async def check_bounded_batch(fn: BatchFunction, limit: int = 5) -> CheckResult:
     """Run `fn(texts)` on 4 × `limit` texts and judge how many calls it had in flight at once.
 

@@ -73,7 +73,7 @@ from ..load import LoadReport, fire
 from ..upstream import RateLimit
 from ..validation import check_int
 from ._common import stopped_by_watchdog
-from .result import CheckResult
+from .result import CheckResult, recorded
 from .watchdog import guarded
 
 __all__ = ["CAUSES", "Cause", "check_shared_limit"]
@@ -135,6 +135,8 @@ _READS: Final = ("get", "mget", "exists", "zscore", "zrank", "hget", "ttl", "ptt
 _DELETES: Final = ("delete", "unlink", "zrem", "hdel", "srem", "getdel", "lrem")
 
 
+# The check runs its own watchdog (`guarded` below): the decorator adds none.
+@recorded(notebook="07_beyond_one_process")
 async def check_shared_limit(limiter_class: Any, *, limit: int = 5) -> CheckResult:
     """Judge `limiter_class` as a limit of `limit` calls in flight shared by worker processes,
     by the invariants in the module docstring.

@@ -36,14 +36,15 @@ when it returns.
 
 from __future__ import annotations
 
+import ast
 import asyncio
-import dis
 import inspect
 import linecache
 import os
 import signal
 import sys
 import sysconfig
+import textwrap
 import threading
 import time
 from collections.abc import Awaitable
@@ -77,8 +78,9 @@ WAITING_SHARE: Final = 0.9
 block to count as a wait (judged by the clock) rather than running code (judged by CPU time)."""
 
 BlockKind = Literal["threading", "sleep", "busy", "call"]
-"""What held the loop: a `threading` primitive, `time.sleep`, Python code that never waited (a
-busy loop), or another blocking call."""
+"""What held the loop: a `threading` primitive (a lock, semaphore, condition, event, or a
+`queue.Queue`, which waits on them), `time.sleep`, Python code that never waited (a busy loop),
+or another blocking call."""
 
 _LIBRARY_ROOTS: Final = tuple(
     os.path.realpath(path) + os.sep
@@ -167,6 +169,7 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
         dog.restore_handler(previous)
         heartbeat.cancel()
         await asyncio.wait([heartbeat])
+        _retrieve_errors(dog.interrupted_tasks)
     error: BaseException | None = None
     value: T | None = None
     if task.cancelled():
@@ -182,6 +185,24 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
         timed_out=dog.timed_out,
         interruptible=dog.interruptible,
     )
+
+
+def _retrieve_errors(tasks: set[asyncio.Task[Any]]) -> None:
+    """Mark the `_Interrupted` of each of the learner's `tasks` as seen, now or when the task
+    ends, so the loop never prints "Task exception was never retrieved" for a task a check gave
+    up on.
+
+    Left to the garbage collector, each would print its traceback into a later cell, whenever
+    the task happens to be collected; and on Python 3.11 that finalizer, run while `ast.parse`
+    builds its tree, makes the parse fail ("AST constructor recursion depth mismatch"), breaking
+    whatever compiles code next (IPython, pytest's assertion rewriting)."""
+    for task in tasks:
+        task.add_done_callback(_seen)
+
+
+def _seen(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _unwound(task: asyncio.Future[Any]) -> None:
@@ -217,6 +238,8 @@ class _Watchdog:
         self.interruptible = threading.current_thread() is threading.main_thread()
         self.blocked: Blocked | None = None
         self.timed_out = False
+        self.interrupted_tasks: set[asyncio.Task[Any]] = set()
+        """The learner's tasks the signal handler raised `_Interrupted` in."""
         self._main = threading.main_thread().ident or 0
         self._start = self._beat = time.perf_counter()
         self._stepped_in: float | None = None
@@ -253,6 +276,9 @@ class _Watchdog:
             and frame is not None
             and _in_learner_callback(frame)
         ):
+            task = asyncio.current_task(self.loop)
+            if task is not None:
+                self.interrupted_tasks.add(task)
             raise _Interrupted(self.blocked.describe() if self.blocked else "time limit reached")
 
     # -- on the watchdog's thread -----------------------------------------------------------
@@ -381,7 +407,7 @@ def _describe(
         if called is None:
             return Blocked(stalled, f"`{line}`", where, "busy")
         call = called
-    if call.startswith("threading."):
+    if call.startswith(("threading.", "queue.")):
         kind: BlockKind = "threading"
     elif call == "time.sleep()":
         kind = "sleep"
@@ -399,43 +425,109 @@ _THREADING_TYPES: Final = {"lock": "threading.Lock", "RLock": "threading.RLock"}
 
 
 def _called_object(frame: FrameType) -> str | None:
-    """The C-level call `frame` is executing (it has no frame of its own): the object its current
-    instruction calls or enters, found from the loads before it; None if it is not calling."""
-    instructions = list(dis.get_instructions(frame.f_code))
-    at = next((i for i, ins in enumerate(instructions) if ins.offset == frame.f_lasti), None)
-    if at is None or not instructions[at].opname.startswith(("CALL", "BEFORE_WITH", "PRECALL")):
+    """The C-level call `frame` is executing (it has no frame of its own), such as
+    "threading.Lock.__enter__()"; None if its current instruction is not a call.
+
+    Found from what every supported Python (3.11 on) keeps, whatever its bytecode: the source
+    position of the current instruction (`co_positions()` at `f_lasti`), read as source text
+    and parsed. A call's instruction spans the call expression (`slots.acquire()`); entering a
+    `with` spans the statement (or, on some versions, its context expression). The callee's
+    name is then looked up in the frame, attribute by attribute, to give its qualified name."""
+    segment = _current_source(frame)
+    if segment is None:
         return None
-    entering = instructions[at].opname == "BEFORE_WITH"
-    # Walk back over the arguments to the chain of loads that names the callee: a LOAD_GLOBAL,
-    # LOAD_NAME, LOAD_FAST or LOAD_DEREF, then LOAD_ATTR / LOAD_METHOD names.
-    chain: list[str] = []
-    for ins in reversed(instructions[:at]):
-        if ins.opname in ("LOAD_ATTR", "LOAD_METHOD"):
-            chain.insert(0, str(ins.argval))
-        elif ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_FAST", "LOAD_DEREF"):
-            chain.insert(0, str(ins.argval))
-            if len(chain) > 1 or entering:
-                break
-            chain.clear()  # an argument, not the callee
-        elif chain:
-            break
-    if not chain:
+    statement = _parsed(textwrap.dedent(segment), "exec")
+    if isinstance(statement, ast.Module) and len(statement.body) == 1:
+        first = statement.body[0]
+        if isinstance(first, ast.With | ast.AsyncWith):
+            contexts = [item.context_expr for item in first.items]
+            return _entered(frame, contexts)
+    expression = _parsed(f"(\n{segment}\n)", "eval")
+    if not isinstance(expression, ast.Expression):
         return None
-    target: Any = _lookup(frame, chain[0])
-    for name in chain[1:]:
-        target = getattr(target, name, None)
+    if isinstance(expression.body, ast.Call):
+        return _callee(frame, expression.body.func)
+    if isinstance(expression.body, ast.Name | ast.Attribute) and _in_with(frame):
+        return _entered(frame, [expression.body])
+    return None
+
+
+def _current_source(frame: FrameType) -> str | None:
+    """The source text of the instruction `frame` is executing, from its code position."""
+    positions = list(frame.f_code.co_positions())
+    index = frame.f_lasti // 2
+    if not 0 <= index < len(positions):
+        return None
+    line, end_line, column, end_column = positions[index]
+    if None in (line, end_line, column, end_column):
+        return None
+    assert line is not None and end_line is not None
+    assert column is not None and end_column is not None
+    lines = [
+        linecache.getline(frame.f_code.co_filename, number).encode()
+        for number in range(line, end_line + 1)
+    ]
+    if not any(lines):
+        return None
+    # Columns are byte offsets into each line's UTF-8 encoding.
+    lines[-1] = lines[-1][:end_column]
+    lines[0] = lines[0][column:]
+    return b"".join(lines).decode(errors="replace")
+
+
+def _in_with(frame: FrameType) -> bool:
+    """Whether `frame`'s current line starts a `with` statement."""
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).lstrip()
+    return line.startswith(("with ", "with(", "async with "))
+
+
+def _parsed(source: str, mode: str) -> ast.AST | None:
+    try:
+        return ast.parse(source, mode=mode)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _entered(frame: FrameType, contexts: list[ast.expr]) -> str | None:
+    """ "<type>.__enter__()" for the context manager a `with` is entering: the one of a
+    threading type if several are entered at once, else the first."""
+    found = [(expression, _resolved(frame, expression)) for expression in contexts]
+    threading_ones = [
+        pair for pair in found if type(pair[1]).__module__ in ("_thread", "threading")
+    ]
+    expression, target = (threading_ones or found)[0]
     if target is None:
-        return ".".join(chain) + "()"
-    if entering:
-        kind = type(target)
-        known = _THREADING_TYPES.get(kind.__qualname__) if kind.__module__ == "_thread" else None
-        return f"{known or kind.__module__ + '.' + kind.__qualname__}.__enter__()"
+        return f"{ast.unparse(expression)}.__enter__()"
+    kind = type(target)
+    known = _THREADING_TYPES.get(kind.__qualname__) if kind.__module__ == "_thread" else None
+    return f"{known or kind.__module__ + '.' + kind.__qualname__}.__enter__()"
+
+
+def _callee(frame: FrameType, expression: ast.expr) -> str:
+    """The qualified name of the function `expression` names in `frame`, as "module.name()"."""
+    target = _resolved(frame, expression)
+    if target is None:
+        return f"{ast.unparse(expression)}()"
     owner = getattr(target, "__self__", None)
-    if owner is not None and type(owner).__module__ == "_thread":
-        kind_name = _THREADING_TYPES.get(type(owner).__qualname__, "threading")
-        return f"{kind_name}.{getattr(target, '__name__', chain[-1])}()"
-    module = getattr(target, "__module__", None) or ".".join(chain[:-1])
-    return f"{module}.{getattr(target, '__qualname__', chain[-1])}()"
+    name = getattr(target, "__name__", None) or ast.unparse(expression)
+    if owner is not None and not inspect.ismodule(owner):  # a method of a C type's object
+        kind = type(owner)
+        known = _THREADING_TYPES.get(kind.__qualname__) if kind.__module__ == "_thread" else None
+        return f"{known or kind.__module__ + '.' + kind.__qualname__}.{name}()"
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None) or name
+    return f"{module}.{qualname}()" if module else f"{ast.unparse(expression)}()"
+
+
+def _resolved(frame: FrameType, expression: ast.expr) -> Any:
+    """The object a name or attribute chain (`slots`, `self.slot`, `time.sleep`) stands for
+    in `frame`; None for any other expression, or a name not found."""
+    if isinstance(expression, ast.Name):
+        return _lookup(frame, expression.id)
+    if isinstance(expression, ast.Attribute):
+        owner = _resolved(frame, expression.value)
+        return None if owner is None else getattr(owner, expression.attr, None)
+    return None
 
 
 def _lookup(frame: FrameType, name: str) -> Any:

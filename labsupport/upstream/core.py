@@ -135,6 +135,7 @@ class Upstream:
             self._in_flight = 0
             self._max_in_flight = 0
             self._status_counts: dict[int | None, int] = {}
+            self._cancelled = 0
             self._timeline: list[UpstreamCall] = []
             self._window: deque[float] = deque()
             self._epoch = time.perf_counter()
@@ -151,6 +152,7 @@ class Upstream:
                 max_in_flight=self._max_in_flight,
                 status_counts=dict(self._status_counts),
                 timeline=tuple(self._timeline),
+                cancelled=self._cancelled,
             )
 
     # -- one request -----------------------------------------------------------------------
@@ -401,13 +403,17 @@ class Upstream:
         client: str | None = None,
         sent_at: Sequence[float] = (),
         abandoned: bool = False,
+        cancelled: bool = False,
     ) -> None:
         """Record that `answer` was sent, or with `delivered=False` that the client gave up
-        waiting (a timeout) before it was; `client` corrects which kind of client read it.
+        waiting before it was: a timeout, or with `cancelled=True` a client that stopped reading
+        for another reason (its task was cancelled: ■ on the cell); `client` corrects which
+        kind of client read it.
 
         For a stream, `sent_at` gives when each event was handed over (in order), and
         `abandoned=True` says the client stopped reading it after the first event: a
-        disconnect, counted apart from timeouts. Safe to call twice; the first call counts."""
+        disconnect, counted under its status and apart from timeouts. Safe to call twice; the
+        first call counts."""
         end = time.perf_counter()
         with self._lock:
             if answer.finished:
@@ -424,7 +430,10 @@ class Upstream:
             self._timeline[answer.call - 1] = entry.ended(
                 end, status, client or entry.client, token_times, abandoned=abandoned
             )
-            self._status_counts[status] = self._status_counts.get(status, 0) + 1
+            if status is None and cancelled:
+                self._cancelled += 1
+            else:
+                self._status_counts[status] = self._status_counts.get(status, 0) + 1
             if answer.in_flight:
                 self._in_flight -= 1
 

@@ -136,6 +136,7 @@ class _AnswerStream:
             client=client,
             sent_at=self._sent_at,
             abandoned=not timed_out,
+            cancelled=not timed_out,
         )
 
     def __iter__(self) -> Iterator[bytes]:
@@ -163,6 +164,8 @@ class _AnswerStream:
             self._async_parts = self._aparts()
         return self._async_parts
 
+    # Reading stopped before the answer was delivered, and not by `_timed_out()` (which counts
+    # first): the client stopped reading, its task cancelled. Counted as cancelled, not timed out.
     async def _aparts(self) -> AsyncGenerator[bytes, None]:
         try:
             steps = self._steps()

@@ -63,7 +63,9 @@ class UpstreamStats:
 
     `status_counts` maps each HTTP status the upstream sent to how often; the key None counts calls
     the client gave up on before the answer came (timeouts). A stream the client stopped reading
-    after it began counts under its status, and in `abandoned` too.
+    after it began counts under its status, and in `abandoned` too. `cancelled` counts the calls
+    whose client stopped reading before the answer for another reason than a timeout: its task
+    was cancelled (■ on the cell).
     """
 
     calls: int
@@ -71,6 +73,7 @@ class UpstreamStats:
     max_in_flight: int
     status_counts: dict[int | None, int]
     timeline: tuple[UpstreamCall, ...]
+    cancelled: int = 0
 
     def count(self, status: int | None) -> int:
         """How many calls got `status` (None: timed out)."""
@@ -93,8 +96,11 @@ class UpstreamStats:
 
     def __str__(self) -> str:
         statuses = ", ".join(
-            f"{count} × {'timeout' if status is None else status}"
-            for status, count in sorted(self.status_counts.items(), key=lambda kv: kv[0] or 0)
+            [
+                f"{count} × {'timeout' if status is None else status}"
+                for status, count in sorted(self.status_counts.items(), key=lambda kv: kv[0] or 0)
+            ]
+            + ([f"{self.cancelled} × cancelled"] if self.cancelled else [])
         )
         if self.abandoned:
             statuses += f"; {self.abandoned} abandoned"

@@ -434,10 +434,10 @@ def answer_unannotated_background_tasks_default(db_path: str) -> FastAPI:
     app = FastAPI(lifespan=lifespan)
 
     @app.post("/chat")
-    async def audited_chat(
+    async def audited_chat(  # type: ignore[no-untyped-def]
         request: ChatRequest,
         http: Request,
-        background_tasks=BackgroundTasks(),  # noqa: B008 -- the mistake under test
+        background_tasks=BackgroundTasks(),  # noqa: B008 -- the mistake under test: no annotation
     ) -> dict[str, Any]:
         response = await client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
