@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from labsupport.network import free_port
 from labsupport.serving import ServerLimits
 
 from .main import create_app
@@ -95,15 +96,17 @@ def run_in_subprocess(
     and exits. `options` are `main()`'s flags without the dashes (`max_upstream_calls=20`).
     A service that does not start raises `RuntimeError` with what it printed.
     """
-    with socket.socket() as probe:  # a free port; uvicorn binds it again in the child
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # uvicorn binds it again in the child
     options = {"audit_path": audit_path, "base_url": base_url, **options}
     command = [sys.executable, "-m", "capstone", "--port", str(port), "--workers", str(workers)]
     for name, value in options.items():
         command += [f"--{name.replace('_', '-')}", str(value)]
     with tempfile.TemporaryFile("w+") as output:
-        child = subprocess.Popen(command, stdout=output, stderr=output, text=True, cwd=NOTEBOOKS)
+        # A session of its own: ■ in Jupyter sends SIGINT to the kernel's whole process group,
+        # which would stop the service too and blame it ("exited (0)") for the interrupt.
+        child = subprocess.Popen(
+            command, stdout=output, stderr=output, text=True, cwd=NOTEBOOKS, start_new_session=True
+        )
         try:
             for _ in range(600):  # up to 60 s to listen
                 if child.poll() is not None:
