@@ -125,7 +125,12 @@ async def invalid_request(request: Request, error: Exception) -> JSONResponse:
         field = _field_name(problem.get("loc", ()))
         text = problem.get("msg", "invalid")
         if problem.get("type") == "json_invalid":
-            text = f"not valid JSON ({problem.get('ctx', {}).get('error', 'invalid')})"
+            # Our own reasons (see _undecodable) are said; json's own wording and even the
+            # position it reports change between Python versions ("Expecting property name" at
+            # the brace on 3.11, "Illegal trailing comma" at the comma on 3.13): not repeated.
+            ours = problem.get("loc") == ("body",)
+            reason = problem.get("ctx", {}).get("error") if ours else None
+            text = f"not valid JSON ({reason})" if reason else "not valid JSON"
         elif problem.get("type") == "string_pattern_mismatch" and field != "user_id":
             text = "needs at least one character that is neither whitespace nor control"
         details.append(f"{field}: {text}")
