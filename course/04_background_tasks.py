@@ -367,7 +367,7 @@ print(f"rows with a latency and token counts: {complete}")
 # `sqlite3` connection opened once, with the thread check turned off. The task records what it
 # raised, so that the errors are counted here instead of in the server's log:
 
-# %%
+# %% tags=["drains-on-interrupt"]
 SHARED_DB = audit_file(os.path.join(workdir.name, "shared.sqlite3"))
 shared_db = sqlite3.connect(SHARED_DB, check_same_thread=False)  # ✗ one connection, 40 threads
 task_errors: list[str] = []

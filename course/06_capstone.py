@@ -302,7 +302,7 @@ print(
 # (0.2 s here), then gets **503** with `Retry-After` at once, instead of queueing until a
 # slow call ends: the service sheds load it cannot serve soon.
 
-# %%
+# %% tags=["drains-on-interrupt"]
 import asyncio
 
 full_app = create_app(audit_path=fresh_audit("full.sqlite3"), slot_wait=0.2)

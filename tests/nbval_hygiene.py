@@ -57,7 +57,8 @@ LONG_CELL = 1.0
 #: The notebooks learners open; their solutions are in `solutions/`, under the same names.
 LESSON = re.compile(r"^[0-9][0-9]_.*\.ipynb$")
 #: The tag of a cell whose work left after ■ is a shutdown the lesson teaches to wait for (a
-#: server draining its background tasks): interrupted, it must end, but not necessarily early.
+#: server finishing its requests in flight, or the writes its worker threads are doing, which
+#: no interrupt can stop): interrupted, it must end, but not necessarily early.
 DRAINS = "drains-on-interrupt"
 #: A repeated cell runs up to three times: pytest-timeout's limit (pyproject) is for one.
 REPEATED_CELL_TIMEOUT = 360
