@@ -39,6 +39,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import contextmanager
 from typing import Any, ClassVar, Self, Unpack
 from urllib.parse import unquote
 
@@ -50,7 +51,7 @@ from respx.models import PassThrough
 from respx.patterns import parse_url
 
 from ..guard import NetworkGuard
-from ..network import NetworkBlockedError, client_kind, is_loopback
+from ..network import NetworkBlockedError, check_port, client_kind, is_loopback
 from ..switch import Switch
 from .addresses import origin, origin_and_path
 from .core import Answer, Upstream
@@ -111,7 +112,7 @@ def _register_httpcore2_mocker() -> None:
 
             async def handle_async_request(self: Any, request: httpcore2.Request) -> Any:
                 first = cls.routers[0] if cls.routers else None
-                if isinstance(first, MockUpstream):
+                if isinstance(first, MockUpstream) and first.tunnel_port is None:
                     answered = await first._answer_httpcore2(request)
                     if answered is not None:
                         return answered
@@ -124,6 +125,9 @@ def _register_httpcore2_mocker() -> None:
             # respx parses the URL afresh for every request; the lab sends the same few URLs
             # over and over, so remember them (this is most of the mock's cost per call).
             request = kwargs["request"]
+            first = cls.routers[0] if cls.routers else None
+            if isinstance(first, MockUpstream) and first.tunnel_port is not None:
+                first._send_through_tunnel(request)
             url = request.url
             return httpx.Request(
                 request.method.decode("ascii"),
@@ -254,10 +258,48 @@ class MockUpstream(Upstream, Switch):
         self._bases: tuple[tuple[str, str], ...] = ()
         self._mockers: list[type[Mocker]] = []
         self._guard: NetworkGuard | None = None
+        self._tunnel_port: int | None = None
 
     @property
     def active(self) -> bool:
         return bool(self._mockers)
+
+    @property
+    def tunnel_port(self) -> int | None:
+        """The loopback port the API's requests go to while `tunnel()` is on, else None."""
+        return self._tunnel_port
+
+    @contextmanager
+    def tunnel(self, port: int) -> Iterator[None]:
+        """Inside the block, send the requests this mock would answer over real TCP to
+        `http://127.0.0.1:<port>/v1/…` instead (a `FakeServer`'s port), through each client's
+        own connection pool.
+
+        In process the mock answers inside the connection pool, so what only a pool does never
+        happens: `httpx2.Limits(max_connections=5)` bounds nothing, and a connection used from
+        two event loops never breaks. Through the tunnel, clients built before the block (a
+        learner's app, say) open, reuse and share real connections, unchanged."""
+        if not self.active:
+            raise RuntimeError("the mock is not running: start() it before tunnel()")
+        port = check_port(port)
+        if port == 0 or self._tunnel_port is not None:
+            raise ValueError(f"tunnel() needs a server's port (and is not reentrant); got {port}")
+        self._tunnel_port = port
+        try:
+            yield
+        finally:
+            self._tunnel_port = None
+
+    def _send_through_tunnel(self, request: httpcore2.Request) -> None:
+        """Point `request`, if it is for this mock's API, at the tunnel's loopback port."""
+        url, port = request.url, self._tunnel_port
+        path = unquote(url.target.split(b"?", 1)[0].decode("ascii"))
+        endpoint = self._endpoint(origin(url.scheme.decode(), url.host.decode(), url.port), path)
+        if endpoint is None or port is None:
+            return
+        query = url.target.partition(b"?")[1:]
+        target = b"/v1/" + endpoint.encode() + b"".join(query)
+        request.url = httpcore2.URL(scheme=b"http", host=b"127.0.0.1", port=port, target=target)
 
     @property
     def base_urls(self) -> tuple[str, ...]:

@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from .engine import Mutation, Operator
@@ -226,10 +225,6 @@ class _Limiter(_Gate):
             functools.partial(fn, *args, **kwargs), limiter=self.gate
         )
 
-    def sync(self, call: Callable[[], Any]) -> Any:
-        # A def endpoint runs in anyio's worker thread: hand the call back through the limiter.
-        return anyio.from_thread.run(self.thread, call)
-
 
 class _ThreadingLock:
     """One `threading.Lock` around every call: serialises threads, deadlocks the loop."""
@@ -265,6 +260,10 @@ class _OneThreadExecutor:
 
 class _Sync(CallSites):
     sites = frozenset({"sync", "thread"})
+
+
+class _AwaitedOrHandedOff(CallSites):
+    sites = frozenset({"awaitable", "thread"})
 
 
 class _Everywhere(CallSites):
@@ -522,7 +521,7 @@ ONE_THREAD_EXECUTOR = Operator(
 CAPACITY_LIMITER_ONE = Operator(
     "capacity_limiter_one",
     ("concurrency_limited",),
-    _Everywhere,
+    _AwaitedOrHandedOff,
     _Limiter,
     "anyio.CapacityLimiter(1) around every call, or as the thread handoff's limiter",
 )
