@@ -185,10 +185,12 @@ lab.plot_timeline(
 #
 # Below, the same scenario with controls: how many requests, how slow each upstream call is, the
 # client (sync `OpenAI` in `async def`, or `AsyncOpenAI` awaited), and a shared
-# `asyncio.Semaphore` (0: none). Before each change, say what the timeline will look like: a
-# staircase or a block, and how wide. Each change runs the scenario again, offline (a small
-# FastAPI app, the real SDK, the simulated upstream; about a second), and redraws it. Try more
-# requests with the sync client; then the async client with a semaphore of 5.
+# `asyncio.Semaphore` (0: none; with the sync client it changes nothing, since no second request
+# runs while one holds the loop, and the explorer says so). Before each change, say what the
+# timeline will look like: a staircase or a block, and how wide. Each change runs the scenario
+# again, offline (a small FastAPI app, the real SDK, the simulated upstream; about a second),
+# and redraws it. Try more requests with the sync client; then the async client with a
+# semaphore of 5.
 
 # %%
 explore(requests=10, latency=0.05, client="sync")
@@ -269,11 +271,20 @@ async with lab.asgi_client(threaded_app) as client, lab.loop_lag() as lag:
     threaded_run = await lab.fire(client, "POST", "/chat", json=body, n=N)
 print(threaded_run.summary(latency=LATENCY))
 print(lag)
+print("most calls in flight at once:", upstream.stats.max_in_flight > N // 2)
 
 # %% [markdown]
-# Also close to 1 × latency (starting the worker threads costs a little). But threads are a
-# limited resource: FastAPI's pool has **40** worker threads by default. Send 100 requests, and
-# they run in waves of 40.
+# The upstream's count is the one to read: the calls were in flight together, as with the async
+# client. The wall time is a few latencies, though, not 1 ×, and the loop-lag monitor reports
+# some blocked time, more or less on every run: nothing of ours blocks the loop, but 20 worker
+# threads run the SDK's Python code (building each request, parsing each reply), and only one
+# thread runs Python at a time (CPython's GIL). The event loop's thread waits for its turn among
+# them, and so does each worker; starting up to 20 new threads adds more. How much depends on
+# the machine and its load, so these two numbers change from run to run; the calls in flight
+# do not.
+#
+# Threads are also a limited resource: FastAPI's pool has **40** worker threads by default.
+# Send 100 requests, and they run in waves of 40.
 
 # %%
 import anyio.to_thread

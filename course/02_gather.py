@@ -409,9 +409,12 @@ for result in results:
 
 # %% [markdown]
 # **The SDK's own `timeout=`** (on the client, or per call with `client.with_options(...)`)
-# bounds each HTTP request and raises `openai.APITimeoutError`. Mind the retries: the SDK
-# retries timeouts too, so with the default `max_retries=2` the caller may wait about three
-# timeouts plus the backoff. `asyncio.timeout` bounds the total, retries included.
+# raises `openai.APITimeoutError`. It is not a deadline for the call: the HTTP client's
+# `Timeout` bounds each *operation* of a request on its own (connecting, waiting for a free
+# connection in the pool, sending the request, and each read of the answer). An answer that is
+# slow to start times out, as here; mind the retries too: the SDK retries timeouts, so with the
+# default `max_retries=2` the caller may wait about three timeouts plus the backoff.
+# `asyncio.timeout` bounds the total, retries included.
 
 # %%
 with upstream.configured(faults=ONE_HANGS):
@@ -427,11 +430,33 @@ with upstream.configured(faults=ONE_HANGS):
 print(upstream.stats)
 
 # %% [markdown]
+# An answer that keeps sending never times out, however long it takes in all: each read waits
+# less than the timeout. Here a streamed answer takes about 3 × `BOUND`, with `timeout=BOUND` and
+# no retries:
+
+# %%
+with upstream.configured(latency=3 * BOUND):
+    start = time.perf_counter()
+    chunks = 0
+    stream = await strict_client.with_options(timeout=BOUND).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": f"Summarize: {LONG_REVIEW}"}],
+        stream=True,
+    )
+    async with stream:
+        async for _ in stream:
+            chunks += 1
+    streamed = time.perf_counter() - start
+print(f"{chunks} chunks in {streamed:.2f} s ≈ {streamed / BOUND:.1f}× the timeout, no timeout")
+
+# %% [markdown]
 # | Bound | Raises | Covers |
 # |---|---|---|
 # | `async with asyncio.timeout(s)` | `TimeoutError` | the whole block, retries included |
 # | `asyncio.wait_for(aw, s)` | `TimeoutError` | one awaitable |
-# | `AsyncOpenAI(timeout=s)`, `.with_options(timeout=s)` | `openai.APITimeoutError` | each attempt |
+# | `AsyncOpenAI(timeout=s)`, `.with_options(timeout=s)` | `openai.APITimeoutError` | every step |
+#
+# (A step: connecting, waiting for a pooled connection, sending, or one read, in each attempt.)
 #
 # ## Inside an endpoint
 #
@@ -549,7 +574,8 @@ await lab.checks.check_parallel_fanout(analyze_all)
 #   still run). Catch inside each task, or use `return_exceptions=True`, to keep them.
 # * `asyncio.TaskGroup` is all or nothing: the first failure cancels the rest.
 # * Bound slow calls: `asyncio.timeout` / `wait_for` (→ `TimeoutError`, retries included) or the
-#   SDK's `timeout=` (→ `openai.APITimeoutError`, per attempt).
+#   SDK's `timeout=` (→ `openai.APITimeoutError`, per operation of each attempt: a stream that
+#   keeps sending never times out).
 # * The SDK retries 429/5xx/timeouts twice by default: good for blips, slow for real failures.
 #
 # Next: **03 · semaphore** — 100 calls at once meet a rate limit.

@@ -188,6 +188,15 @@ lab.plot_in_flight(bounded_stats, limit=LIMIT, title="Semaphore(5): calls in fli
 explore(requests=20, latency=0.05, bound=LIMIT, upstream_limit=LIMIT)
 
 # %% [markdown]
+# At 6, one permit above the limit, you may expect one refused call. Most of the 20 are refused
+# (about 15): the 6th call gets a 429 at once (this explorer's client does not retry), and a
+# refused call gives its permit back at once, so the next waiting request takes it, is refused
+# too, and so on down the queue, all while the first 5 calls are still running. A bound above
+# the limit does not cost one call: it turns every wait into a refusal. With the sync client
+# the semaphore changes nothing at all: each request blocks the loop until its call is done, so
+# no request ever finds the semaphore taken. The explorer says both under its figure.
+
+# %% [markdown]
 # ## A progress bar
 #
 # A long batch deserves a progress bar. tqdm draws one; tick it as each task finishes (a done
@@ -230,8 +239,8 @@ print(upstream.stats)
 # %% [markdown]
 # ## Where the semaphore lives matters
 #
-# **A semaphore created per call bounds nothing.** Each call takes the only permit of its own,
-# brand-new semaphore, so nothing ever waits:
+# **A semaphore created per call bounds nothing.** Each call makes its own, brand-new
+# `Semaphore(5)` and is its only user: one of its 5 permits is always free, so nothing ever waits:
 
 
 # %%

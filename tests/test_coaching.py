@@ -391,3 +391,22 @@ def test_a_check_result_in_a_notebook_climbs_the_ladder(fresh_ladder: hints.Hint
     assert "Hint: Use AsyncOpenAI and await the call." in pretty(first)
     assert "Fill in the blanks" not in pretty(first)
     assert "Fill in the blanks" in pretty(second)
+
+
+def test_the_explorers_edge_cases_say_what_happens() -> None:
+    """A semaphore with the sync client does nothing; one permit above the upstream's limit
+    lets a 429 free its permit at once, so the waiting requests are refused one after another."""
+    sync_note = Scenario(requests=5, client="sync", bound=2).note()
+    assert sync_note is not None and "changes nothing" in sync_note
+    drain = Scenario(requests=20, bound=6, upstream_limit=5).note()
+    assert drain is not None and "gives its permit back at once" in drain
+    assert Scenario(requests=20, bound=5, upstream_limit=5).note() is None
+    assert Scenario(requests=20, client="async", bound=3).note() is None
+
+
+@pytest.mark.usefixtures("offline_lab")
+def test_one_permit_over_the_limit_refuses_most_requests() -> None:
+    """The drain the note explains, measured: Semaphore(6) against a limit of 5."""
+    run = run_scenario(Scenario(requests=20, latency=0.1, bound=6, upstream_limit=5))
+    refused = run.report.status_counts.get(429, 0)
+    assert refused >= 8, run.report.status_counts  # 15 on an idle machine

@@ -93,20 +93,20 @@ def test_not_applicable_is_reported_and_skipped_never_refused() -> None:
     assert not helper_only.applicable and "helper" in helper_only.reason
     item = Item()
     with pytest.raises(pytest.skip.Exception, match="not applicable"):
-        judge(made, item, lambda build: Verdict(False, "concurrency_limited"))  # type: ignore[arg-type]
+        judge(made, item, lambda build: Verdict(False, "concurrency_limited"))
     ((key, value),) = item.user_properties
-    assert key == PROPERTY and json.loads(value)["applicable"] is False
+    assert key == PROPERTY and json.loads(str(value))["applicable"] is False
 
 
 def test_judge_fails_an_accepted_mutant_and_a_wrong_cause() -> None:
     made = mutant(ex01_async_endpoint, "lifespan_client_in_app_state", ASYNCIO_LOCK)
     with pytest.raises(AssertionError, match="was accepted"):
-        judge(made, Item(), lambda build: Verdict(True, "ok"))  # type: ignore[arg-type]
+        judge(made, Item(), lambda build: Verdict(True, "ok"))
     with pytest.raises(AssertionError, match="expected one of"):
-        judge(made, Item(), lambda build: Verdict(False, "bad_reply"))  # type: ignore[arg-type]
+        judge(made, Item(), lambda build: Verdict(False, "bad_reply"))
     item = Item()
-    judge(made, item, lambda build: Verdict(False, "concurrency_limited"))  # type: ignore[arg-type]
-    assert json.loads(item.user_properties[0][1])["cause"] == "concurrency_limited"
+    judge(made, item, lambda build: Verdict(False, "concurrency_limited"))
+    assert json.loads(str(item.user_properties[0][1]))["cause"] == "concurrency_limited"
 
 
 def test_mutants_are_params_with_answer_operator_ids() -> None:

@@ -1,5 +1,24 @@
 """Checker for notebook 03: a batch that never has more calls in flight than the upstream allows.
 
+The lesson's invariants, measured for any answer; the verdict is their conjunction, the cause
+(`CheckResult.cause`) the first one that failed, the hint its fix:
+
+1. The function can be run and returns one summary per text, each the upstream's own reply to
+   that text (compared with the prompts and replies the upstream recorded), in order.
+2. The event loop is never blocked for long (its longest block, watched in every run, measured
+   twice before it counts: "blocked_loop").
+3. Never more than `limit` calls in flight at the upstream, judged where a bound can act: in
+   process first, and, when that saw more, again with the upstream over real TCP, where a
+   connection pool bounds calls too (`httpx2.Limits(max_connections=limit)`, as the lesson's
+   table lists, is a bound: the in-process mock answers inside the pool, so only real
+   connections show it).
+4. Exactly `limit` in flight, a new call starting as soon as one ends (not fewer, not waves).
+5. The same function works with the upstream over real TCP, twice in a row ("fails_over_tcp":
+   connections made in one event loop cannot be used from another, so `asyncio.run` per call in
+   worker threads fails there with "Event loop is closed").
+
+A call that failed because the shared client had been closed is "client_closed".
+
 Its causes (`CheckResult.cause`):
 
 * "ok" — exactly `limit` calls in flight, a new one starting as soon as one ends, every summary
@@ -7,6 +26,7 @@ Its causes (`CheckResult.cause`):
 * "offline_only" — live mode: the check needs the offline upstream to set a rate limit;
 * "threading_primitive" / "blocked_loop" / "timed_out" — the watchdog had to stop the function
   (a `threading.Semaphore` blocks the event loop while it waits), or it never finished;
+  "blocked_loop" is also invariant 2's cause (blocked long, twice, but never stopped);
 * "not_async", "not_awaited", "nested_event_loop", "crashed", "missing_return",
   "wrong_count", "wrong_order", "wrong_summary" — what it returned is not one summary per text,
   in order;
@@ -41,6 +61,7 @@ from .._text import shorten
 from ..upstream import RateLimit, UpstreamStats
 from ..validation import check_int
 from ._common import caught_warnings, stopped_by_watchdog
+from ._invariants import Measured, Watch, loop_blocked, over_tcp
 from ._scenario import (
     Outcome,
     describe_error,
@@ -81,6 +102,8 @@ Cause = Literal[
     "sequential",
     "bound_below_limit",
     "waves",
+    "client_closed",
+    "fails_over_tcp",
 ]
 CAUSES: Final[tuple[str, ...]] = get_args(Cause)
 
@@ -91,6 +114,9 @@ NO_RETRY_AFTER: Final = 600.0
 JITTER: Final = 0.5
 """The spread of call durations in the first run, as a fraction of the latency: with calls of
 unequal length, a semaphore starts the next call as soon as any one ends, waves do not."""
+
+CLOSED_CLIENT: Final = "client has been closed"
+"""What httpx(2) says when a closed client is asked to send a request."""
 
 BatchFunction = Callable[[list[str]], Awaitable[Any]]
 
@@ -120,6 +146,13 @@ class _Runs:
     returned_unawaited: bool
     refused: Outcome | None = None
     refused_stats: UpstreamStats | None = None
+    blocked: tuple[Measured, Measured] | None = None
+    """The first run's measure and its repetition's, when the loop was blocked long in both."""
+    tcp_problem: tuple[Cause, str, str] | None = None
+    """What went wrong in two more runs with the upstream over real TCP (invariant 5)."""
+    over_tcp: bool = False
+    """Whether `free` and `stats` are from the run over real TCP (in process saw more than
+    `limit` in flight, but real connections were bounded: a connection pool's limit)."""
 
 
 @recorded(notebook="03_semaphore", fn=an_async_function)
@@ -157,20 +190,69 @@ async def check_bounded_batch(fn: BatchFunction, limit: int = 5) -> CheckResult:
     async def runs() -> _Runs:
         with caught_warnings():  # what the learner's code leaves behind is judged, not printed
             try:
-                with scripted(upstream, jitter=JITTER * latency), watched_semaphores() as use:
-                    free = await run_learner_code(fn, texts, time_limit=time_limit)
-                    stats = upstream.stats
-                unawaited = await settle_unawaited(free.value)
-                if stats.max_in_flight <= limit:
-                    return _Runs(free, stats, use, unawaited)
-                limited = RateLimit(max_concurrent=limit, retry_after=NO_RETRY_AFTER)
-                with scripted(upstream, rate_limit=limited):
-                    refused = await run_learner_code(fn, texts, time_limit=time_limit)
-                    refused_stats = upstream.stats
-                await settle_unawaited(refused.value)
-                return _Runs(free, stats, use, unawaited, refused, refused_stats)
+                return await _runs()
             finally:
                 gc.collect()
+
+    async def free_run(use_tcp: bool) -> tuple[Outcome, Measured]:
+        with scripted(upstream, jitter=JITTER * latency):
+            if not use_tcp:
+                async with Watch(upstream) as watch:
+                    free = await run_learner_code(fn, texts, time_limit=time_limit)
+                return free, watch.measured
+            with over_tcp(upstream) as server:
+                async with Watch(server) as watch:
+                    free = await run_learner_code(fn, texts, time_limit=time_limit)
+                return free, watch.measured
+
+    async def tcp_runs() -> tuple[Cause, str, str] | None:
+        for attempt in ("first", "second"):
+            outcome, measured = await free_run(use_tcp=True)
+            unawaited = await settle_unawaited(outcome.value)
+            assert measured.stats is not None  # a FakeServer always counts
+            problem = _result_problem(outcome, unawaited, name, texts, measured.stats)
+            if problem is not None:
+                return _over_tcp_problem(problem, attempt)
+        return None
+
+    async def _runs() -> _Runs:
+        with watched_semaphores() as use:
+            free, measured = await free_run(use_tcp=False)
+        stats = measured.stats or upstream.stats
+        unawaited = await settle_unawaited(free.value)
+        blocked = None
+        if loop_blocked(measured, latency):
+            # A busy machine can stall the loop once; the answer's own block comes back.
+            again_free, again = await free_run(use_tcp=False)
+            await settle_unawaited(again_free.value)
+            blocked = (measured, again) if loop_blocked(again, latency) else None
+        if free.error is not None or unawaited or blocked is not None:
+            return _Runs(free, stats, use, unawaited, blocked=blocked)
+        if stats.max_in_flight <= limit:
+            tcp_problem = await tcp_runs()
+            return _Runs(free, stats, use, unawaited, blocked=blocked, tcp_problem=tcp_problem)
+        tcp_free, tcp = await free_run(use_tcp=True)
+        tcp_unawaited = await settle_unawaited(tcp_free.value)
+        assert tcp.stats is not None  # a FakeServer always counts
+        if tcp_free.error is not None:  # it ran in process, and fails over real connections
+            problem = _result_problem(tcp_free, tcp_unawaited, name, texts, tcp.stats)
+            if problem is not None:
+                return _Runs(
+                    free,
+                    stats,
+                    use,
+                    unawaited,
+                    blocked=blocked,
+                    tcp_problem=_over_tcp_problem(problem, "first"),
+                )
+        if 0 < tcp.stats.max_in_flight <= limit:
+            return _Runs(tcp_free, tcp.stats, use, tcp_unawaited, blocked=blocked, over_tcp=True)
+        limited = RateLimit(max_concurrent=limit, retry_after=NO_RETRY_AFTER)
+        with scripted(upstream, rate_limit=limited):
+            refused = await run_learner_code(fn, texts, time_limit=time_limit)
+            refused_stats = upstream.stats
+        await settle_unawaited(refused.value)
+        return _Runs(free, stats, use, unawaited, refused, refused_stats, blocked)
 
     outcome = await guarded(runs(), block_limit=1.0 + 10 * latency, time_limit=3 * time_limit)
     if outcome.stopped or outcome.value is None:
@@ -198,12 +280,33 @@ def _verdict(runs: _Runs, texts: list[str], limit: int, latency: float, name: st
             hint=hint,
         )
 
+    if runs.over_tcp:
+        evidence.append(
+            f"In process the upstream saw more than {limit} calls at once, but its answers "
+            "there skip the client's connection pool; with the upstream over real TCP, at "
+            f"most {peak} were in flight: the pool's connections bound them."
+        )
+    problem = _result_problem(runs.free, runs.returned_unawaited, name, texts, runs.stats)
+    if problem is not None and runs.refused is None:
+        return fail(*problem)
+    if runs.blocked is not None:
+        first, again = runs.blocked
+        evidence.append(
+            f"The event loop's longest block was {first.longest:.2f} s, and "
+            f"{again.longest:.2f} s when measured again ({again.blocked:.2f} s blocked in all)."
+        )
+        return fail(
+            "blocked_loop",
+            f"the event loop was blocked for {first.longest:.2f} s at a time while {name} ran.",
+            "inside `async def`, wait with `await` (`asyncio.Semaphore`, `asyncio.sleep`), never "
+            "with `time.sleep` or a threading primitive; run unavoidable blocking code with "
+            "`await asyncio.to_thread(...)`.",
+        )
+    if runs.tcp_problem is not None:
+        return fail(*runs.tcp_problem)
     if runs.refused is not None and runs.refused_stats is not None:
         evidence.append(_rate_limited(runs.refused, runs.refused_stats, limit, name))
         return fail(*_over_the_limit(runs.semaphores, peak, limit, len(texts)))
-    problem = _result_problem(runs.free, runs.returned_unawaited, name, texts, runs.stats)
-    if problem is not None:
-        return fail(*problem)
     if peak == 1:
         return fail(
             "sequential",
@@ -234,7 +337,8 @@ def _verdict(runs: _Runs, texts: list[str], limit: int, latency: float, name: st
         )
     evidence.append(
         f"With the limit on (at most {limit} in flight), the upstream would refuse nothing: "
-        "0 × 429. The summaries came back in the texts' order."
+        "0 × 429. The summaries came back in the texts' order, in process and in two runs "
+        "with the upstream over real TCP."
     )
     return CheckResult(
         exercise=EXERCISE,
@@ -243,6 +347,21 @@ def _verdict(runs: _Runs, texts: list[str], limit: int, latency: float, name: st
         summary=f"on this check's {len(texts)} texts, exactly {limit} calls were in flight at a "
         "time, and every summary was in its place.",
         evidence=tuple(evidence),
+    )
+
+
+def _over_tcp_problem(problem: tuple[Cause, str, str], attempt: str) -> tuple[Cause, str, str]:
+    """Invariant 5's failure, from what went wrong in a run over real TCP ("client_closed"
+    stays itself: the closed client is the cause wherever it shows)."""
+    cause, what, _ = problem
+    if cause == "client_closed":
+        return problem
+    return (
+        "fails_over_tcp",
+        f"with the upstream over real TCP, the {attempt} run went wrong: {what}",
+        "call the shared client with `await`, from the running event loop: a new event loop "
+        "per call (`asyncio.run` in threads) makes connections that belong to a loop that is "
+        'closed before the next call ("Event loop is closed").',
     )
 
 
@@ -325,6 +444,13 @@ def _result_problem(
                 "timed_out",
                 f"{name} did not finish within {outcome.wall:.0f} s.",
                 "does it wait forever?",
+            )
+        if CLOSED_CLIENT in str(outcome.error):
+            return (
+                "client_closed",
+                f"{name} raised {describe_error(outcome.error).rstrip('.')}.",
+                "do not close the shared client after a call (`async with client:` closes it for "
+                "every other call too): create it once, and close it when you are done.",
             )
         if nested_loop(outcome.error):
             return (

@@ -84,6 +84,30 @@ class Scenario:
         limit = f", upstream allows {self.upstream_limit}" if self.upstream_limit else ""
         return f"{self.requests} requests · {self.latency:.2f} s each · {client} · {bound}{limit}"
 
+    def note(self) -> str | None:
+        """What this scenario's timeline shows that the lessons would not lead one to expect;
+        None when nothing does. Shown under the figure, in the live widget and its text."""
+        if self.client == "sync" and self.bound:
+            return (
+                f"The Semaphore({self.bound}) changes nothing here: the sync client blocks the "
+                "event loop until its call is done, so no other request runs, and none ever "
+                "finds the semaphore taken."
+            )
+        limit = self.upstream_limit
+        if self.client == "sync" or not limit or self.requests <= limit:
+            return None
+        if self.bound is None:
+            return f"No semaphore: every call over the limit of {limit} gets a 429 at once."
+        if self.bound > limit:
+            return (
+                f"Semaphore({self.bound}) against a limit of {limit}: the call over the limit "
+                "gets a 429 at once (no retries here), and a refused call gives its permit back "
+                "at once, so the next waiting request takes it and is refused too, again and "
+                f"again while the first {limit} calls are still running: most requests beyond "
+                f"the first {limit} are refused."
+            )
+        return None
+
 
 @dataclass(frozen=True)
 class ScenarioRun:
@@ -254,10 +278,13 @@ class Explorer:
             return
         self.run, self.figure = run, run.figure()
         self.image.value = png_bytes(self.figure)
-        self.caption.value = html.escape(self.figure.summary)
+        note = self.scenario.note()
+        self.caption.value = html.escape(self.figure.summary + (f" {note}" if note else ""))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        note = self.scenario.note()
         text = f"Explorer: {self.scenario.describe()}. Move a control to run it again."
+        text += f" {note}" if note else ""
         return widget_bundle(self.widget, text, self.figure)
 
 

@@ -41,6 +41,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import contextmanager
 from typing import Any, Self, Unpack
 from urllib.parse import unquote
 
@@ -51,7 +52,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..guard import NetworkGuard
-from ..network import NetworkBlockedError, client_kind
+from ..network import NetworkBlockedError, check_port, client_kind
 from ..switch import Switch
 from . import aiohttp_mock, pools
 from .addresses import origin, origin_and_path
@@ -212,10 +213,50 @@ class MockUpstream(Upstream, Switch):
         self._bases: tuple[tuple[str, str], ...] = ()
         self._intercepting = False
         self._guard: NetworkGuard | None = None
+        self._tunnel_port: int | None = None
 
     @property
     def active(self) -> bool:
         return self._intercepting
+
+    @property
+    def tunnel_port(self) -> int | None:
+        """The loopback port the API's requests go to while `tunnel()` is on, else None."""
+        return self._tunnel_port
+
+    @contextmanager
+    def tunnel(self, port: int) -> Iterator[None]:
+        """Inside the block, send the requests this mock would answer over real TCP to
+        `http://127.0.0.1:<port>/v1/…` instead (a `FakeServer`'s port), through each client's
+        own connection pool.
+
+        In process the mock answers inside the connection pool, so what only a pool does never
+        happens: `httpx2.Limits(max_connections=5)` bounds nothing, and a connection used from
+        two event loops never breaks. Through the tunnel, clients built before the block (a
+        learner's app, say) open, reuse and share real connections, unchanged."""
+        if not self.active:
+            raise RuntimeError("the mock is not running: start() it before tunnel()")
+        port = check_port(port)
+        if port == 0 or self._tunnel_port is not None:
+            raise ValueError(f"tunnel() needs a server's port (and is not reentrant); got {port}")
+        self._tunnel_port = port
+        try:
+            yield
+        finally:
+            self._tunnel_port = None
+
+    def _through_tunnel(self, request: Any, endpoint: str) -> bool:
+        """While `tunnel()` is on, point a pool's `request` for this mock's API (at `endpoint`)
+        at the tunnel's loopback port, and say so: the pool then sends it over real TCP."""
+        port = self._tunnel_port
+        if port is None:
+            return False
+        url = request.url
+        query = url.target.partition(b"?")[1:]
+        target = b"/v1/" + endpoint.encode() + b"".join(query)
+        # httpcore's or httpcore2's URL, as the pool that sends it expects.
+        request.url = type(url)(scheme=b"http", host=b"127.0.0.1", port=port, target=target)
+        return True
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -288,7 +329,7 @@ class MockUpstream(Upstream, Switch):
         """The answer to a sync pool's request (httpcore or httpcore2, as `response` says) for
         one of this mock's API bases; None for any other URL."""
         endpoint = self._pool_endpoint(request)
-        if endpoint is None:
+        if endpoint is None or self._through_tunnel(request, endpoint):
             return None
         stream = request.stream
         assert isinstance(stream, Iterable)  # the sync pools' requests stream so
@@ -297,7 +338,7 @@ class MockUpstream(Upstream, Switch):
     async def _answer_async_pool_request(self, request: Any, response: type) -> Any:
         """`_answer_pool_request` for the async pools."""
         endpoint = self._pool_endpoint(request)
-        if endpoint is None:
+        if endpoint is None or self._through_tunnel(request, endpoint):
             return None
         stream = request.stream
         assert isinstance(stream, AsyncIterable)  # the async pools' requests stream so

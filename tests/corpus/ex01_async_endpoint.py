@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from openai import AsyncOpenAI, OpenAI
 from pydantic import BaseModel
@@ -267,6 +271,168 @@ def answer_time_sleep_sixty_seconds() -> FastAPI:
     return app
 
 
+def answer_def_endpoint_threading_lock() -> FastAPI:
+    """NOT YET, concurrency_limited: a `def` endpoint with a `threading.Lock` "for thread
+    safety" around the sync client: the threads take turns, one call at a time."""
+    client, app = OpenAI(), FastAPI()
+    lock = threading.Lock()
+
+    @app.post("/chat")
+    def chat(request: ChatRequest) -> dict[str, Any]:
+        with lock:
+            response = client.chat.completions.create(model=MODEL, messages=messages(request))
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_one_thread_executor() -> FastAPI:
+    """NOT YET, concurrency_limited: the sync client in a one-thread executor "so it is never
+    used from two threads": every request queues for the single thread."""
+    client, app = OpenAI(), FastAPI()
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(
+            pool,
+            functools.partial(
+                client.chat.completions.create, model=MODEL, messages=messages(request)
+            ),
+        )
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_anyio_capacity_limiter_of_one() -> FastAPI:
+    """NOT YET, concurrency_limited: `anyio.to_thread.run_sync` with a `CapacityLimiter(1)`."""
+    client, app = OpenAI(), FastAPI()
+    limiter = anyio.CapacityLimiter(1)
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        call = functools.partial(
+            client.chat.completions.create, model=MODEL, messages=messages(request)
+        )
+        response = await anyio.to_thread.run_sync(call, limiter=limiter)
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_fire_and_forget_with_a_receipt() -> FastAPI:
+    """NOT YET, wrong_reply: the call started as a task nobody keeps, a receipt returned at once."""
+    client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        asyncio.create_task(client.chat.completions.create(model=MODEL, messages=messages(request)))  # noqa: RUF006
+        return {"response": "Your ticket is being summarized."}
+
+    return app
+
+
+def answer_awaited_but_canned_reply() -> FastAPI:
+    """NOT YET, wrong_reply: the call is awaited, then a fixed text is returned."""
+    client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        await client.chat.completions.create(model=MODEL, messages=messages(request))
+        return {"response": "Summary ready."}
+
+    return app
+
+
+def answer_echoes_the_message() -> FastAPI:
+    """NOT YET, wrong_reply: the reply is the learner's own message, not the model's."""
+    client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        await client.chat.completions.create(model=MODEL, messages=messages(request))
+        return {"response": request.message}
+
+    return app
+
+
+def answer_last_reply_in_a_global() -> FastAPI:
+    """NOT YET, wrong_reply: each reply kept in a shared variable, read after the await: by then
+    another request has overwritten it."""
+    client, app = AsyncOpenAI(), FastAPI()
+    latest: dict[str, str] = {}
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        latest["reply"] = "pending"
+        response = await client.chat.completions.create(model=MODEL, messages=messages(request))
+        latest["reply"] = response.choices[0].message.content or ""
+        await asyncio.sleep(0.01)  # "let the log catch up"
+        return {"response": latest["reply"]}
+
+    return app
+
+
+def answer_async_with_the_shared_client() -> FastAPI:
+    """NOT YET, client_closed: `async with client:` inside the handler closes the shared client
+    when the first request's block ends; the next burst finds it closed."""
+    client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        async with client:
+            response = await client.chat.completions.create(model=MODEL, messages=messages(request))
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_close_in_finally() -> FastAPI:
+    """NOT YET, client_closed: "cleaning up" the shared client after each call."""
+    client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        try:
+            response = await client.chat.completions.create(model=MODEL, messages=messages(request))
+        finally:
+            await client.close()
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_def_endpoint_asyncio_run_on_a_shared_async_client() -> FastAPI:
+    """NOT YET, fails_over_tcp: a `def` endpoint running the shared `AsyncOpenAI` with
+    `asyncio.run` in each worker thread: a new loop per request for one connection pool."""
+    client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    def chat(request: ChatRequest) -> dict[str, Any]:
+        response = asyncio.run(
+            client.chat.completions.create(model=MODEL, messages=messages(request))
+        )
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_to_thread_asyncio_run() -> FastAPI:
+    """NOT YET, fails_over_tcp: `await asyncio.to_thread(asyncio.run, coroutine)` "to keep the
+    loop free"."""
+    client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        coroutine = client.chat.completions.create(model=MODEL, messages=messages(request))
+        response = await asyncio.to_thread(asyncio.run, coroutine)
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
 # -- right -------------------------------------------------------------------------------------
 
 
@@ -344,6 +510,132 @@ def answer_client_from_a_dependency_with_options() -> FastAPI:
         client: AsyncOpenAI = Depends(shared_client),  # noqa: B008 -- FastAPI's own idiom
     ) -> dict[str, Any]:
         response = await client.with_options(timeout=30).chat.completions.create(
+            model=MODEL, messages=messages(request)
+        )
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_solution_as_in_the_notebook() -> FastAPI:
+    """PASSED, ok: the notebook's solution: a module-level `AsyncOpenAI`, awaited."""
+    ticket_client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def summarize_ticket(request: ChatRequest) -> dict[str, Any]:
+        response = await ticket_client.chat.completions.create(
+            model=MODEL, messages=messages(request)
+        )
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_lifespan_state_dict() -> FastAPI:
+    """PASSED, ok: the lifespan yields `{"client": …}`, read back as `request.state.client`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AsyncOpenAI]]:
+        async with AsyncOpenAI() as client:
+            yield {"client": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest, http: Request) -> dict[str, Any]:
+        response = await http.state.client.chat.completions.create(
+            model=MODEL, messages=messages(request)
+        )
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_wait_for_with_a_timeout() -> FastAPI:
+    """PASSED, ok: the awaited call bounded by `asyncio.wait_for(..., timeout=30)`."""
+    client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        response = await asyncio.wait_for(
+            client.chat.completions.create(model=MODEL, messages=messages(request)), timeout=30
+        )
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_model_dump_and_router() -> FastAPI:
+    """PASSED, ok: an `APIRouter`, and the reply read from `response.model_dump()`."""
+    client, router = AsyncOpenAI(), APIRouter()
+
+    @router.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        response = await client.chat.completions.create(model=MODEL, messages=messages(request))
+        return {"response": response.model_dump()["choices"][0]["message"]["content"]}
+
+    app = FastAPI()
+    app.include_router(router)
+    return app
+
+
+def answer_task_awaited() -> FastAPI:
+    """PASSED, ok: the call started as a task and awaited in the same request."""
+    client, app = AsyncOpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        task = asyncio.create_task(
+            client.chat.completions.create(model=MODEL, messages=messages(request))
+        )
+        response = await task
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_run_in_executor_default_pool() -> FastAPI:
+    """PASSED, ok: the sync client in the loop's default executor (`run_in_executor(None, …)`)."""
+    client, app = OpenAI(), FastAPI()
+
+    @app.post("/chat")
+    async def chat(request: ChatRequest) -> dict[str, Any]:
+        call = functools.partial(
+            client.chat.completions.create, model=MODEL, messages=messages(request)
+        )
+        response = await asyncio.get_running_loop().run_in_executor(None, call)
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_yield_dependency_shared_client() -> FastAPI:
+    """PASSED, ok: an async-generator dependency that yields the one shared client (and closes
+    nothing)."""
+    shared, app = AsyncOpenAI(), FastAPI()
+
+    async def get_client() -> AsyncIterator[AsyncOpenAI]:
+        yield shared
+
+    @app.post("/chat")
+    async def chat(
+        request: ChatRequest,
+        client: AsyncOpenAI = Depends(get_client),  # noqa: B008 -- FastAPI's own idiom
+    ) -> dict[str, Any]:
+        response = await client.chat.completions.create(model=MODEL, messages=messages(request))
+        return {"response": response.choices[0].message.content}
+
+    return app
+
+
+def answer_def_endpoint_thread_safe_sync_client_with_timeout() -> FastAPI:
+    """PASSED, ok: a `def` endpoint, the sync client shared without a lock (it is thread-safe),
+    with a per-call timeout."""
+    client, app = OpenAI(timeout=30.0), FastAPI()
+
+    @app.post("/chat")
+    def chat(request: ChatRequest) -> dict[str, Any]:
+        response = client.with_options(timeout=20.0).chat.completions.create(
             model=MODEL, messages=messages(request)
         )
         return {"response": response.choices[0].message.content}

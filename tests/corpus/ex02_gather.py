@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, OpenAI
 
 FanOut = Callable[[list[str]], Awaitable[Any]]
 Summarize = Callable[[str], Coroutine[Any, Any, str]]
@@ -317,6 +318,163 @@ def answer_error_text_for_success() -> FanOut:
     return analyze_all
 
 
+def answer_time_sleep_backoff() -> FanOut:
+    """NOT YET, blocked_loop: a retry with a `time.sleep` backoff inside `async def`: each
+    failure holds the whole event loop."""
+    summarize = summarizer()
+
+    async def one(text: str) -> dict[str, Any]:
+        for attempt in range(3):
+            try:
+                return entry(text, await summarize(text))
+            except openai.APIStatusError as exc:
+                if attempt == 2:
+                    return entry(text, error=exc.message)
+                time.sleep(0.3)
+        raise AssertionError("unreachable")
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return analyze_all
+
+
+def answer_threads_each_running_asyncio_run() -> FanOut:
+    """NOT YET, fails_over_tcp: each text in a worker thread running `asyncio.run` on the shared
+    async client: every call gets a new event loop, the connections outlive it."""
+    summarize = summarizer()
+
+    def one_in_a_thread(text: str) -> dict[str, Any]:
+        try:
+            return entry(text, asyncio.run(summarize(text)))
+        except Exception as exc:
+            return entry(text, error=repr(exc))
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(asyncio.to_thread(one_in_a_thread, t) for t in texts))
+
+    return analyze_all
+
+
+def answer_gather_used_without_await() -> FanOut:
+    """NOT YET, not_awaited: `replies = asyncio.gather(...)` without `await`, then zipped."""
+    summarize = summarizer()
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        replies = asyncio.gather(*(summarize(t) for t in texts), return_exceptions=True)
+        return [
+            entry(t, error=str(r)) if isinstance(r, Exception) else entry(t, r)  # type: ignore[arg-type]
+            for t, r in zip(texts, replies, strict=False)  # the mistake: a future, not a list
+        ]
+
+    return analyze_all
+
+
+def answer_canned_summary() -> FanOut:
+    """NOT YET, wrong_summary: the calls are made, but every summary is the same fixed text."""
+    summarize = summarizer()
+
+    async def one(text: str) -> dict[str, Any]:
+        try:
+            await summarize(text)
+            return entry(text, "Summary generated.")
+        except openai.OpenAIError as exc:
+            return entry(text, error=str(exc))
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return analyze_all
+
+
+def answer_newest_first() -> FanOut:
+    """NOT YET, wrong_order: results reversed "so the newest ticket comes first"."""
+    summarize = summarizer()
+
+    async def one(text: str) -> dict[str, Any]:
+        try:
+            return entry(text, await summarize(text))
+        except openai.OpenAIError as exc:
+            return entry(text, error=str(exc))
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(one(t) for t in texts))
+        return list(reversed(results))
+
+    return analyze_all
+
+
+def answer_semaphore_of_two_to_be_nice() -> FanOut:
+    """NOT YET, not_all_at_once: a `Semaphore(2)` "to be nice to the API": 2 at a time."""
+    summarize = summarizer()
+    slots = asyncio.Semaphore(2)
+
+    async def one(text: str) -> dict[str, Any]:
+        async with slots:
+            try:
+                return entry(text, await summarize(text))
+            except openai.OpenAIError as exc:
+                return entry(text, error=str(exc))
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return analyze_all
+
+
+def answer_failures_dropped() -> FanOut:
+    """NOT YET, wrong_count: failures skipped (`except: continue`), so a text loses its entry."""
+    summarize = summarizer()
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        replies = await asyncio.gather(*(summarize(t) for t in texts), return_exceptions=True)
+        results = []
+        for text, reply in zip(texts, replies, strict=True):
+            if isinstance(reply, BaseException):
+                continue
+            results.append(entry(text, reply))
+        return results
+
+    return analyze_all
+
+
+def answer_empty_summary_on_failure() -> FanOut:
+    """NOT YET, invented_summary: a failed text gets `"summary": ""`, not None."""
+    summarize = summarizer()
+
+    async def one(text: str) -> dict[str, Any]:
+        try:
+            return entry(text, await summarize(text))
+        except openai.OpenAIError as exc:
+            return {"text": text, "summary": "", "error": str(exc)}
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return analyze_all
+
+
+def answer_shared_client_closed_after_each_call() -> FanOut:
+    """NOT YET, client_closed: the shared client used as `async with client:` in each call."""
+    client = AsyncOpenAI()
+
+    async def one(text: str) -> dict[str, Any]:
+        try:
+            async with client:
+                response = await client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": f"Summarize in one sentence: {text}"}],
+                )
+            return entry(text, response.choices[0].message.content)
+        except openai.OpenAIError as exc:
+            return entry(text, error=str(exc))
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return analyze_all
+
+
 # -- right -------------------------------------------------------------------------------------
 
 
@@ -401,5 +559,118 @@ def answer_tasks_started_then_awaited_in_order() -> FanOut:
             except openai.APIStatusError as exc:
                 results.append({"summary": None, "error": exc.message})
         return results
+
+    return analyze_all
+
+
+def answer_solution_as_in_the_notebook() -> FanOut:
+    """PASSED, ok: the notebook's solution: `analyze_one` catches `openai.APIError`, `gather`."""
+    summarize = summarizer()
+
+    async def analyze_one(text: str) -> dict[str, Any]:
+        try:
+            return {"text": text, "summary": await summarize(text), "error": None}
+        except openai.APIError as exc:
+            return {"text": text, "summary": None, "error": f"{type(exc).__name__}: {exc.message}"}
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(analyze_one(text) for text in texts))
+
+    return analyze_all
+
+
+def answer_inline_client_call() -> FanOut:
+    """PASSED, ok: its own shared `AsyncOpenAI`, the call written inline in the per-text helper."""
+    client = AsyncOpenAI()
+
+    async def one(text: str) -> dict[str, Any]:
+        try:
+            response = await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"Summarize in one sentence: {text}"}],
+                max_tokens=50,
+            )
+        except openai.APIStatusError as exc:
+            return {"text": text, "summary": None, "error": f"HTTP {exc.status_code}"}
+        return {"text": text, "summary": response.choices[0].message.content, "error": None}
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*map(one, texts)))
+
+    return analyze_all
+
+
+def answer_sync_client_in_threads() -> FanOut:
+    """PASSED, ok: the sync client in worker threads (`asyncio.to_thread`), gathered."""
+    client = OpenAI()
+
+    def one(text: str) -> dict[str, Any]:
+        try:
+            response = client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"Summarize in one sentence: {text}"}],
+            )
+        except openai.OpenAIError as exc:
+            return entry(text, error=str(exc))
+        return entry(text, response.choices[0].message.content)
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(asyncio.to_thread(one, t) for t in texts))
+
+    return analyze_all
+
+
+def answer_async_backoff_retry() -> FanOut:
+    """PASSED, ok: two retries with `await asyncio.sleep` backoff, then an error entry."""
+    summarize = summarizer()
+
+    async def one(text: str) -> dict[str, Any]:
+        for attempt in range(3):
+            try:
+                return entry(text, await summarize(text))
+            except openai.APIStatusError as exc:
+                if attempt == 2:
+                    return entry(text, error=f"{exc.status_code}: {exc.message}")
+                await asyncio.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return analyze_all
+
+
+def answer_tasks_in_a_dict() -> FanOut:
+    """PASSED, ok: tasks kept in a dict by index, then read back in order."""
+    summarize = summarizer()
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        tasks = {i: asyncio.ensure_future(summarize(t)) for i, t in enumerate(texts)}
+        await asyncio.wait(tasks.values())
+        results = []
+        for i, text in enumerate(texts):
+            error = tasks[i].exception()
+            results.append(
+                entry(text, error=str(error)) if error else entry(text, tasks[i].result())
+            )
+        return results
+
+    return analyze_all
+
+
+def answer_generous_semaphore() -> FanOut:
+    """PASSED, ok: a `Semaphore(10)`: above the number of texts, so all run at once."""
+    summarize = summarizer()
+    slots = asyncio.Semaphore(10)
+
+    async def one(text: str) -> dict[str, Any]:
+        async with slots:
+            try:
+                return entry(text, await summarize(text))
+            except openai.OpenAIError as exc:
+                return entry(text, error=str(exc))
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(t) for t in texts))
 
     return analyze_all

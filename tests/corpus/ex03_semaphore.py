@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import anyio
+import httpx2
+import openai
 from openai import AsyncOpenAI
 
 Batch = Callable[[list[str]], Awaitable[Any]]
@@ -246,6 +250,103 @@ def answer_gather_not_awaited() -> Batch:
     return summarize_all
 
 
+def answer_time_sleep_pacing() -> Batch:
+    """NOT YET, blocked_loop: a shared `Semaphore(5)`, and `time.sleep` to "pace" each call."""
+    summarize = summarizer()
+    slots = asyncio.Semaphore(5)
+
+    async def one(text: str) -> str:
+        async with slots:
+            time.sleep(0.05)
+            return await summarize(text)
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return summarize_all
+
+
+def answer_pool_limit_above_the_limit() -> Batch:
+    """NOT YET, no_bound: `httpx2.Limits(max_connections=10)`: a real bound, but above 5."""
+    client = AsyncOpenAI(
+        http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(max_connections=10))
+    )
+
+    async def one(text: str) -> str:
+        response = await client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"Summarize in 5 words: {text}"}],
+            max_tokens=20,
+        )
+        return response.choices[0].message.content or ""
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return summarize_all
+
+
+def answer_semaphore_of_six() -> Batch:
+    """NOT YET, bound_above_limit: `Semaphore(6)`, one above the upstream's limit of 5."""
+    summarize = summarizer()
+    slots = asyncio.Semaphore(6)
+
+    async def one(text: str) -> str:
+        async with slots:
+            return await summarize(text)
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return summarize_all
+
+
+def answer_lock_instead_of_semaphore() -> Batch:
+    """NOT YET, sequential: an `asyncio.Lock` "for safety": one call at a time."""
+    summarize = summarizer()
+    lock = asyncio.Lock()
+
+    async def one(text: str) -> str:
+        async with lock:
+            return await summarize(text)
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return summarize_all
+
+
+def answer_canned_summaries() -> Batch:
+    """NOT YET, wrong_summary: bounded, but each summary replaced by a fixed placeholder."""
+    summarize = summarizer()
+    slots = asyncio.Semaphore(5)
+
+    async def one(text: str) -> str:
+        async with slots:
+            await summarize(text)
+            return "summary pending review"
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return summarize_all
+
+
+def answer_sorted_summaries() -> Batch:
+    """NOT YET, wrong_order: bounded, then `sorted()` "to make the output tidy"."""
+    summarize = summarizer()
+    slots = asyncio.Semaphore(5)
+
+    async def one(text: str) -> str:
+        async with slots:
+            return await summarize(text)
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return sorted(await asyncio.gather(*(one(t) for t in texts)))
+
+    return summarize_all
+
+
 # -- right -------------------------------------------------------------------------------------
 
 
@@ -335,5 +436,96 @@ def answer_as_completed_then_sorted() -> Batch:
         pending = [one(i, t) for i, t in enumerate(texts)]
         tagged = [await done for done in asyncio.as_completed(pending)]
         return [summary for _, summary in sorted(tagged)]
+
+    return summarize_all
+
+
+def answer_solution_as_in_the_notebook() -> Batch:
+    """PASSED, ok: the notebook's solution: a module-level `Semaphore(5)` around the call."""
+    summarize = summarizer()
+    summary_slots = asyncio.Semaphore(5)
+
+    async def summarize_bounded(text: str) -> str:
+        async with summary_slots:
+            return await summarize(text)
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return await asyncio.gather(*(summarize_bounded(text) for text in texts))
+
+    return summarize_all
+
+
+def answer_pool_limit_of_five() -> Batch:
+    """PASSED, ok: no semaphore: `httpx2.Limits(max_connections=5)` on the client, as the
+    lesson's table lists: the pool lets 5 requests out at a time."""
+    client = AsyncOpenAI(
+        http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(max_connections=5))
+    )
+
+    async def one(text: str) -> str:
+        response = await client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"Summarize in 5 words: {text}"}],
+            max_tokens=20,
+        )
+        return response.choices[0].message.content or ""
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return summarize_all
+
+
+def answer_inline_client_call_under_semaphore() -> Batch:
+    """PASSED, ok: its own client, the call written inline under a shared `Semaphore(5)`."""
+    client = AsyncOpenAI()
+    slots = asyncio.Semaphore(5)
+
+    async def one(text: str) -> str:
+        async with slots:
+            response = await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"Summarize in 5 words: {text}"}],
+                max_tokens=20,
+            )
+        return response.choices[0].message.content or ""
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return list(await asyncio.gather(*map(one, texts)))
+
+    return summarize_all
+
+
+def answer_capacity_limiter_of_five() -> Batch:
+    """PASSED, ok: an anyio `CapacityLimiter(5)` used as an async context manager."""
+    summarize = summarizer()
+    limiter = anyio.CapacityLimiter(5)
+
+    async def one(text: str) -> str:
+        async with limiter:
+            return await summarize(text)
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        return await asyncio.gather(*(one(t) for t in texts))
+
+    return summarize_all
+
+
+def answer_anyio_task_group_with_semaphore() -> Batch:
+    """PASSED, ok: an anyio task group filling a results list, bounded by `Semaphore(5)`."""
+    summarize = summarizer()
+
+    async def summarize_all(texts: list[str]) -> list[str]:
+        slots = asyncio.Semaphore(5)
+        results = [""] * len(texts)
+
+        async def one(index: int) -> None:
+            async with slots:
+                results[index] = await summarize(texts[index])
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(texts)):
+                group.start_soon(one, index)
+        return results
 
     return summarize_all

@@ -1,7 +1,7 @@
 """`python -m tests.mutation [test files...]`: judge the mutants and print the report.
 
 Runs only the mutant tests (`-k mutant`) of the checker test modules, in this process (no
-xdist: the machine is shared), with the report plugin loaded.
+xdist: the machine is shared); the root conftest.py loads the report plugin.
 """
 
 from __future__ import annotations
@@ -18,5 +18,5 @@ DEFAULT = (
 
 if __name__ == "__main__":
     files = sys.argv[1:] or list(DEFAULT)
-    options = ["-k", "mutant", "-p", "tests.mutation.plugin", "-p", "no:cacheprovider", "-n0", "-q"]
+    options = ["-k", "mutant", "-p", "no:cacheprovider", "-n0", "-q"]
     sys.exit(pytest.main([*files, *options]))

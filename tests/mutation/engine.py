@@ -22,6 +22,7 @@ import ast
 import inspect
 import json
 import linecache
+import os
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -144,8 +145,11 @@ def mutant(module: ModuleType, answer_name: str, operator: Operator) -> Mutant:
     definition.name = f"{function_name}__{operator.name}"
     ast.fix_missing_locations(tree)
     source = ast.unparse(tree) + "\n"
-    filename = f"<mutant {exercise}:{short}-{operator.name}>"
-    # The watchdog and tracebacks read the blocked line from linecache, as for a notebook cell.
+    # A path beside the corpus module, not "<...>": the watchdog treats the mutant as learner
+    # code (as a notebook cell's file), and it and tracebacks read its lines from linecache.
+    filename = os.path.join(
+        os.path.dirname(inspect.getfile(module)), f"mutant_{exercise}_{short}_{operator.name}.py"
+    )
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = dict(vars(module))
     namespace["__mutation_state__"] = operator.state

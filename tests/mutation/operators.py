@@ -28,10 +28,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from .engine import Mutation, Operator
@@ -226,10 +225,6 @@ class _Limiter(_Gate):
             functools.partial(fn, *args, **kwargs), limiter=self.gate
         )
 
-    def sync(self, call: Callable[[], Any]) -> Any:
-        # A def endpoint runs in anyio's worker thread: hand the call back through the limiter.
-        return anyio.from_thread.run(self.thread, call)
-
 
 class _ThreadingLock:
     """One `threading.Lock` around every call: serialises threads, deadlocks the loop."""
@@ -265,6 +260,10 @@ class _OneThreadExecutor:
 
 class _Sync(CallSites):
     sites = frozenset({"sync", "thread"})
+
+
+class _AwaitedOrHandedOff(CallSites):
+    sites = frozenset({"awaitable", "thread"})
 
 
 class _Everywhere(CallSites):
@@ -460,9 +459,12 @@ class _Reorder(Mutation):
         try:
             if self._depth == 2 and node.name == self._target:
                 for inner in ast.walk(node):
-                    returns = isinstance(inner, ast.Return) and inner.value is not None
-                    if returns and _own_return(node, inner):
-                        inner.value = self.changed(_method("reordered", inner.value))
+                    if not isinstance(inner, ast.Return) or inner.value is None:
+                        continue
+                    if _own_return(node, inner):
+                        inner.value = cast(
+                            ast.expr, self.changed(_method("reordered", inner.value))
+                        )
                 return node
             return self.generic_visit(node)
         finally:
@@ -522,7 +524,7 @@ ONE_THREAD_EXECUTOR = Operator(
 CAPACITY_LIMITER_ONE = Operator(
     "capacity_limiter_one",
     ("concurrency_limited",),
-    _Everywhere,
+    _AwaitedOrHandedOff,
     _Limiter,
     "anyio.CapacityLimiter(1) around every call, or as the thread handoff's limiter",
 )

@@ -24,7 +24,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         return
     for key, value in report.user_properties:
         if key == PROPERTY:
-            record = json.loads(value)
+            record = json.loads(str(value))
             record["failed"] = report.failed
             _judged.append(record)
 
