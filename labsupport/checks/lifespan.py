@@ -6,7 +6,9 @@ conjunction; the cause is the first that failed, in the order below; the hint is
 
 1. the app starts and stops without errors, and never blocks the event loop for the watchdog's
    limit;
-2. every request, sequential or concurrent, gets a `{"response": …}` reply;
+2. every request, sequential or concurrent, gets a `{"response": …}` reply, and that reply is
+   what the upstream answered to a prompt holding that request's message (not a constant, not
+   another request's reply);
 3. the client is built while the app starts (it reads the check's `OPENAI_BASE_URL`);
 4. one client serves every request over one connection (sequential requests reuse it);
 5. the event loop stays free while concurrent requests wait for the upstream: one shared
@@ -34,6 +36,8 @@ Its causes (`CheckResult.cause`), in the order they are judged:
 * "on_event_ignored" — an invariant failed, and the app has `@app.on_event` handlers beside
   its lifespan: FastAPI never ran them;
 * "bad_reply" — other failed requests, or replies without a `"response"` text;
+* "wrong_reply" — a reply was not what the upstream answered to that request's message (a
+  constant, the message echoed, another request's reply);
 * "built_before_start" — the check's upstream saw no calls: the client was built before the app
   started (at import), so it never read the check's `OPENAI_BASE_URL`;
 * "client_per_request" — a client was built for each request (counted), or the requests used
@@ -62,10 +66,12 @@ from .._text import shorten
 from ..load import LoadReport, fire
 from ..looplag import LoopLagMonitor
 from ..serving import asgi_client
+from ..upstream import UpstreamCall
 from ..upstream.fake_server import FakeServer
 from ..validation import check_int
 from ._clients import built_clients
 from ._common import caught_warnings, stopped_by_watchdog, upstream_or_none
+from ._invariants import mismatched_replies
 from .result import CheckResult, an_app, recorded
 from .watchdog import guarded
 
@@ -84,6 +90,7 @@ Cause = Literal[
     "missing_return",
     "on_event_ignored",
     "bad_reply",
+    "wrong_reply",
     "built_before_start",
     "sync_client",
     "concurrency_limited",
@@ -121,6 +128,7 @@ class _Measured:
     closed_at_startup: int
     built: int
     open_after: int
+    timeline: tuple[UpstreamCall, ...]
 
 
 @recorded(notebook="05_lifespan", app=an_app)
@@ -142,7 +150,8 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
     upstream = upstream_or_none()
 
     def body(i: int) -> dict[str, str]:
-        return {"message": f"Summarize in 5 words: ticket {i}"}
+        # The full stop: "ticket 1." is in no other request's message ("ticket 10.").
+        return {"message": f"Summarize in 5 words: ticket {i}."}
 
     async def measure(server: FakeServer) -> _Measured:
         with built_clients() as built:
@@ -150,6 +159,7 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
                 at_startup, closed_at_startup = built.count, built.closed()
                 report = await fire(client, "POST", path, n=n, concurrency=1, json=body)
                 connections, calls = server.connections, server.stats.calls
+                sequential_timeline = server.stats.timeline
                 server.configure(latency=BURST_LATENCY)  # counts afresh
                 lag = LoopLagMonitor()
                 lag.start()
@@ -158,6 +168,7 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
                 finally:
                     lag.stop()
                 in_flight = server.stats.max_in_flight
+                timeline = (*sequential_timeline, *server.stats.timeline)
             return _Measured(
                 report,
                 burst,
@@ -170,6 +181,7 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
                 closed_at_startup,
                 built.count,
                 built.open(),
+                timeline,
             )
 
     with FakeServer(latency=FAKE_LATENCY) as server, caught_warnings() as caught:
@@ -194,7 +206,9 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
         )
     measured = outcome.value
     mocked = upstream.stats.calls if upstream is not None else 0
-    return _verdict(app, measured, n, path, _Seen(left_open, unclosed, unawaited, mocked))
+    messages = [body(i)["message"] for i in range(2 * n)]
+    seen = _Seen(left_open, unclosed, unawaited, mocked, messages)
+    return _verdict(app, measured, n, path, seen)
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,8 @@ class _Seen:
     unclosed: int
     unawaited: list[str]
     mocked: int
+    messages: list[str]
+    """The requests' messages, in the order sent (sequential, then the burst)."""
 
 
 def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> CheckResult:
@@ -310,6 +326,22 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
             "create the client in the lifespan (startup), where it reads OPENAI_BASE_URL, "
             "not at import time.",
             f"The in-process upstream answered {seen.mocked} call{s(seen.mocked)} instead.",
+        )
+    # Each record's message: the sequential request i sent body(i), the burst's i body(n + i).
+    texts = [seen.messages[r.index] for r in report.requests]
+    texts += [seen.messages[n + r.index] for r in measured.burst.requests]
+    replies = [body["response"] for body in bodies]
+    wrong = mismatched_replies(replies, texts, measured.timeline)
+    if wrong:
+        index = wrong[0]
+        return fail(
+            "wrong_reply",
+            f"{len(wrong)} of {2 * n} replies were not what the upstream answered to their "
+            "request's message.",
+            "answer each request with the model's reply to *its* message: "
+            '`return {"response": response.choices[0].message.content}` of the call made with '
+            "`request.message` (no constant, no reply kept from another request).",
+            f"The request with {texts[index]!r} got {shorten(repr(replies[index]), 80)}.",
         )
     never_closed = measured.open_after > 0 or seen.left_open > 0 or seen.unclosed > 0
     if measured.built >= n or connections > 1:

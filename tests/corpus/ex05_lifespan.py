@@ -251,6 +251,43 @@ def answer_wrong_reply_key() -> FastAPI:
     return app
 
 
+def answer_lifespan_client_and_a_constant_reply() -> FastAPI:
+    """NOT YET, wrong_reply: the lifespan's client is called, but every request is answered
+    with the same text."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncOpenAI() as client:
+            yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        await reply(http.state.openai, request)
+        return {"response": "Summarized."}
+
+    return app
+
+
+def answer_lifespan_client_and_the_message_echoed() -> FastAPI:
+    """NOT YET, wrong_reply: the reply is the learner's own message, not the model's."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncOpenAI() as client:
+            yield {"openai": client}
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def summarize(request: ChatRequest, http: Request) -> dict[str, Any]:
+        await reply(http.state.openai, request)
+        return {"response": request.message}
+
+    return app
+
+
 # -- right -------------------------------------------------------------------------------------
 
 
