@@ -4,7 +4,7 @@ import os
 
 # Every notebook nbval runs gets a baseline cell before its first and a probe cell after its
 # last: no leak, no network, nothing left running (tests/nbval_hygiene.py).
-pytest_plugins = ["tests.nbval_hygiene"]
+pytest_plugins = ["tests.nbval_hygiene", "tests.mutation.plugin"]
 
 # Checks record each result in the learner's progress file (labsupport.progress). The suite runs
 # every checker and the solved notebooks, so it must not: a learner running `make test` would see
