@@ -76,8 +76,9 @@ from ..upstream.stats import UpstreamStats
 from ..validation import check_int
 from ._clients import built_clients
 from ._common import caught_warnings, stopped_by_watchdog
+from .background import _server_errors
 from .result import CheckResult
-from .watchdog import guarded
+from .watchdog import Guarded, guarded
 
 __all__ = ["CAUSES", "Cause", "check_streaming_endpoint"]
 
@@ -196,7 +197,9 @@ async def check_streaming_endpoint(
 
     async def measure() -> _Measured:
         reference = await _burst(_reference_app(), path, prompts[:n])
-        with built_clients() as built, caught_warnings():
+        # uvicorn's error records (with their tracebacks) are kept off stderr and dropped, so
+        # no logging handler holds an interrupted answer's frames after the check.
+        with built_clients() as built, caught_warnings(), _server_errors():
             async with serve(app) as client:
                 learner = await _burst_on(client, path, prompts[:n])
                 settled = await _settled(audit_rows, rows_before + n)
@@ -230,8 +233,15 @@ async def check_streaming_endpoint(
             measure(), block_limit=2.0, time_limit=30.0 + 6 * n * stream_seconds
         )
     with caught_warnings():
-        # A coroutine an interrupted answer never awaited warns when collected: here, not later.
+        result = _judged(outcome, n, path, stream_seconds)
+        # A coroutine an interrupted answer never awaited warns when collected: here, once the
+        # outcome (its error's traceback holds the frames) is gone, not in the learner's next cell.
+        del outcome
         gc.collect()
+    return result
+
+
+def _judged(outcome: Guarded[_Measured], n: int, path: str, stream_seconds: float) -> CheckResult:
     if outcome.stopped:
         return stopped_by_watchdog(EXERCISE, outcome.blocked, f"the {n + 1} streams")
     if outcome.error is not None or outcome.value is None:

@@ -36,30 +36,32 @@ def messages(request: ChatRequest) -> Any:
 
 
 def answer_event_source_with_usage(audit: Audit) -> FastAPI:
-    """PASSED, ok: `EventSourceResponse`, one module client, `async with` the stream, usage
-    from the last chunk, the row in `finally` (the pieces relayed when the client left)."""
-    client = AsyncOpenAI()
+    """PASSED, ok: `EventSourceResponse`, one module client, the stream entered with
+    `async with` on a line of its own, usage from the last chunk, the row in `finally` (the
+    pieces relayed so far when the client left)."""
+    llm = AsyncOpenAI()
     app = FastAPI()
 
     @app.post("/chat/stream", response_class=EventSourceResponse)
     async def chat_stream(request: ChatRequest) -> AsyncIterator[str]:
-        relayed = 0
-        completion_tokens: int | None = None
+        row: dict[str, Any] = {"pieces": 0}
+        stream = await llm.chat.completions.create(
+            model=MODEL,
+            messages=messages(request),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         try:
-            async with await client.chat.completions.create(
-                model=MODEL,
-                messages=messages(request),
-                stream=True,
-                stream_options={"include_usage": True},
-            ) as stream:
+            async with stream:
                 async for chunk in stream:
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            row["pieces"] += 1
+                            yield choice.delta.content
                     if chunk.usage is not None:
-                        completion_tokens = chunk.usage.completion_tokens
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        relayed += 1
-                        yield chunk.choices[0].delta.content
+                        row["usage"] = chunk.usage.completion_tokens
         finally:
-            audit.append({"completion_tokens": completion_tokens or relayed})
+            audit.append({"completion_tokens": row.get("usage", row["pieces"])})
 
     return app
 

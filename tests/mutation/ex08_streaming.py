@@ -76,9 +76,11 @@ class _ReadInATask(_WrapRelayLoop):
     def visit_AsyncWith(self, node: ast.AsyncWith) -> Any:
         self.generic_visit(node)
         item = node.items[0] if len(node.items) == 1 else None
-        if item is None or not isinstance(item.optional_vars, ast.Name):
+        if item is None:
             return node
-        if not any(
+        if isinstance(item.context_expr, ast.Name) and item.optional_vars is None:
+            return node.body  # `async with stream:`, entered on a line of its own
+        if not isinstance(item.optional_vars, ast.Name) or not any(
             isinstance(n, ast.Call) and upstream_call(n) for n in ast.walk(item.context_expr)
         ):
             return node
