@@ -71,7 +71,7 @@ async def many_streams(app, n):
         reads = await asyncio.gather(*(read_stream(client, f"{PROMPT} ({i})") for i in range(n)))
     firsts = [first for first, _, _ in reads]
     lasts = [last for _, last, _ in reads]
-    return statistics.median(firsts), max(firsts), statistics.median(lasts)
+    return statistics.median(firsts), max(firsts), statistics.median(lasts), reads
 
 
 openai_client = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
@@ -145,6 +145,23 @@ print(f"relayed:  first piece after {relayed[0]:.2f} s, last after {relayed[2]:.
 print(f"the first piece came {buffered[0] / relayed[0]:.1f}× sooner")
 
 # %% [markdown]
+# Per request: a line from the first piece to the last, a dot where the first arrived.
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, axes = plt.subplots(2, 1, figsize=(7, 3), sharex=True)
+for ax, (label, run) in zip(axes, (("buffered", buffered), ("relayed", relayed)), strict=True):
+    for row, (first, last, _) in enumerate(run[3]):
+        ax.plot([first, last], [row, row], color="tab:blue")
+        ax.plot([first], [row], "o", color="tab:orange")
+    ax.set_ylabel(label)
+    ax.set_yticks([])
+axes[-1].set_xlabel("seconds since the request (dot: first piece; line's end: last piece)")
+plt.close(fig)
+fig
+
+# %% [markdown]
 # The last piece comes at about the same time either way: the model takes as long. What changed
 # is the wait before the user sees anything.
 #
@@ -179,7 +196,7 @@ STREAMS = 100
 print(f"the thread pool: {anyio.to_thread.current_default_thread_limiter().total_tokens:g} threads")
 in_threads = await many_streams(sync_app, STREAMS)
 on_the_loop = await many_streams(relay_app, STREAMS)
-for label, (median_first, latest_first, median_last) in (
+for label, (median_first, latest_first, median_last, _) in (
     ("sync generator", in_threads),
     ("async relay", on_the_loop),
 ):
