@@ -14,6 +14,7 @@
 # | 05 · lifespan | one pooled client from startup to shutdown, with real connections counted |
 # | 06 · capstone | one service with every pattern, under 1,000 requests and injected faults |
 # | 07 · beyond one process | one limit shared by workers in Redis; jobs that survive kill -9 |
+# | 08 · streaming | the first token fast, no thread per stream, nothing read after a disconnect |
 #
 # ## No API key, no network
 #

@@ -62,6 +62,7 @@ COURSE_EXERCISES: dict[str, str] = {
     "background": "04_background_tasks",
     "lifespan": "05_lifespan",
     "shared_limit": "07_beyond_one_process",
+    "streaming": "08_streaming",
 }
 _CHECKS_PACKAGE = "labsupport.checks."
 #: Gaps between two checks longer than this are breaks, not time spent on the course.

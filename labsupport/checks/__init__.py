@@ -8,6 +8,7 @@ from .lifespan import check_lifespan_client
 from .result import CheckResult
 from .semaphore import check_bounded_batch
 from .shared_limit import check_shared_limit
+from .streaming import check_streaming_endpoint
 
 __all__ = [
     "CheckResult",
@@ -17,4 +18,5 @@ __all__ = [
     "check_lifespan_client",
     "check_parallel_fanout",
     "check_shared_limit",
+    "check_streaming_endpoint",
 ]

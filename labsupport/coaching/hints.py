@@ -52,6 +52,7 @@ COACHED_NOTEBOOKS: frozenset[str] = frozenset(
         "04_background_tasks",
         "05_lifespan",
         "07_beyond_one_process",
+        "08_streaming",
     }
 )
 LAST_RUNG: Final = 3

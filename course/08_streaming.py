@@ -1,0 +1,348 @@
+# %% [markdown]
+# # 08 · Streaming: the first token fast, no thread per stream, nothing paid after the client leaves
+#
+# **Objective.** Relay a model's answer token by token with FastAPI, measure what the user waits
+# for (the first token) instead of the whole answer, keep streams off the thread pool, stop
+# reading the upstream when the client leaves, and audit a streamed answer's usage once it ends.
+#
+# **You will:** measure a buffered endpoint's first token · relay with `async for` and
+# server-sent events · see a sync generator share 40 threads among many streams · make a client
+# leave and count the tokens read after it left · audit usage after the stream · build the
+# streaming endpoint yourself.
+
+# %%
+import labsupport as lab
+
+upstream = lab.setup(latency=0.5, time_to_first_token=0.1, time_per_token=0.02)
+
+# %% [markdown]
+# The offline upstream streams its answers: the first piece after 0.1 s, then one every 0.02 s.
+# A service that streams over HTTP usually speaks **server-sent events** (SSE): a
+# `text/event-stream` response made of `data: …` lines. FastAPI sends them itself: with
+# `response_class=EventSourceResponse`, an endpoint that `yield`s strings sends each one as an
+# event, JSON-encoded.
+#
+# To measure what a user sees, this helper reads one stream as a browser would and notes when
+# the first and the last piece arrived.
+
+# %%
+import asyncio
+import json
+import os
+import statistics
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import anyio.to_thread
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse
+from openai import AsyncOpenAI, OpenAI
+from pydantic import BaseModel
+
+MODEL = "gpt-4o-mini"
+PROMPT = "Explain to a new engineer why the first token of a reply matters"
+
+
+class ChatRequest(BaseModel):
+    message: str
+
+
+async def read_stream(client, message=PROMPT, *, leave_after=None):
+    """POST one message to /chat/stream; return (first piece s, last piece s, text)."""
+    start = time.perf_counter()
+    first = last = None
+    pieces = []
+    async with client.stream("POST", "/chat/stream", json={"message": message}) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            last = time.perf_counter() - start
+            first = first if first is not None else last
+            pieces.append(json.loads(line.removeprefix("data: ")))
+            if len(pieces) == leave_after:
+                break  # closing the response closes the connection: the client left
+    return first, last, "".join(pieces)
+
+
+async def many_streams(app, n):
+    """n concurrent streams to `app`, served by uvicorn: the medians and the latest first piece."""
+    async with lab.serve(app) as client:
+        reads = await asyncio.gather(*(read_stream(client, f"{PROMPT} ({i})") for i in range(n)))
+    firsts = [first for first, _, _ in reads]
+    lasts = [last for _, last, _ in reads]
+    return statistics.median(firsts), max(firsts), statistics.median(lasts), reads
+
+
+openai_client = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
+
+# %% [markdown]
+# ## The trap: an endpoint that buffers
+#
+# This endpoint asks for the whole answer and sends it as one event. It is correct, and for the
+# user it is as slow as it can be: nothing shows until the last token is generated.
+
+# %% [markdown]
+# **Predict first.** A whole answer takes 0.5 s. With this endpoint, how many seconds until the
+# first piece reaches the client? Type your guess in the box (or set `PREDICTION` and run the
+# cell again), then run the measurement.
+
+# %%
+from labsupport.coaching import predict
+
+PREDICTION = None  # your guess in seconds
+first_piece_guess = predict(
+    "A buffered endpoint, 0.5 s per answer: seconds until the first piece?", value=PREDICTION
+)
+first_piece_guess
+
+# %%
+buffered_app = FastAPI()
+
+
+@buffered_app.post("/chat/stream", response_class=EventSourceResponse)
+async def buffered_chat(request: ChatRequest) -> AsyncIterator[str]:
+    response = await openai_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": request.message}]
+    )
+    yield response.choices[0].message.content
+
+
+buffered = await many_streams(buffered_app, 5)
+print(f"buffered: first piece after {buffered[0]:.2f} s, last after {buffered[2]:.2f} s")
+print(
+    first_piece_guess.compare(
+        buffered[0],
+        because="the endpoint sends nothing until the whole answer is in",
+        investigate="the first and last pieces' times: are they apart at all?",
+    )
+)
+
+# %% [markdown]
+# ## The fix: relay each piece as it comes
+#
+# `stream=True` makes `create()` return an async iterator of chunks; each chunk's
+# `choices[0].delta.content` is the next piece (None on the first and last chunks). The endpoint
+# is an async generator: each `yield` goes out as one event at once, and while it waits for the
+# next chunk, `async for` gives the event loop back to the other requests.
+
+# %%
+relay_app = FastAPI()
+
+
+@relay_app.post("/chat/stream", response_class=EventSourceResponse)
+async def relay_chat(request: ChatRequest) -> AsyncIterator[str]:
+    async with await openai_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": request.message}], stream=True
+    ) as stream:
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
+
+
+relayed = await many_streams(relay_app, 5)
+print(f"relayed:  first piece after {relayed[0]:.2f} s, last after {relayed[2]:.2f} s")
+print(f"the first piece came {buffered[0] / relayed[0]:.1f}× sooner")
+
+# %% [markdown]
+# Per request: a line from the first piece to the last, a dot where the first arrived.
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, axes = plt.subplots(2, 1, figsize=(7, 3), sharex=True)
+for ax, (label, run) in zip(axes, (("buffered", buffered), ("relayed", relayed)), strict=True):
+    for row, (first, last, _) in enumerate(run[3]):
+        ax.plot([first, last], [row, row], color="tab:blue")
+        ax.plot([first], [row], "o", color="tab:orange")
+    ax.set_ylabel(label)
+    ax.set_yticks([])
+axes[-1].set_xlabel("seconds since the request (dot: first piece; line's end: last piece)")
+plt.close(fig)
+fig
+
+# %% [markdown]
+# The last piece comes at about the same time either way: the model takes as long. What changed
+# is the wait before the user sees anything.
+#
+# ## A sync generator: one pool thread per waiting stream
+#
+# `StreamingResponse` also takes a plain generator. With the sync client, it looks harmless:
+# Starlette runs each `next()` of a sync generator in its thread pool, so the loop is not
+# blocked. But each `next()` holds a pool thread while it waits for the upstream's next piece,
+# and the pool has 40 threads. **Predict** before you run: with 100 concurrent streams, how
+# much later does the median stream end than with the async relay?
+
+# %%
+sync_client = OpenAI(api_key=os.getenv("OPENAI_API_KEY"))
+sync_app = FastAPI()
+
+
+def sync_pieces(message: str) -> Iterator[str]:
+    with sync_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": message}], stream=True
+    ) as stream:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield f"data: {json.dumps(chunk.choices[0].delta.content)}\n\n"
+
+
+@sync_app.post("/chat/stream")
+def sync_chat(request: ChatRequest) -> StreamingResponse:
+    return StreamingResponse(sync_pieces(request.message), media_type="text/event-stream")
+
+
+STREAMS = 100
+print(f"the thread pool: {anyio.to_thread.current_default_thread_limiter().total_tokens:g} threads")
+in_threads = await many_streams(sync_app, STREAMS)
+on_the_loop = await many_streams(relay_app, STREAMS)
+for label, (median_first, latest_first, median_last, _) in (
+    ("sync generator", in_threads),
+    ("async relay", on_the_loop),
+):
+    print(
+        f"{label:>14}: first piece {median_first:.2f} s (median), {latest_first:.2f} s "
+        f"(latest); last piece {median_last:.2f} s (median)"
+    )
+
+# %% [markdown]
+# The sync generator's 100 streams take turns on 40 threads: a stream whose next piece is ready
+# waits for a free thread to fetch it, so the median stream ends later than the async relay's,
+# which waits for all 100 streams on the event loop's one thread. (Here the client and the
+# server share this kernel's loop, so the async relay's first pieces are not instant either.)
+#
+# ## The client who leaves
+#
+# A user closes the tab after a few words. Over TCP, the server sees the connection close;
+# Starlette then cancels the response's generator, and the cancellation reaches the
+# `async for` (`async with` closes the upstream stream). A relay that reads the upstream in a
+# task of its own does not get that cancellation: it keeps reading, and paying for, the rest.
+
+# %%
+task_app = FastAPI()
+readers = set()
+
+
+@task_app.post("/chat/stream", response_class=EventSourceResponse)
+async def task_chat(request: ChatRequest) -> AsyncIterator[str]:
+    queue = asyncio.Queue()
+
+    async def read_all():
+        stream = await openai_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": request.message}], stream=True
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                await queue.put(chunk.choices[0].delta.content)
+        await queue.put(None)
+
+    reader = asyncio.create_task(read_all())
+    readers.add(reader)
+    reader.add_done_callback(readers.discard)
+    while (piece := await queue.get()) is not None:
+        yield piece
+
+
+async def leave_early(app):
+    """Read 3 events, close the connection, wait for the rest of the answer's time; report."""
+    async with lab.serve(app) as client:
+        upstream.reset()
+        await read_stream(client, leave_after=3)
+        left = time.perf_counter()
+        await asyncio.sleep(1.0)
+    stats = upstream.stats
+    after = stats.tokens_sent_after(left)
+    said = "none" if not after else "more than 10" if after > 10 else "a few"
+    print(f"{stats}; tokens sent after the client left: {said}")
+
+
+await leave_early(task_app)
+await leave_early(relay_app)
+
+# %% [markdown]
+# The task relay's stream was read to the end (no "abandoned"); the relay whose generator reads
+# the stream itself abandoned it when the client left, and no token came after.
+#
+# ## Audit a streamed answer after it ends
+#
+# Notebook 04 audited each request. A stream's usage comes in its last chunk when you ask for it
+# (`stream_options={"include_usage": True}`), so the row can only be written once the stream has
+# ended, and in a `finally:` so that a client who leaves is audited too (with the pieces it got).
+# A plain `list.append` in `finally` cannot be cancelled halfway.
+
+# %% [markdown]
+# ## Your turn
+#
+# This endpoint buffers the answer and writes its audit row before the stream starts. Make it
+# relay each piece as it comes with `AsyncOpenAI` and `async for` (no thread per stream), stop
+# reading the upstream when the client leaves, and append one row per request to `audit_rows`
+# once the stream has ended: `{"completion_tokens": …}` from the usage chunk, or for a client
+# who left early, the number of pieces relayed.
+
+# %% tags=["exercise"]
+audit_rows = []
+exercise_app = FastAPI()
+
+
+@exercise_app.post("/chat/stream", response_class=EventSourceResponse)
+async def chat_stream(request: ChatRequest) -> AsyncIterator[str]:
+    # TODO: the row is written before anything is known, and the answer is buffered.
+    audit_rows.append({"completion_tokens": None})
+    response = await openai_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": request.message}]
+    )
+    yield response.choices[0].message.content
+
+
+# %% tags=["solution"]
+audit_rows = []
+exercise_app = FastAPI()
+
+
+@exercise_app.post("/chat/stream", response_class=EventSourceResponse)
+async def chat_stream(request: ChatRequest) -> AsyncIterator[str]:
+    relayed = 0
+    completion_tokens = None
+    try:
+        async with await openai_client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": request.message}],
+            stream=True,
+            stream_options={"include_usage": True},
+        ) as stream:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    completion_tokens = chunk.usage.completion_tokens
+                if chunk.choices and chunk.choices[0].delta.content:
+                    relayed += 1
+                    yield chunk.choices[0].delta.content
+    finally:
+        audit_rows.append({"completion_tokens": completion_tokens or relayed})
+
+
+# %% [markdown]
+# The check serves your app with uvicorn, opens 8 concurrent streams (and the same to a
+# reference relay, to compare first pieces), then one stream whose client leaves after 3 events.
+
+# %%
+await lab.checks.check_streaming_endpoint(exercise_app, lambda: audit_rows)
+
+# %% [markdown]
+# ## Recap
+#
+# * What a user waits for is the first token: a buffered endpoint makes it as late as the last.
+# * `stream=True` and `async for` relay each piece as it comes; `EventSourceResponse` sends each
+#   `yield` as a server-sent event.
+# * A sync generator in `StreamingResponse` holds a pool thread while it waits: 100 streams
+#   share 40 threads and end later than with the async relay.
+# * Read the upstream inside the response's generator: when the client leaves, Starlette
+#   cancels it, and `async with` closes the upstream stream. A task reading on its own keeps
+#   paying for tokens nobody sees.
+# * Audit after the stream ends, in `finally:`, with the usage chunk's counts.
+
+# %%
+await openai_client.close()
+sync_client.close()
+
+# %% [markdown]
+# Back to **00 · Start here** for the course map.

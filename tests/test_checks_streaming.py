@@ -1,0 +1,60 @@
+"""The notebook 08 checker judges every answer of the corpus (tests/corpus/ex08_streaming.py)
+with its expected verdict and cause: a buffered answer, a sync generator's pool threads, a relay
+that keeps reading after its client left, audits too early, missing or without usage."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from corpus import Answer, answers
+from corpus import ex08_streaming as corpus
+from fastapi import FastAPI
+
+from labsupport.checks import CheckResult, check_streaming_endpoint
+from labsupport.checks.streaming import CAUSES
+
+pytestmark = pytest.mark.usefixtures("offline_lab")
+
+N = 6
+
+
+def check(app: FastAPI, audit: list[dict[str, Any]]) -> CheckResult:
+    return asyncio.run(check_streaming_endpoint(app, lambda: audit, n=N))
+
+
+@pytest.mark.parametrize("answer", answers(corpus))
+def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer) -> None:
+    audit: list[dict[str, Any]] = []
+    result = check(answer.build(audit), audit)
+    assert (result.passed, result.cause) == (answer.passed, answer.cause), str(result)
+    assert result.cause in CAUSES
+    assert str(result).startswith("✅ PASSED — " if answer.passed else "❌ NOT YET — ")
+    if not answer.passed:
+        assert result.hint, "a failed check says what to do"
+
+
+def test_the_corpus_is_big_enough() -> None:
+    verdicts = [param.values[0].passed for param in answers(corpus)]
+    assert verdicts.count(False) >= 10 and verdicts.count(True) >= 3
+
+
+def test_the_evidence_counts_tokens_after_leaving_and_rows() -> None:
+    audit: list[dict[str, Any]] = []
+    text = str(check(corpus.answer_event_source_with_usage(audit), audit))
+    assert f"Audit rows written: {N + 1} for {N + 1} requests." in text
+    assert "the upstream's stream was abandoned, 0 tokens sent more than 100 ms" in text
+    audit = []
+    trap = check(corpus.answer_producer_task_keeps_reading(audit), audit)
+    assert "the upstream's stream was read to the end" in str(trap)
+
+
+def test_bad_arguments() -> None:
+    app = FastAPI()
+    with pytest.raises(TypeError, match="audit_rows must be a function"):
+        asyncio.run(check_streaming_endpoint(app, 3))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="path must be a URL path"):
+        asyncio.run(check_streaming_endpoint(app, list, path="chat"))
+    with pytest.raises(ValueError, match="n must be"):
+        asyncio.run(check_streaming_endpoint(app, list, n=1))
