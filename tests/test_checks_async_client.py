@@ -4,13 +4,10 @@ with its expected verdict and cause, and its evidence says what it measured."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import re
-import sys
-import warnings
 
 import pytest
-from corpus import Answer, answers
+from corpus import Answer, answers, judged
 from corpus import ex01_async_endpoint as corpus
 from fastapi import FastAPI
 from mutation import operators as ops
@@ -32,18 +29,8 @@ def check(app: FastAPI) -> CheckResult:
     connection pool from several event loops leaves connections whose loop is closed: freeing
     them reports "Event loop is closed" as an unraisable exception, the answer's own mess, not
     the next test's."""
-    try:
-        with warnings.catch_warnings():
-            # A coroutine made, then stranded by the watchdog's stop (a deadlocked mutant).
-            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-            return asyncio.run(check_async_endpoint(app))
-    finally:
-        del app
-        hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
-        try:
-            gc.collect()
-        finally:
-            sys.unraisablehook = hook
+    result: CheckResult = judged(check_async_endpoint(app), app)
+    return result
 
 
 @pytest.mark.parametrize("answer", answers(corpus))

@@ -4,13 +4,10 @@ its expected verdict and cause, and its evidence says what it measured."""
 from __future__ import annotations
 
 import asyncio
-import gc
-import sys
-import warnings
 from typing import Any
 
 import pytest
-from corpus import Answer, answers
+from corpus import Answer, answers, judged
 from corpus import ex02_gather as corpus
 from mutation import operators as ops
 from mutation.engine import Mutant, judge, mutants
@@ -31,18 +28,8 @@ def check(fn: Any) -> CheckResult:
     """The check's verdict; the function (and its client) is then freed inside this test. A
     client used from several event loops leaves connections whose loop is closed: freeing them
     reports "Event loop is closed" as an unraisable exception, the answer's own mess."""
-    try:
-        with warnings.catch_warnings():
-            # A coroutine made, then stranded by the watchdog's stop (a deadlocked mutant).
-            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-            return asyncio.run(check_parallel_fanout(fn))
-    finally:
-        del fn
-        hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
-        try:
-            gc.collect()
-        finally:
-            sys.unraisablehook = hook
+    result: CheckResult = judged(check_parallel_fanout(fn), fn)
+    return result
 
 
 @pytest.mark.parametrize("answer", answers(corpus))
