@@ -52,9 +52,11 @@ def test_the_evidence_counts_tokens_after_leaving_and_rows() -> None:
 
 def test_bad_arguments() -> None:
     app = FastAPI()
-    with pytest.raises(TypeError, match="audit_rows must be a function"):
-        asyncio.run(check_streaming_endpoint(app, 3))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="path must be a URL path"):
-        asyncio.run(check_streaming_endpoint(app, list, path="chat"))
-    with pytest.raises(ValueError, match="n must be"):
-        asyncio.run(check_streaming_endpoint(app, list, n=1))
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"audit_rows": 3}, "a function"),
+        ({"audit_rows": list, "path": "chat"}, "path must be a URL path"),
+        ({"audit_rows": list, "n": 1}, "n must be"),
+    ]
+    for kwargs, words in cases:
+        result = asyncio.run(check_streaming_endpoint(app, **kwargs))
+        assert result.cause == "bad_input" and words in result.summary, result

@@ -43,10 +43,6 @@ Every timing is compared with the reference relay run in the same check or count
 and rows; no absolute wall-clock bound decides a verdict.
 """
 
-# TODO(checkinfra, for the lead): decorate `check_streaming_endpoint` with
-# `@recorded(notebook="08_streaming")` once labsupport/checks/result.py has `recorded` (it is
-# added on the checkinfra branch; absent here when this module was written).
-
 from __future__ import annotations
 
 import asyncio
@@ -77,7 +73,7 @@ from ..validation import check_int
 from ._clients import built_clients
 from ._common import caught_warnings, stopped_by_watchdog
 from .background import _server_errors
-from .result import CheckResult
+from .result import CheckResult, a_function, an_app, recorded
 from .watchdog import Guarded, guarded
 
 __all__ = ["CAUSES", "Cause", "check_streaming_endpoint"]
@@ -162,6 +158,7 @@ class _Chat(BaseModel):
     message: str
 
 
+@recorded(notebook="08_streaming", app=an_app, audit_rows=a_function)
 async def check_streaming_endpoint(
     app: Any, audit_rows: AuditRows, *, path: str = "/chat/stream", n: int = 8
 ) -> CheckResult:
@@ -173,16 +170,12 @@ async def check_streaming_endpoint(
     runs with a time to first token of 0.15 s and 0.02 s between pieces during the check (its
     settings come back afterwards). Learner code runs under the watchdog.
     """
-    if not callable(audit_rows):
-        raise TypeError(
-            f"audit_rows must be a function returning the audit rows; got {audit_rows!r}"
-        )
     if not isinstance(path, str) or not path.startswith("/"):
         raise ValueError(f"path must be a URL path starting with '/'; got {path!r}")
     check_int("n", n, minimum=2, maximum=100, why="concurrent streams need company")
     upstream = current_upstream()
     if upstream is None:
-        raise RuntimeError(
+        raise ValueError(
             "run `labsupport.setup()` first: the check streams from the lab's upstream"
         )
 
