@@ -54,8 +54,8 @@ def test_bad_arguments() -> None:
     app = FastAPI()
     cases: list[tuple[dict[str, Any], str]] = [
         ({"audit_rows": 3}, "a function"),
-        ({"audit_rows": list, "path": "chat"}, "path must be a URL path"),
-        ({"audit_rows": list, "n": 1}, "n must be"),
+        ({"audit_rows": lambda: [], "path": "chat"}, "path must be a URL path"),
+        ({"audit_rows": lambda: [], "n": 1}, "n must be"),
     ]
     for kwargs, words in cases:
         result = asyncio.run(check_streaming_endpoint(app, **kwargs))
