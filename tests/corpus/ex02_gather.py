@@ -475,6 +475,24 @@ def answer_shared_client_closed_after_each_call() -> FanOut:
     return analyze_all
 
 
+def answer_gathered_then_sorted_by_text() -> FanOut:
+    """NOT YET, wrong_order: gathered and each failure caught, then sorted by text ("tidier"):
+    the results no longer follow the texts' order."""
+    summarize = summarizer()
+
+    async def one(text: str) -> dict[str, Any]:
+        try:
+            return entry(text, await summarize(text))
+        except openai.APIError as exc:
+            return entry(text, error=str(exc))
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(one(text) for text in texts))
+        return sorted(results, key=lambda result: result["text"])
+
+    return analyze_all
+
+
 # -- right -------------------------------------------------------------------------------------
 
 
