@@ -150,7 +150,15 @@ print(f"the first piece came {buffered[0] / relayed[0]:.1f}× sooner")
 # %%
 import matplotlib.pyplot as plt
 
-fig, axes = plt.subplots(2, 1, figsize=(7, 3), sharex=True)
+from labsupport.plots import DescribedFigure
+
+# A DescribedFigure carries a one-line summary: the caption, and the image's alt text.
+fig, axes = plt.subplots(2, 1, figsize=(7, 3), sharex=True, FigureClass=DescribedFigure)
+fig.summary = (
+    f"Per request, from the first piece (dot) to the last: buffered, first after "
+    f"{buffered[0]:.2f} s and last after {buffered[2]:.2f} s; relayed, first after "
+    f"{relayed[0]:.2f} s and last after {relayed[2]:.2f} s."
+)
 for ax, (label, run) in zip(axes, (("buffered", buffered), ("relayed", relayed)), strict=True):
     for row, (first, last, _) in enumerate(run[3]):
         ax.plot([first, last], [row, row], color="tab:blue")
@@ -339,10 +347,6 @@ await lab.checks.check_streaming_endpoint(exercise_app, lambda: audit_rows)
 #   cancels it, and `async with` closes the upstream stream. A task reading on its own keeps
 #   paying for tokens nobody sees.
 # * Audit after the stream ends, in `finally:`, with the usage chunk's counts.
-
-# %%
-await openai_client.close()
-sync_client.close()
 
 # %% [markdown]
 # Back to **00 · Start here** for the course map.

@@ -527,9 +527,15 @@ def test_requests_past_the_connection_cap_get_503_and_are_closed(
                 sock.close()
         after = httpx.get(f"http://127.0.0.1:{port}/health")  # the cap counts open connections
 
-    # uvicorn's `limit_concurrency`: its own plain-text 503, then the connection is closed.
-    assert all(answer.startswith(b"HTTP/1.1 503 ") for answer in refused)
-    assert all(answer.endswith(b"Service Unavailable") for answer in refused)
+    # uvicorn's `limit_concurrency`: its own plain-text 503, then the connection is closed. It
+    # counts the connections open when a request arrives: those past the cap are refused, always;
+    # a request uvicorn reads before it has accepted the others may still be served (a busy
+    # machine), and its connection then closes after the keep-alive timeout.
+    served = [answer for answer in refused if answer.startswith(b"HTTP/1.1 200 ")]
+    turned_away = [answer for answer in refused if answer.startswith(b"HTTP/1.1 503 ")]
+    assert len(served) + len(turned_away) == cap + extra, refused
+    assert len(turned_away) >= extra and len(served) <= cap
+    assert all(answer.endswith(b"Service Unavailable") for answer in turned_away)
     assert after.status_code == 200
 
 

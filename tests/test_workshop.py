@@ -145,7 +145,12 @@ def _learners_python() -> Path:
         [uv, "venv", "--quiet", "--python", system_python, str(LEARNERS_VENV)],
         # Compiled now, as `make venv` does: learners cannot write the venv's __pycache__, so
         # without it every server and kernel would compile what it imports, every time.
-        [uv, "pip", "sync", "--quiet", "--compile-bytecode", "--python", str(python), str(lock)],
+        # --offline: the tests run with only loopback (make check's network namespace); the
+        # wheels come from uv's cache, which `make venv` filled from the same lock.
+        [
+            *(uv, "pip", "sync", "--quiet", "--offline", "--compile-bytecode"),
+            *("--python", str(python), str(lock)),
+        ],
     ]
     recipe = hashlib.sha256(lock.read_bytes() + repr(commands).encode()).hexdigest()
     stamp = LEARNERS_VENV / "recipe.sha256"
