@@ -416,7 +416,7 @@ print(f"12 calls in a row, 10 per second allowed: {allowed.count(True)} yes, the
 # %%
 show(service.audited)
 
-# %%
+# %% tags=["drains-on-interrupt"]
 import tempfile
 from pathlib import Path
 
