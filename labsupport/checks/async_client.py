@@ -54,6 +54,7 @@ from ..upstream import UpstreamStats
 from ..validation import check_int
 from ._clients import built_clients
 from ._common import (
+    app_failed,
     caught_warnings,
     never_awaited,
     reference_latency,
@@ -196,15 +197,7 @@ async def check_async_endpoint(app: Any, *, path: str = "/chat", n: int = 20) ->
     if outcome.blocked is not None or outcome.timed_out:
         return stopped_by_watchdog(EXERCISE, outcome.blocked, f"the {n} requests")
     if outcome.error is not None or outcome.value is None:
-        error = outcome.error
-        return CheckResult(
-            exercise=EXERCISE,
-            passed=False,
-            cause="app_error",
-            summary=f"the app failed before it could be measured: {type(error).__name__}: "
-            f"{shorten(str(error), 160)}",
-            hint="its lifespan (startup or shutdown) must run without errors.",
-        )
+        return app_failed(EXERCISE, outcome.error)
     return _verdict(latency, n, path, outcome.value)
 
 

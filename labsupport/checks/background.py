@@ -56,7 +56,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -73,9 +72,11 @@ from ..looplag import LoopLagMonitor
 from ..serving import serve
 from ..validation import check_int, check_seconds
 from ._common import (
+    app_failed,
     caught_warnings,
     never_awaited,
     reference_latency,
+    server_errors,
     stopped_by_watchdog,
     upstream_or_none,
 )
@@ -179,7 +180,7 @@ async def check_background_audit(
         lag = LoopLagMonitor()
         with (
             _queues_seen() as queues,
-            _server_errors() as server_errors,
+            server_errors() as logged_errors,
             caught_warnings() as caught,
             sqlite_threads() as threads,
         ):
@@ -209,7 +210,7 @@ async def check_background_audit(
             await _count(count_rows) - rows_before,
             lag.blocked,
             shutdown,
-            server_errors,
+            logged_errors,
             threads.most_threads,
             threads.on_loop,
             threads.sleeps_on_loop,
@@ -226,15 +227,7 @@ async def check_background_audit(
     if outcome.stopped:
         return stopped_by_watchdog(EXERCISE, outcome.blocked, f"the {n + 1} requests")
     if outcome.error is not None or outcome.value is None:
-        error = outcome.error
-        return CheckResult(
-            exercise=EXERCISE,
-            passed=False,
-            cause="app_error",
-            summary=f"the app failed before it could be measured: {type(error).__name__}: "
-            f"{shorten(str(error), 160)}",
-            hint="its lifespan (startup or shutdown) must run without errors.",
-        )
+        return app_failed(EXERCISE, outcome.error)
     return _verdict(outcome.value, n, path, latency, audit_seconds, app)
 
 
@@ -481,26 +474,6 @@ def _has_response(body: Any) -> bool:
     return (
         isinstance(body, dict) and isinstance(body.get("response"), str) and bool(body["response"])
     )
-
-
-@contextmanager
-def _server_errors() -> Iterator[list[str]]:
-    """Collect (and keep off stderr) what uvicorn logs as errors, e.g. a failing audit task."""
-    errors: list[str] = []
-
-    def keep(record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            error = record.exc_info[1] if record.exc_info else None
-            errors.append(f"{type(error).__name__}: {error}" if error else record.getMessage())
-            return False
-        return True
-
-    logger = logging.getLogger("uvicorn.error")
-    logger.addFilter(keep)
-    try:
-        yield errors
-    finally:
-        logger.removeFilter(keep)
 
 
 def _first_problem(records: tuple[Any, ...]) -> str:

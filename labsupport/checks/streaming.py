@@ -71,8 +71,7 @@ from ..upstream.replies import count_tokens, reply_to
 from ..upstream.stats import UpstreamStats
 from ..validation import check_int
 from ._clients import built_clients
-from ._common import caught_warnings, stopped_by_watchdog
-from .background import _server_errors
+from ._common import app_failed, caught_warnings, server_errors, stopped_by_watchdog
 from .result import CheckResult, a_function, an_app, recorded
 from .watchdog import Guarded, guarded
 
@@ -192,7 +191,7 @@ async def check_streaming_endpoint(
         reference = await _burst(_reference_app(), path, prompts[:n])
         # uvicorn's error records (with their tracebacks) are kept off stderr and dropped, so
         # no logging handler holds an interrupted answer's frames after the check.
-        with built_clients() as built, caught_warnings(), _server_errors():
+        with built_clients() as built, caught_warnings(), server_errors():
             async with serve(app) as client:
                 learner = await _burst_on(client, path, prompts[:n])
                 settled = await _settled(audit_rows, rows_before + n)
@@ -238,14 +237,10 @@ def _judged(outcome: Guarded[_Measured], n: int, path: str, stream_seconds: floa
     if outcome.stopped:
         return stopped_by_watchdog(EXERCISE, outcome.blocked, f"the {n + 1} streams")
     if outcome.error is not None or outcome.value is None:
-        error = outcome.error
-        return CheckResult(
-            exercise=EXERCISE,
-            passed=False,
-            cause="app_error",
-            summary=f"the app failed before it could be measured: {type(error).__name__}: "
-            f"{shorten(str(error), 160)}",
-            hint="its lifespan (startup or shutdown) must run without errors, and audit_rows() "
+        return app_failed(
+            EXERCISE,
+            outcome.error,
+            "its lifespan (startup or shutdown) must run without errors, and audit_rows() "
             "must return the list of rows.",
         )
     return _verdict(outcome.value, n, path, stream_seconds)
