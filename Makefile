@@ -1,7 +1,7 @@
 # async-llm-lab — everything a learner, an instructor or CI runs goes through these targets.
 #
 #   make lab        start JupyterLab on the notebooks (creates .venv on first use)
-#   make lint       ruff, ruff format --check and mypy (labsupport, tools, tests)
+#   make lint       ruff, ruff format --check and mypy (labsupport, tools, tests, the capstone)
 #   make test       the fast loop: lint, type-check and the unit tests (not the slow ones)
 #   make notebooks-test  strict re-execution of every notebook (re-runs, interrupts, hygiene)
 #   make check      everything CI runs: lint, types, every test (browser, JupyterHub, site,

@@ -375,7 +375,7 @@ async def test_shutdown_closes_client_and_drains_audit(
     ],
 )
 def test_create_app_rejects_bad_settings(tmp_path: Path, option: str, value: object) -> None:
-    settings = {"audit_path": tmp_path / "audit.sqlite3", option: value}
+    settings: dict[str, Any] = {"audit_path": tmp_path / "audit.sqlite3", option: value}
     with pytest.raises(pydantic.ValidationError, match=option):
         create_app(**settings)
 

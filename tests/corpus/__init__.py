@@ -56,25 +56,40 @@ def judged(check: Coroutine[Any, Any, T], answer: object) -> T:
 
     An answer that used one client from several event loops (`asyncio.run` per request) leaves
     connections whose loop is closed; freed, they report "Event loop is closed" or an unclosed
-    transport as unraisable exceptions: the answer's own mess, said by its verdict. FastAPI keeps
-    endpoint functions in a bounded cache, so without help they would be freed in whatever later
-    test evicts them. So the closures of the answer's functions (its app's endpoints, or the
-    function itself) are emptied, and collected here with unraisable exceptions ignored.
+    socket or transport as unraisable exceptions: the answer's own mess, said by its verdict.
+    They are freed whenever the garbage collector runs, during the check as well as after it, so
+    while the answer is judged those unraisable exceptions (and only those) are dropped. FastAPI
+    keeps endpoint functions in a bounded cache, so without help they would be freed in whatever
+    later test evicts them: the closures of the answer's functions (its app's endpoints, or the
+    function itself) are emptied, and collected here.
     """
-    try:
-        with warnings.catch_warnings():
-            # A coroutine made, then stranded by the watchdog's stop (a deadlocked mutant).
-            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-            return asyncio.run(check)
-    finally:
-        functions = [getattr(route, "endpoint", None) for route in getattr(answer, "routes", ())]
-        _empty_closures([*functions, answer], seen=set())
-        del answer, functions
-        hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    hook = sys.unraisablehook
+
+    def drop_the_answers_mess(unraisable: Any) -> None:
+        if not _mess_of_closed_loops(unraisable.exc_value):
+            hook(unraisable)
+
+    sys.unraisablehook = drop_the_answers_mess
+    with warnings.catch_warnings():
+        # A coroutine made, then stranded by the watchdog's stop (a deadlocked mutant).
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         try:
-            gc.collect()
+            return asyncio.run(check)
         finally:
-            sys.unraisablehook = hook
+            routes = getattr(answer, "routes", ())
+            _empty_closures([*(getattr(r, "endpoint", None) for r in routes), answer], set())
+            del answer, routes
+            try:
+                gc.collect()
+            finally:
+                sys.unraisablehook = hook
+
+
+def _mess_of_closed_loops(error: BaseException | None) -> bool:
+    """Whether `error` is what a connection left by a closed event loop reports when freed."""
+    if isinstance(error, ResourceWarning):
+        return str(error).startswith(("unclosed <socket.socket", "unclosed transport"))
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
 def _empty_closures(functions: list[object], seen: set[int]) -> None:
