@@ -95,7 +95,7 @@ lint: venv
 # The fast loop, a few minutes: no Chromium, npm tools or redis-server needed (a test that needs
 # one says so in one line and is skipped).
 test: lint
-	$(PYTEST) tests -m "not slow and not notebook" $(COVERAGE)
+	$(PYTEST) tests -m "not slow and not notebook and not corpus" $(COVERAGE)
 
 # Every notebook, learner and solution, re-executed under strict nbval, each cell run a second
 # time and long cells interrupted (tests/nbval_hygiene.py). One: pytest notebooks/NN_name.ipynb

@@ -1,10 +1,11 @@
 """Settings for every pytest run from this repository: tests/ and the notebooks nbval re-runs.
 
 Tiers are markers (registered in pyproject.toml), never lists of files: `make test` runs what is
-neither `slow` nor `notebook`, `make notebooks-test` the notebooks, `make check` everything. A
-test that needs a program the system provides says so with `@pytest.mark.needs("redis-server")`:
-without it the test is skipped with one line saying what to install, except under `make check`
-(LAB_NO_SKIP=1), where a missing program fails the test, so CI can never pass without it.
+neither `slow`, `corpus` nor `notebook`, `make notebooks-test` the notebooks, `make check`
+everything. A test that needs a program the system provides says so with
+`@pytest.mark.needs("redis-server")`: without it the test is skipped with one line saying what to
+install, except under `make check` (LAB_NO_SKIP=1), where a missing program fails the test, so CI
+can never pass without it.
 """
 
 import os

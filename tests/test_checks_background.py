@@ -38,6 +38,7 @@ def check(app: FastAPI, db_path: str) -> CheckResult:
     )
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("answer", answers(corpus))
 def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer, tmp_path: Path) -> None:
     db_path = str(tmp_path / "audit.sqlite3")
@@ -150,6 +151,7 @@ MUTATED = (
 )
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("mutant", mutants(corpus, MUTATED, mutants04.OPERATORS))
 def test_the_mutant_is_refused_with_its_cause(
     mutant: Mutant, request: pytest.FixtureRequest, tmp_path: Path

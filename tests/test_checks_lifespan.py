@@ -31,6 +31,7 @@ def check(app: FastAPI) -> CheckResult:
     return asyncio.run(check_then_clean_up())
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("answer", answers(corpus))
 def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer) -> None:
     result = check(answer.build())
@@ -97,6 +98,7 @@ GENERIC = (
 )
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize(
     "mutant",
     mutants(corpus, MUTATED, mutants05.OPERATORS) + mutants(corpus, GENERIC_MUTATED, GENERIC),

@@ -32,6 +32,7 @@ def check(fn: Any, limit: int = 5) -> CheckResult:
     return result
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("answer", answers(corpus))
 def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer) -> None:
     result = check(answer.build())
@@ -140,6 +141,7 @@ OPERATORS = (
 )
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("mutant", mutants(corpus, MUTATED, OPERATORS))
 def test_the_mutant_is_refused(mutant: Mutant, request: pytest.FixtureRequest) -> None:
     result = judge(mutant, request.node, lambda build: check(build()))

@@ -24,6 +24,7 @@ def check(app: FastAPI, audit: list[dict[str, Any]]) -> CheckResult:
     return asyncio.run(check_streaming_endpoint(app, lambda: audit, n=N))
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("answer", answers(corpus))
 def test_the_corpus_answer_gets_its_verdict_and_cause(answer: Answer) -> None:
     audit: list[dict[str, Any]] = []

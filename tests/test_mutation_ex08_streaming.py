@@ -36,6 +36,7 @@ def check(build: Any) -> Judged:
     return asyncio.run(check_streaming_endpoint(build(audit), lambda: audit, n=N))
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("mutant", mutants(corpus, RIGHT, APPLYING))
 def test_the_mutant_is_refused(mutant: Mutant, request: pytest.FixtureRequest) -> None:
     judge(mutant, request.node, check)

@@ -49,9 +49,12 @@ __all__ = [
     "over_tcp",
 ]
 
-BLOCK_LATENCIES: Final = 3.0
+BLOCK_LATENCIES: Final = 2.0
 """A loop block this many upstream latencies long (at least `BLOCK_FLOOR`) is the answer's own:
-far above what one request's CPU work or a busy machine's scheduling does to it."""
+far above what one request's CPU work does to it. A busy machine's scheduling can stall the loop
+that long once, so the checkers that use it count a block only when a second run blocks too. (At
+three latencies a `time.sleep` of exactly three passed: the watcher's wake-up was due a few
+milliseconds into the sleep.)"""
 
 BLOCK_FLOOR: Final = 0.15
 """Seconds: the shortest block `loop_blocked` counts, whatever the latency."""

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import re
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FunctionType, ModuleType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import pytest
 
@@ -74,7 +78,11 @@ def judged(check: Coroutine[Any, Any, T], answer: object) -> T:
         # A coroutine made, then stranded by the watchdog's stop (a deadlocked mutant).
         warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         try:
-            return asyncio.run(check)
+            with asyncio.Runner() as runner:
+                # The answer's `asyncio.to_thread` calls run here: a thread it left waiting for
+                # good (a connection of a closed loop) must not hold the test at the loop's close.
+                runner.get_loop().set_default_executor(AnswerThreads())
+                return runner.run(check)
         finally:
             routes = getattr(answer, "routes", ())
             _empty_closures([*(getattr(r, "endpoint", None) for r in routes), answer], set())
@@ -83,6 +91,47 @@ def judged(check: Coroutine[Any, Any, T], answer: object) -> T:
                 gc.collect()
             finally:
                 sys.unraisablehook = hook
+
+
+class AnswerThreads(ThreadPoolExecutor):
+    """The default executor of a judged answer's event loop: a daemon thread per call, at most as
+    many running at once as asyncio's default executor would run, and a shutdown that waits for
+    them at most `SHUTDOWN_WAIT` seconds.
+
+    asyncio's own waits for every thread it started, for ever, when its loop closes, and Python
+    joins a `ThreadPoolExecutor`'s threads at exit. A right answer's threads are done long before;
+    a wrong one's may wait for good (`asyncio.run` in a thread on a client whose connection
+    belongs to a closed loop). In a notebook such a thread is leaked, not waited for; so here."""
+
+    SHUTDOWN_WAIT: Final = 10.0
+
+    def __init__(self) -> None:
+        workers = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's documented default
+        super().__init__(workers)
+        self._slots = threading.BoundedSemaphore(workers)
+        self._started: list[threading.Thread] = []
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+
+        def run() -> None:
+            with self._slots:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args, **kwargs))
+                    except BaseException as error:
+                        future.set_exception(error)
+
+        thread = threading.Thread(target=run, name="answer-thread", daemon=True)
+        self._started.append(thread)
+        thread.start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        deadline = time.monotonic() + self.SHUTDOWN_WAIT
+        for thread in self._started if wait else ():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 def _mess_of_closed_loops(error: BaseException | None) -> bool:

@@ -339,6 +339,27 @@ def answer_time_sleep_backoff() -> FanOut:
     return analyze_all
 
 
+def answer_gather_then_a_blocking_pause() -> FanOut:
+    """NOT YET, blocked_loop: gathered, then a `time.sleep(0.3)` "rate-limit pause" before it
+    returns: three latencies of the tests' upstream, once per run, at the end (from a blind
+    answer that got ✅ when the block threshold was three latencies: the watcher's wake-up was
+    due a few milliseconds into the sleep)."""
+    summarize = summarizer()
+
+    async def one(text: str) -> dict[str, Any]:
+        try:
+            return entry(text, await summarize(text))
+        except openai.APIStatusError as exc:
+            return entry(text, error=exc.message)
+
+    async def analyze_all(texts: list[str]) -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(one(t) for t in texts))
+        time.sleep(0.3)
+        return list(results)
+
+    return analyze_all
+
+
 def answer_threads_each_running_asyncio_run() -> FanOut:
     """NOT YET, fails_over_tcp: each text in a worker thread running `asyncio.run` on the shared
     async client: every call gets a new event loop, the connections outlive it."""
