@@ -129,7 +129,8 @@ bench: venv
 	exit $$status
 
 # Resolves the newest allowed versions into a temporary lock and venv, runs the unit tests there,
-# and prints what moved and what broke; exit status 1 on a break. See tools/drift.py.
+# and prints what moved, each direct dependency's newest release and its date (frozen ones
+# flagged), and what broke; exit status 1 on a break. See tools/drift.py.
 drift: venv
 	$(BIN)/python tools/drift.py $(EXTRAS)
 

@@ -11,7 +11,11 @@ someone moves the lock. This tool tries that move in a scratch space, leaving th
    `make check` after the move: they take most of the suite's minutes and test the same
    packages); the npm tools some tests drive are the repository's own `node_modules/`
    (`make node-tools`);
-4. print which packages moved (old → new), which appeared or went, and which tests broke.
+4. print which packages moved (old → new), which appeared or went, and which tests broke;
+5. and for each direct dependency (pyproject's, and the extras asked for), its newest release
+   and that release's date, from the index uv resolved against (tools/releases.py): a
+   dependency with no release for a year is flagged, and so is one whose newest release is
+   outside pyproject's range, before it holds another back.
 
 The exit status is 0 when every test passed, 1 when one broke (or the environment could not be
 built). Run it weekly; when it is green, move the lock with `make lock LOCK_FLAGS=--upgrade`.
@@ -30,6 +34,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
+
+from releases import (
+    STALE_AFTER_DAYS,
+    direct_dependencies,
+    format_report,
+    index_urls,
+    release_report,
+)
 
 from labsupport.instructor.doctor import read_lock
 
@@ -68,6 +80,19 @@ def _run(
     return subprocess.run(command, cwd=cwd, text=True, check=False, capture_output=capture_output)
 
 
+def print_releases(lock: Path, extras: Sequence[str], stale_after: int) -> None:
+    """The direct dependencies' newest releases and their dates (see tools/releases.py)."""
+    indexes = index_urls(lock.read_text(encoding="utf-8"))
+    dependencies = direct_dependencies(REPO_ROOT / "pyproject.toml", extras)
+    print(f"\nDirect dependencies: newest release, and when ({len(dependencies)}):")
+    if not indexes:
+        print("  unknown: the lock names no index (uv was told not to use one)")
+        return
+    locked, resolvable = read_lock(REPO_ROOT / "requirements.lock"), read_lock(lock)
+    report = release_report(dependencies, indexes, locked, resolvable)
+    print(format_report(report, stale_after_days=stale_after))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 when the upgraded environment passes the tests."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -77,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers", default="logical", help="pytest-xdist workers (default: one per logical core)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--stale-after",
+        type=int,
+        default=STALE_AFTER_DAYS,
+        help="flag a direct dependency with no release for this many days",
+    )
     args = parser.parse_args(argv)
 
     old = read_lock(REPO_ROOT / "requirements.lock")
@@ -86,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     extras = [flag for extra in args.extra for flag in ("--extra", extra)]
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     # As `make lock` resolves (universal, for this minor version), so what moved is what moving
-    # the lock would move; `uv pip sync` installs the lines whose markers fit this machine.
+    # the lock would move; `uv pip sync` installs the lines whose markers fit this machine. The
+    # lock names the indexes uv used (its configuration's): the release report asks them.
     steps = [
         [
             args.uv,
@@ -99,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--quiet",
             "--python-version",
             python_version,
-            "--no-emit-index-url",
+            "--emit-index-url",
             "-o",
             str(lock),
         ],
@@ -118,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes = moved(old, read_lock(lock))
         print(f"\nPackages that moved ({len(changes)}):")
         print("\n".join(changes) if changes else "  none: the lock is up to date")
+        print_releases(lock, args.extra, args.stale_after)
         pytest = [str(python), "-m", "pytest", "-p", "no:cacheprovider"]
         selected = ["tests", "-m", TIERS]
         selected += [flag for test in LOCK_TESTS for flag in ("--deselect", test)]
