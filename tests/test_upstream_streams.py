@@ -334,3 +334,34 @@ async def test_aiohttp_read_by_hand_is_paced_and_a_late_answer_comes_whole() -> 
     assert events[1][0] < call.token_times[1]
     assert reply["choices"][0]["message"]["content"] == SUMMARY
     assert upstream.stats.count(200) == 1
+
+
+def test_a_reader_cancelled_mid_stream_counts_the_same_on_every_async_stack() -> None:
+    """■ on the cell while a stream is read: the stream the SDK closes on the way out is
+    abandoned after the events sent so far, on every stack (nothing is sent after it)."""
+
+    async def cancelled_after_the_first_event(name: str) -> None:
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async with async_client(name, None) as client:
+                stream = await client.chat.completions.create(
+                    model=MODEL, messages=MESSAGES, stream=True
+                )
+                async for _ in stream:
+                    first.set()
+
+        reading = asyncio.create_task(consume())
+        await first.wait()
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+    seen = {}
+    for name in [name for name in IN_PROCESS if not name.endswith("-sync")]:
+        # The second event would come 60 s later: only the cancellation ends the stream.
+        with mock_openai(time_to_first_token=0.0, time_per_token=60.0) as upstream:
+            asyncio.run(cancelled_after_the_first_event(name))
+            seen[name] = outcome(upstream.stats)
+    assert seen["aiohttp"] == (1, 0, {200: 1}, 0, [(200, 0, True)])
+    assert len(set(map(repr, seen.values()))) == 1, seen

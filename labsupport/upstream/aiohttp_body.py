@@ -38,14 +38,15 @@ class AnswerParts(Protocol):
         """Stop sending (the parts not asked for are never sent) and record the answer."""
 
     def client_left(self) -> None:
-        """Record the answer now: the client closed it (abandoned after its end is delivered
-        counts as delivered)."""
+        """Record the answer now: the client closed it (after its last part it was delivered,
+        after its first abandoned, before that cancelled)."""
 
 
 class _Demand:
-    """The `StreamReader`'s protocol and timer at once: the timer is entered while a read waits
-    for data, which is the client asking for more; nothing is ever paused (parts come one at a
-    time)."""
+    """The `StreamReader`'s protocol and timer at once. A `StreamReader` asks its protocol
+    whether it is `connected` and tells it to pause or resume reading; it enters its timer
+    (`with timer:`) around each wait for data and calls `assert_timeout()` as it reads. Here the
+    wait is the client asking for more, and nothing is ever paused: parts come one at a time."""
 
     def __init__(self) -> None:
         self.wanted = asyncio.Event()
