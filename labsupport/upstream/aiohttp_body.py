@@ -2,7 +2,7 @@
 
 aioresponses builds every response it answers with a reader that already holds the whole body,
 so a stream's events would all arrive at its end, its first token as late as its last. A streamed
-(or late) answer's response gets a `PacedBody` instead: aiohttp's public `StreamReader`, fed
+answer's response gets a `PacedBody` instead: aiohttp's public `StreamReader`, fed
 from the same paced parts the httpx path reads (`mock._AnswerStream`), so both stacks see the
 same time to first token, pace, and counters:
 

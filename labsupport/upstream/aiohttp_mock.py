@@ -10,10 +10,10 @@ callback takes every request to a host that is not loopback:
 * any other is refused at once with `NetworkBlockedError` (see `refusal`);
 * loopback requests are not matched, and aioresponses lets them through to the lab's servers.
 
-An answer with nothing to wait for is handed over whole. A streamed or late one is sent as the
-httpx path sends it (`aiohttp_body`): its first event after the time to first token, the others
-at the answer's pace, each only when the client reads, and a response closed before its end is
-counted as abandoned, with the same counters as on httpx.
+A whole answer is handed over whole, after its latency (status and body together, as a server
+sends one). A streamed one is sent as the httpx path sends it (`aiohttp_body`): its first event
+after the time to first token, the others at the answer's pace, each only when the client reads,
+and a response closed before its end is counted as abandoned, with the same counters as on httpx.
 
 One interception serves every running mock: patches of one method must be undone in reverse
 order, so the first mock to start installs it and the last to stop removes it.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Awaitable, Callable
+from http.client import responses
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from yarl import URL
@@ -98,10 +99,18 @@ def _callback(method: str) -> Callable[..., Awaitable[Any]]:
             answered = await answer(method, url, request)
             if answered is not None:
                 status, headers, body = answered
+                # The reason phrase a server sends: aiohttp's `raise_for_status()` needs one
+                # to build its error.
+                reason = responses.get(status, "")
                 content_type = headers.get("content-type", "application/json")
                 if isinstance(body, bytes):
                     return CallbackResult(
-                        method, status, body, content_type=content_type, headers=headers
+                        method,
+                        status,
+                        body,
+                        content_type=content_type,
+                        headers=headers,
+                        reason=reason,
                     )
                 return CallbackResult(
                     method,
@@ -109,6 +118,7 @@ def _callback(method: str) -> Callable[..., Awaitable[Any]]:
                     content_type=content_type,
                     headers=headers,
                     response_class=paced_response_class(body),
+                    reason=reason,
                 )
         if not answerers:  # stopped while this request was on its way
             raise ConnectionError(f"the offline lab was stopped before answering {url}")

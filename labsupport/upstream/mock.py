@@ -364,8 +364,9 @@ class MockUpstream(Upstream, Switch):
         self, method: str, url: URL, request: dict[str, Any]
     ) -> tuple[int, dict[str, str], bytes | _AnswerStream] | None:
         """The answer to an aiohttp request (its `ClientSession.request` keyword arguments) for
-        one of this mock's API bases: its body whole, or the stream that sends it (paced, as
-        the httpx path's); None for any other URL."""
+        one of this mock's API bases: a whole answer's body after its latency, or a streamed
+        answer's parts, sent as the client reads (see `aiohttp_body`); None for any other
+        URL."""
         endpoint = self._endpoint(origin(url.scheme, url.host or "", url.port), url.path)
         if endpoint is None:
             return None
@@ -383,6 +384,15 @@ class MockUpstream(Upstream, Switch):
             {"timeout": {"read": read}},
             timeout_error=aiohttp.SocketTimeoutError,
         )
+        if isinstance(body, _AnswerStream) and not answer.streaming:
+            # A whole answer comes whole, status and body together after its latency, as a
+            # server sends one: a client that checks the status before it reads the body
+            # (aiohttp's `raise_for_status`) still gets the answer counted as delivered.
+            whole = body
+            try:
+                body = b"".join([part async for part in whole])
+            finally:
+                await whole.aclose()  # a timeout or a cancelled task: counted as on httpx
         return answer.status, answer.headers, body
 
     def _answer_and_body(
