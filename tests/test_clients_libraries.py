@@ -238,3 +238,21 @@ async def test_litellm_async(base_url: str | None) -> None:
         model=f"openai/{MODEL}", messages=messages, **litellm_options(base_url)
     )
     assert reply.choices[0].message.content == "Positive"
+
+
+# litellm's streaming code warns about pydantic's deprecations and its own TypedDicts on every
+# stack and surface (FakeServer too): its own warnings, not the lab's, so not errors here.
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")
+@pytest.mark.filterwarnings("ignore:Item .* is using the .ReadOnly. qualifier:UserWarning")
+@pytest.mark.anyio
+async def test_litellm_async_streaming(base_url: str | None) -> None:
+    """litellm's default async path (aiohttp), streamed: the chunks come as the upstream sends
+    them, in process as over TCP."""
+    import litellm
+
+    messages = [{"role": "user", "content": SENTIMENT}]
+    chunks: Any = await litellm.acompletion(
+        model=f"openai/{MODEL}", messages=messages, stream=True, **litellm_options(base_url)
+    )
+    text = "".join([chunk.choices[0].delta.content or "" async for chunk in chunks])
+    assert text == "Positive"

@@ -677,6 +677,31 @@ async def test_aiohttp_still_reaches_loopback() -> None:
     assert upstream.stats.calls == 0  # the fake server answered, not the mock
 
 
+@pytest.mark.anyio
+async def test_a_late_error_is_counted_under_its_status_when_aiohttp_checks_it_first() -> None:
+    """`ClientSession(raise_for_status=True)` checks the status before the body is read: the
+    late 500 still counts as a 500, as the SDK's call on httpx2 does (a whole answer comes
+    whole), and aiohttp's error names it."""
+    import aiohttp
+
+    url = "https://api.openai.com/v1/chat/completions"
+    request = {"model": "gpt-4o-mini", "messages": ask("hi")}
+    faults = [Fault.matching("hi", status=500)]
+    with mock_openai(latency=0.05, faults=faults) as upstream:
+        async with aiohttp.ClientSession(raise_for_status=True) as session:
+            with pytest.raises(aiohttp.ClientResponseError) as caught:
+                await session.post(url, json=request)
+        on_aiohttp = upstream.stats
+        upstream.reset()
+        async with AsyncOpenAI(api_key="test-key", max_retries=0) as client:
+            with pytest.raises(openai.InternalServerError):
+                await client.chat.completions.create(**request)
+        on_httpx2 = upstream.stats
+    assert caught.value.status == 500
+    assert (on_aiohttp.status_counts, on_aiohttp.cancelled) == ({500: 1}, 0)
+    assert (on_httpx2.status_counts, on_httpx2.cancelled) == ({500: 1}, 0)
+
+
 STACKS = ["httpx2", "httpx", "aiohttp"]
 
 

@@ -10,8 +10,10 @@ callback takes every request to a host that is not loopback:
 * any other is refused at once with `NetworkBlockedError` (see `refusal`);
 * loopback requests are not matched, and aioresponses lets them through to the lab's servers.
 
-aioresponses hands a response over whole: an answer arrives when it is complete, and a
-streamed answer's events arrive together at its end (its first token as late as its last).
+A whole answer is handed over whole, after its latency (status and body together, as a server
+sends one). A streamed one is sent as the httpx path sends it (`aiohttp_body`): its first event
+after the time to first token, the others at the answer's pace, each only when the client reads,
+and a response closed before its end is counted as abandoned, with the same counters as on httpx.
 
 One interception serves every running mock: patches of one method must be undone in reverse
 order, so the first mock to start installs it and the last to stop removes it.
@@ -22,16 +24,21 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from http.client import responses
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from yarl import URL
+
+if TYPE_CHECKING:
+    from .aiohttp_body import AnswerParts
 
 __all__ = ["AiohttpAnswer", "register", "unregister"]
 
 #: Answers an aiohttp request (method, URL, the request's keyword arguments): (status, headers,
-#: body), or None when the URL is not this mock's API.
-AiohttpAnswer = Callable[
-    [str, URL, dict[str, Any]], Awaitable[tuple[int, dict[str, str], bytes] | None]
+#: body, whole or as the parts that send it), or None when the URL is not this mock's API.
+AiohttpAnswer: TypeAlias = Callable[
+    [str, URL, dict[str, Any]],
+    Awaitable["tuple[int, dict[str, str], bytes | AnswerParts] | None"],
 ]
 #: Refuses a URL no mock answers for: the exception to raise.
 Refuse = Callable[[URL], BaseException]
@@ -79,6 +86,8 @@ def _callback(method: str) -> Callable[..., Awaitable[Any]]:
     async def answer_or_refuse(url: URL, **request: Any) -> Any:
         from aioresponses import CallbackResult
 
+        from .aiohttp_body import paced_response_class
+
         patch = _patch
         if patch is not None:
             # aioresponses records every request for its assertions; the lab makes none, and a
@@ -90,9 +99,26 @@ def _callback(method: str) -> Callable[..., Awaitable[Any]]:
             answered = await answer(method, url, request)
             if answered is not None:
                 status, headers, body = answered
+                # The reason phrase a server sends: aiohttp's `raise_for_status()` needs one
+                # to build its error.
+                reason = responses.get(status, "")
                 content_type = headers.get("content-type", "application/json")
+                if isinstance(body, bytes):
+                    return CallbackResult(
+                        method,
+                        status,
+                        body,
+                        content_type=content_type,
+                        headers=headers,
+                        reason=reason,
+                    )
                 return CallbackResult(
-                    method, status, body, content_type=content_type, headers=headers
+                    method,
+                    status,
+                    content_type=content_type,
+                    headers=headers,
+                    response_class=paced_response_class(body),
+                    reason=reason,
                 )
         if not answerers:  # stopped while this request was on its way
             raise ConnectionError(f"the offline lab was stopped before answering {url}")

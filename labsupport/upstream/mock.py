@@ -86,7 +86,8 @@ class _ReadTimeout(httpcore2.ReadTimeout, httpcore.ReadTimeout):
 class _AnswerStream:
     """A response body that arrives `answer.wait` seconds late (a stream: event by event, as
     the answer spaces them): blocking when read by a sync client, awaiting when read by an
-    async one (so it serves httpcore's sync and async responses alike).
+    async one (so it serves httpcore's sync and async responses alike, and aiohttp's through
+    `aiohttp_body.PacedBody`).
 
     A client that closes a stream it has begun to read has abandoned it (a disconnect): the
     rest is never sent, and the upstream counts it apart from a timeout."""
@@ -179,6 +180,11 @@ class _AnswerStream:
                 yield part
         finally:
             self._finish("async")
+
+    def client_left(self) -> None:
+        """An async client closed the body (aiohttp's response): count the answer now, as
+        `aclose()` does; the parts not yet asked for are never sent."""
+        self._finish("async")
 
     def close(self) -> None:
         if self._sync_parts is not None:
@@ -356,9 +362,11 @@ class MockUpstream(Upstream, Switch):
 
     async def _answer_aiohttp(
         self, method: str, url: URL, request: dict[str, Any]
-    ) -> tuple[int, dict[str, str], bytes] | None:
+    ) -> tuple[int, dict[str, str], bytes | _AnswerStream] | None:
         """The answer to an aiohttp request (its `ClientSession.request` keyword arguments) for
-        one of this mock's API bases, whole; None for any other URL."""
+        one of this mock's API bases: a whole answer's body after its latency, or a streamed
+        answer's parts, sent as the client reads (see `aiohttp_body`); None for any other
+        URL."""
         endpoint = self._endpoint(origin(url.scheme, url.host or "", url.port), url.path)
         if endpoint is None:
             return None
@@ -376,17 +384,15 @@ class MockUpstream(Upstream, Switch):
             {"timeout": {"read": read}},
             timeout_error=aiohttp.SocketTimeoutError,
         )
-        if not isinstance(body, bytes):
-            parts = body.__aiter__()
+        if isinstance(body, _AnswerStream) and not answer.streaming:
+            # A whole answer comes whole, status and body together after its latency, as a
+            # server sends one: a client that checks the status before it reads the body
+            # (aiohttp's `raise_for_status`) still gets the answer counted as delivered.
+            whole = body
             try:
-                body = b"".join([part async for part in parts])
-            except BaseException:
-                # aiohttp's client gets the answer whole: one it gave up on, it never began
-                # to read (a timeout, never an abandoned stream).
-                self.finish(answer, delivered=False)
-                raise
+                body = b"".join([part async for part in whole])
             finally:
-                await parts.aclose()  # type: ignore[attr-defined]
+                await whole.aclose()  # a timeout or a cancelled task: counted as on httpx
         return answer.status, answer.headers, body
 
     def _answer_and_body(
