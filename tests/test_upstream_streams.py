@@ -218,7 +218,7 @@ async def pieces_until_failure(client: AsyncOpenAI) -> tuple[list[str], BaseExce
 @pytest.mark.parametrize("over_tcp", [False, True], ids=["in-process", "FakeServer"])
 async def test_a_500_after_n_pieces_is_an_error_event_the_sdk_raises(over_tcp: bool) -> None:
     fault = Fault.on_call(1, status=500, after=3)
-    settings = UpstreamSettings(time_to_first_token=0.0, time_per_token=0.001, faults=[fault])
+    settings = UpstreamSettings(time_to_first_token=0.0, time_per_token=0.001, faults=(fault,))
     if over_tcp:
         with FakeServer(settings) as server:
             client = AsyncOpenAI(api_key="k", base_url=server.base_url, max_retries=0)
