@@ -251,11 +251,12 @@ async def task_chat(request: ChatRequest) -> AsyncIterator[str]:
         yield piece
 
 
-async def until_upstream_idle():
-    """Wait until the upstream has ended every call (read to the end, or abandoned)."""
-    async with asyncio.timeout(10):
-        while upstream.stats.in_flight:
-            await asyncio.sleep(0.05)
+async def until_upstream_idle(at_most=10.0):
+    """Wait until the upstream has ended every call (read to the end, or abandoned), or
+    `at_most` seconds have passed."""
+    deadline = time.perf_counter() + at_most
+    while upstream.stats.in_flight and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def leave_early(app):
