@@ -32,7 +32,7 @@ LATENCY = upstream.latency
 import inspect
 
 from capstone import audit, errors, main, models, resources
-from capstone.routers import chat, health
+from capstone.routers import chat, health, stream
 from IPython.display import Markdown
 
 
@@ -76,6 +76,17 @@ show(chat)
 
 # %%
 show(health)
+
+# %% [markdown]
+# `/chat/stream` relays the reply piece by piece as server-sent events (08). Its upstream
+# stream is opened by a dependency, before the response starts, so a failure to open it is an
+# HTTP error like `/chat`'s; a failure once pieces have gone out ends the stream with one
+# `error` event in the same error shape. When the client leaves, Starlette cancels the relay
+# and the dependency closes the upstream stream and gives its slot back; the audit row, written
+# after the stream ends, has the reply so far and its `completion_tokens`.
+
+# %%
+show(stream)
 
 # %% [markdown]
 # **4. The audit log (04).** One row per request, *whatever happened to it*: a middleware

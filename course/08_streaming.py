@@ -36,8 +36,8 @@ from collections.abc import AsyncIterator, Iterator
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
-from fastapi.sse import EventSourceResponse
-from openai import AsyncOpenAI, OpenAI
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from openai import APIError, AsyncOpenAI, OpenAI
 from pydantic import BaseModel
 
 MODEL = "gpt-4o-mini"
@@ -251,13 +251,21 @@ async def task_chat(request: ChatRequest) -> AsyncIterator[str]:
         yield piece
 
 
+async def until_upstream_idle(at_most=10.0):
+    """Wait until the upstream has ended every call (read to the end, or abandoned), or
+    `at_most` seconds have passed."""
+    deadline = time.perf_counter() + at_most
+    while upstream.stats.in_flight and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def leave_early(app):
-    """Read 3 events, close the connection, wait for the rest of the answer's time; report."""
+    """Read 3 events, close the connection, wait until the upstream's call has ended; report."""
     async with lab.serve(app) as client:
         upstream.reset()
         await read_stream(client, leave_after=3)
         left = time.perf_counter()
-        await asyncio.sleep(1.0)
+        await until_upstream_idle()
     stats = upstream.stats
     after = stats.tokens_sent_after(left)
     said = "none" if not after else "more than 10" if after > 10 else "a few"
@@ -277,6 +285,104 @@ await leave_early(relay_app)
 # (`stream_options={"include_usage": True}`), so the row can only be written once the stream has
 # ended, and in a `finally:` so that a client who leaves is audited too (with the pieces it got).
 # A plain `list.append` in `finally` cannot be cancelled halfway.
+#
+# ## A stream that fails mid-way
+#
+# Once the first event has gone out, the status line (200) has too: a failure after that cannot
+# become an HTTP error. Left alone, the SDK's exception escapes the generator, uvicorn logs a
+# traceback and cuts the connection, and the client gets a stream that just stops. Catch it
+# where it happens and end the stream with one `error` event carrying the course's error shape,
+# `{"error": {"type": …, "message": …}}` (never the provider's own message), and audit it. A
+# stall past the client's `timeout=` raises `APITimeoutError`, an `APIError` too: it ends the
+# same way. Here the upstream fails its next call with a 500 after 3 pieces
+# (`lab.Fault.on_call(1, status=500, after=3)`).
+
+# %%
+safe_app = FastAPI()
+safe_rows = []
+MID_STREAM_ERROR = {
+    "error": {"type": "upstream_error", "message": "The model provider failed mid-answer."}
+}
+
+
+@safe_app.post("/chat/stream", response_class=EventSourceResponse)
+async def safe_chat(request: ChatRequest) -> AsyncIterator[ServerSentEvent]:
+    relayed = 0
+    failure = None
+    try:
+        async with await openai_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": request.message}], stream=True
+        ) as stream:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    relayed += 1
+                    yield ServerSentEvent(data=chunk.choices[0].delta.content)
+    except APIError as error:
+        failure = type(error).__name__
+        yield ServerSentEvent(event="error", data=MID_STREAM_ERROR)
+    finally:
+        safe_rows.append({"pieces": relayed, "error": failure})
+
+
+async def stream_events(client):
+    """POST one message to /chat/stream; return its events as (event name, data)."""
+    events, name = [], "message"
+    async with client.stream("POST", "/chat/stream", json={"message": PROMPT}) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+                name = "message"
+    return events
+
+
+with upstream.configured(faults=[lab.Fault.on_call(1, status=500, after=3)]):
+    async with lab.serve(safe_app) as client:
+        for name, data in await stream_events(client):
+            print(f"{name:>7}: {data!r}")
+print("audit row:", safe_rows[-1])
+
+# %% [markdown]
+# Three pieces, then one `error` event, and the stream ends: the client knows the answer is
+# incomplete and why, the connection is not left hanging, and the row says what happened.
+#
+# ## A slow reader: what buffers where
+#
+# A reader that pauses (a slow phone, a busy browser tab) does not slow the relay down at once:
+# between the generator and the reader's code, the events wait in buffers. FastAPI passes each
+# event through two in-memory streams of one event each; uvicorn hands the bytes to asyncio's
+# transport, which accepts writes until 64 KiB wait unsent; then come the kernel's socket
+# buffers on both sides. Only when all of them are full does the generator's `yield` wait, and
+# with it the reading of the upstream. This reader takes one event, then reads nothing until
+# the upstream has finished the whole answer.
+
+
+# %%
+async def pause_after_first(app):
+    """Read one event, wait until the upstream is done, then read the rest; report."""
+    async with lab.serve(app) as client:
+        upstream.reset()
+        async with client.stream("POST", "/chat/stream", json={"message": PROMPT}) as response:
+            lines = response.aiter_lines()
+            async for line in lines:
+                if line.startswith("data: "):
+                    break
+            await until_upstream_idle()  # the reader has read one event so far
+            waiting = [line async for line in lines if line.startswith("data: ")]
+    size = sum(len(line) + 2 for line in waiting)  # each event: its line and a blank line
+    print("while the reader paused after one event, the upstream finished the whole answer")
+    print(f"{len(waiting)} events ({size} bytes) waited in buffers for the reader")
+
+
+await pause_after_first(relay_app)
+
+# %% [markdown]
+# A chat answer is a few hundred bytes of events: far below 64 KiB, so a slow reader never
+# slows the upstream; its events wait in the server's memory. That is the cost to watch: each
+# slow connection can hold up to the transport's 64 KiB (plus the kernel's buffers), so
+# thousands of stalled readers of long answers add up. The disconnect, not backpressure, is
+# what stops a relay from reading on for nobody.
 
 # %% [markdown]
 # ## Your turn
@@ -285,7 +391,8 @@ await leave_early(relay_app)
 # relay each piece as it comes with `AsyncOpenAI` and `async for` (no thread per stream), stop
 # reading the upstream when the client leaves, and append one row per request to `audit_rows`
 # once the stream has ended: `{"completion_tokens": …}` from the usage chunk, or for a client
-# who left early, the number of pieces relayed.
+# who left early, the number of pieces relayed. (The solution also ends a stream that fails
+# mid-way as `safe_chat` does; the check does not test that part.)
 
 # %% tags=["exercise"]
 audit_rows = []
@@ -308,9 +415,10 @@ exercise_app = FastAPI()
 
 
 @exercise_app.post("/chat/stream", response_class=EventSourceResponse)
-async def chat_stream(request: ChatRequest) -> AsyncIterator[str]:
+async def chat_stream(request: ChatRequest) -> AsyncIterator[str | ServerSentEvent]:
     relayed = 0
     completion_tokens = None
+    failure = None
     try:
         async with await openai_client.chat.completions.create(
             model=MODEL,
@@ -324,13 +432,16 @@ async def chat_stream(request: ChatRequest) -> AsyncIterator[str]:
                 if chunk.choices and chunk.choices[0].delta.content:
                     relayed += 1
                     yield chunk.choices[0].delta.content
+    except APIError as error:  # as in safe_chat: one error event ends a failed stream
+        failure = type(error).__name__
+        yield ServerSentEvent(event="error", data=MID_STREAM_ERROR)
     finally:
-        audit_rows.append({"completion_tokens": completion_tokens or relayed})
+        audit_rows.append({"completion_tokens": completion_tokens or relayed, "error": failure})
 
 
 # %% [markdown]
 # The check serves your app with uvicorn, opens 8 concurrent streams (and the same to a
-# reference relay, to compare first pieces), then one stream whose client leaves after 3 events.
+# reference relay, to compare with), then one stream whose client leaves after 3 events.
 
 # %%
 await lab.checks.check_streaming_endpoint(exercise_app, lambda: audit_rows)
@@ -347,6 +458,10 @@ await lab.checks.check_streaming_endpoint(exercise_app, lambda: audit_rows)
 #   cancels it, and `async with` closes the upstream stream. A task reading on its own keeps
 #   paying for tokens nobody sees.
 # * Audit after the stream ends, in `finally:`, with the usage chunk's counts.
+# * A failure after the first event cannot be an HTTP status any more: end the stream with one
+#   `error` event in the error shape, and audit it.
+# * A slow reader fills buffers (FastAPI's, the transport's 64 KiB, the kernel's) before it
+#   slows the upstream: for chat-sized answers it never does; it costs memory instead.
 
 # %% [markdown]
 # Back to **00 · Start here** for the course map.

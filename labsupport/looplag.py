@@ -17,6 +17,11 @@ for 0.3 s, one wake-up comes 0.3 s late::
 
 Only wake-ups later than ``threshold`` count as stalls, so the loop's ordinary jitter does not
 add up to "blocked" time.
+
+A busy machine makes wake-ups late too: the loop's thread was ready to run but waited for a
+CPU. Where the OS reports that wait (Linux's per-thread ``schedstat``), ``starved`` gives the
+part of the blocked time it explains, so a check can tell a blocking call (the thread asleep
+in ``time.sleep`` or a socket read, or busy computing) from a machine that had no CPU to spare.
 """
 
 from __future__ import annotations
@@ -30,6 +35,20 @@ from .switch import Switch
 from .validation import check_seconds
 
 __all__ = ["LoopLagMonitor", "loop_lag"]
+
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+"""Linux: the calling thread's CPU time, time spent runnable but waiting for a CPU, and
+timeslices, the first two in nanoseconds."""
+
+
+def _cpu_wait() -> float:
+    """Seconds the calling thread has waited for a CPU while ready to run; 0.0 where the OS does
+    not say (not Linux, or a kernel without schedstats)."""
+    try:
+        with open(_SCHEDSTAT, "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class LoopLagMonitor(Switch):
@@ -55,8 +74,12 @@ class LoopLagMonitor(Switch):
         """How many wake-ups were later than ``threshold``."""
         self.samples = 0
         """How many wake-ups were measured."""
+        self.starved = 0.0
+        """Seconds of ``blocked`` during which the loop's thread was ready to run but waited for
+        a CPU (a busy machine, not a blocking call); 0.0 where the OS does not report it."""
         self._task: asyncio.Task[None] | None = None
         self._due = 0.0  # perf_counter() when the watcher should next run
+        self._waited = 0.0  # the loop thread's CPU wait at the last wake-up (see _cpu_wait)
 
     @property
     def active(self) -> bool:
@@ -72,6 +95,8 @@ class LoopLagMonitor(Switch):
         except RuntimeError:
             raise RuntimeError("LoopLagMonitor.start() needs a running event loop") from None
         self.blocked, self.longest, self.stalls, self.samples = 0.0, 0.0, 0, 0
+        self.starved = 0.0
+        self._waited = _cpu_wait()
         # The watcher's first wake-up is due now: if the caller blocks the loop before the
         # watcher ever runs, that time is still counted.
         self._due = time.perf_counter()
@@ -88,7 +113,7 @@ class LoopLagMonitor(Switch):
         # If that wake-up is overdue, the loop has been busy with our caller until now.
         late = time.perf_counter() - self._due
         if late > 0:
-            self._record(late)
+            self._record(late, _cpu_wait() - self._waited)
 
     async def __aenter__(self) -> Self:
         return self.start()
@@ -108,17 +133,22 @@ class LoopLagMonitor(Switch):
 
     async def _watch(self) -> None:
         while True:
-            self._record(time.perf_counter() - self._due)
+            waited = _cpu_wait()
+            self._record(time.perf_counter() - self._due, waited - self._waited)
+            self._waited = waited
             self._due = time.perf_counter() + self.interval
             await asyncio.sleep(self.interval)
 
-    def _record(self, late: float) -> None:
+    def _record(self, late: float, waited: float) -> None:
+        """Count one wake-up `late` seconds late, the thread having waited `waited` seconds for
+        a CPU since the previous one."""
         late = max(late, 0.0)  # timers may fire a hair early
         self.samples += 1
         self.longest = max(self.longest, late)
         if late > self.threshold:
             self.stalls += 1
             self.blocked += late
+            self.starved += min(late, max(waited, 0.0))
 
     def summary(self) -> str:
         """One line with the blocked time and the longest stall, times as ``N.NN s``."""

@@ -109,3 +109,13 @@ def test_start_needs_a_running_loop() -> None:
 def test_rejects_bad_settings(options: dict[str, float], error: type[Exception]) -> None:
     with pytest.raises(error, match=next(iter(options))):
         loop_lag(**options)
+
+
+@pytest.mark.anyio
+async def test_a_sleeping_loop_is_blocked_not_starved() -> None:
+    """`starved` is the part of the blocked time the thread spent ready to run, waiting for a
+    CPU; a thread asleep in time.sleep is not ready, so that stall stays the answer's own."""
+    async with loop_lag() as lag:
+        time.sleep(0.3)
+    assert 0.0 <= lag.starved <= lag.blocked
+    assert lag.blocked - lag.starved >= 0.25

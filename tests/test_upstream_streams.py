@@ -17,7 +17,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from labsupport import FakeServer, UpstreamSettings, mock_openai
+from labsupport import FakeServer, Fault, UpstreamSettings, mock_openai
 from labsupport.upstream import Upstream, UpstreamStats
 from labsupport.upstream.settings import LabUpstream
 
@@ -365,3 +365,60 @@ def test_a_reader_cancelled_mid_stream_counts_the_same_on_every_async_stack() ->
             seen[name] = outcome(upstream.stats)
     assert seen["aiohttp"] == (1, 0, {200: 1}, 0, [(200, 0, True)])
     assert len(set(map(repr, seen.values()))) == 1, seen
+
+
+# -- a stream that fails mid-way (Fault(..., after=N)) -----------------------------------------
+
+
+async def pieces_until_failure(client: AsyncOpenAI) -> tuple[list[str], BaseException | None]:
+    pieces: list[str] = []
+    try:
+        stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        async with stream:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+    except openai.APIError as error:
+        return pieces, error
+    return pieces, None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("over_tcp", [False, True], ids=["in-process", "FakeServer"])
+async def test_a_500_after_n_pieces_is_an_error_event_the_sdk_raises(over_tcp: bool) -> None:
+    fault = Fault.on_call(1, status=500, after=3)
+    settings = UpstreamSettings(time_to_first_token=0.0, time_per_token=0.001, faults=(fault,))
+    if over_tcp:
+        with FakeServer(settings) as server:
+            client = AsyncOpenAI(api_key="k", base_url=server.base_url, max_retries=0)
+            async with client:
+                pieces, error = await pieces_until_failure(client)
+            stats = server.stats
+    else:
+        with mock_openai(settings) as upstream:
+            async with AsyncOpenAI(api_key="k", max_retries=0) as client:
+                pieces, error = await pieces_until_failure(client)
+            stats = upstream.stats
+    assert len(pieces) == 3
+    assert type(error) is openai.APIError and "HTTP 500 mid-stream" in str(error)
+    assert (stats.count(500), stats.tokens) == (1, 3)
+
+
+@pytest.mark.anyio
+async def test_a_stall_after_n_pieces_past_the_read_timeout_is_a_timeout() -> None:
+    fault = Fault.on_call(1, delay=5.0, after=2)
+    with mock_openai(time_to_first_token=0.0, time_per_token=0.001, faults=[fault]) as upstream:
+        async with AsyncOpenAI(api_key="k", max_retries=0, timeout=0.1) as client:
+            pieces, error = await pieces_until_failure(client)
+    assert len(pieces) == 2 and isinstance(error, openai.APITimeoutError)
+    assert (upstream.stats.count(None), upstream.stats.tokens) == (1, 2)
+
+
+def test_after_applies_to_streams_only_and_is_checked() -> None:
+    fault = Fault.on_call(1, status=500, after=3)
+    whole = Upstream(faults=[fault]).answer(
+        "POST", "chat/completions", CHAT.replace(b"true", b"false"), "a"
+    )
+    assert whole.status == 500  # an answer that is not streamed fails at once
+    with pytest.raises(ValueError, match="after must be an int"):
+        Fault.on_call(1, status=500, after=-1)

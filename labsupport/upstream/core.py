@@ -51,8 +51,9 @@ _ROUTES = {
 @dataclass(slots=True)
 class Answer:
     """One planned answer: send `status`, `headers` and `body` (or the SSE `chunks`) after `wait`
-    seconds; a stream spaces its chunks `chunk_gap` seconds apart, and `tokens` says which of
-    them carry a piece of the answer."""
+    seconds; a stream spaces its chunks `chunk_gap` seconds apart (but `stall` seconds before
+    chunk `stall_at`), and `tokens` says which of them carry a piece of the answer. A stream
+    that fails mid-way ends with an error event and is counted under `failed_status`."""
 
     call: int
     status: int
@@ -65,10 +66,20 @@ class Answer:
     finished: bool = False
     in_flight: bool = True
     epoch: float = 0.0  # the upstream's last reset before this call: finish() ignores older ones
+    stall_at: int | None = None
+    stall: float = 0.0
+    failed_status: int | None = None
 
     @property
     def streaming(self) -> bool:
         return bool(self.chunks)
+
+    def gaps(self) -> list[float]:
+        """Seconds to wait before each chunk (`wait` before the first)."""
+        gaps = [self.wait] + [self.chunk_gap] * (len(self.chunks) - 1)
+        if self.stall_at is not None and self.stall_at < len(gaps):
+            gaps[self.stall_at] = self.stall
+        return gaps
 
 
 class Upstream:
@@ -234,14 +245,15 @@ class Upstream:
             answer.call, answer.in_flight = number, False
             answer.headers.update(headers)
             return answer
-        if fault is not None and fault.status is not None:
+        mid_stream = fault is not None and fault.after is not None and request.streaming
+        if fault is not None and fault.status is not None and not mid_stream:
             kind = _ERROR_TYPES.get(fault.status, "server_error")
             message = f"Scripted fault on call {number}: HTTP {fault.status}."
             answer = _error_answer(fault.status, kind, message, retry_after=fault.retry_after)
             answer.call, answer.wait = number, wait
             answer.headers.update(headers)
             return answer
-        if fault is not None and fault.delay is not None:
+        if fault is not None and fault.delay is not None and not mid_stream:
             wait = fault.delay
 
         if route == "chat" and turn is None:  # the fast path: plain chat
@@ -422,7 +434,7 @@ class Upstream:
             if answer.epoch != self._epoch:
                 return  # sent before a reset: the counters it would change are gone
             abandoned = abandoned and not delivered and bool(sent_at)
-            status = answer.status if delivered or abandoned else None
+            status = (answer.failed_status or answer.status) if delivered or abandoned else None
             # Only the events sent so far: an abandoned stream's sent_at is the shorter.
             sent = zip(sent_at, answer.tokens, strict=False)
             token_times = tuple(moment for moment, token in sent if token)
@@ -493,16 +505,34 @@ def _stream_answer(
     """A streamed answer: the first event after `time_to_first_token` and the others
     `time_per_token` apart; a setting left at None takes its share of the call's latency (the
     first event after a quarter of it, the rest over the other three quarters). A delay fault
-    delays the first event."""
+    delays the first event, or with `after`, the event after that many pieces; a status fault
+    with `after` replaces the rest of the stream by an error event."""
     headers["content-type"] = wire.SSE
+    mid_stream = fault is not None and fault.after is not None
     first = settings.time_to_first_token
-    if first is None or (fault is not None and fault.delay is not None):
+    if first is None or (fault is not None and fault.delay is not None and not mid_stream):
         first = 0.25 * wait
     gap = settings.time_per_token
     if gap is None:
         gap = 0.75 * wait / max(1, len(chunks) - 1)
+    if fault is None or fault.after is None:
+        tokens = tuple(wire.is_token(chunk) for chunk in chunks)
+        return Answer(number, 200, headers, b"", chunks, first, gap, tokens)
+    # The chunk that would carry piece `after + 1`: where the stream fails.
+    token_indexes = [i for i, chunk in enumerate(chunks) if wire.is_token(chunk)]
+    cut = token_indexes[fault.after] if fault.after < len(token_indexes) else len(chunks) - 1
+    if fault.status is not None:
+        kind = _ERROR_TYPES.get(fault.status, "server_error")
+        message = f"Scripted fault on call {number}: HTTP {fault.status} mid-stream."
+        _, body = wire.error(fault.status, kind, message)
+        chunks = [*chunks[:cut], b"data: " + body + b"\n\n"]
     tokens = tuple(wire.is_token(chunk) for chunk in chunks)
-    return Answer(number, 200, headers, b"", chunks, first, gap, tokens)
+    answer = Answer(number, 200, headers, b"", chunks, first, gap, tokens)
+    if fault.status is not None:
+        answer.failed_status = fault.status
+    else:
+        answer.stall_at, answer.stall = cut, fault.delay or 0.0
+    return answer
 
 
 def _embedding_size(fields: dict[str, object]) -> int:

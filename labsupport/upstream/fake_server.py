@@ -206,8 +206,9 @@ class FakeServer(Upstream, Switch):
                 {"type": "http.response.start", "status": answer.status, "headers": raw_headers}
             )
             if answer.streaming:
+                gaps = answer.gaps()
                 for index, chunk in enumerate(answer.chunks):
-                    if index and await _left_within(left, answer.chunk_gap):
+                    if index and await _left_within(left, gaps[index]):
                         return
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     sent_at.append(time.perf_counter())

@@ -2,8 +2,9 @@
 
 A lesson about error handling needs errors that happen every run, at the same place. A `Fault` says
 *which* calls go wrong (the n-th call, calls whose prompt matches a pattern, or a seeded fraction)
-and *how* (an HTTP error status, or a slow answer). A `RateLimit` answers 429 once too many calls
-are in flight, or too many arrived within a time window.
+and *how* (an HTTP error status, or a slow answer), and with `after=N`, *when* in a stream: after
+its N-th piece (an error event in the stream, or a stall before the next piece). A `RateLimit`
+answers 429 once too many calls are in flight, or too many arrived within a time window.
 
 Errors come back with OpenAI-shaped bodies, so the real SDK raises its real exceptions:
 `RateLimitError` (429), `InternalServerError` (5xx), `BadRequestError` (400), … and, for a slow
@@ -47,6 +48,12 @@ class Fault:
 
     Exactly one of `status` (answer with this HTTP error) and `delay` (answer normally, but only
     after `delay` seconds) is set.
+
+    `after=N` makes a *streamed* answer fail mid-way: its first N pieces are sent as usual, then
+    with `status`, an error event in the stream's error shape ends it (the SDK raises
+    `openai.APIError` in the `async for`), and with `delay`, the next piece comes only `delay`
+    seconds later (past the client's timeout: `openai.APITimeoutError`). An answer that is not
+    streamed fails as without `after`.
     """
 
     calls: frozenset[int] = frozenset()
@@ -55,6 +62,7 @@ class Fault:
     status: int | None = None
     delay: float | None = None
     retry_after: float | None = None
+    after: int | None = None
 
     @classmethod
     def on_call(
@@ -63,13 +71,16 @@ class Fault:
         status: int | None = None,
         delay: float | None = None,
         retry_after: float | None = None,
+        after: int | None = None,
     ) -> Fault:
         """Fail the given calls, counted from 1 since the upstream started or was reset."""
         if not numbers:
             raise ValueError("Fault.on_call needs at least one call number, e.g. Fault.on_call(3)")
         for number in numbers:
             check_int("call number", number, minimum=1)
-        return cls._make(calls=frozenset(numbers), status=status, delay=delay, retry=retry_after)
+        return cls._make(
+            calls=frozenset(numbers), status=status, delay=delay, retry=retry_after, after=after
+        )
 
     @classmethod
     def matching(
@@ -79,6 +90,7 @@ class Fault:
         status: int | None = None,
         delay: float | None = None,
         retry_after: float | None = None,
+        after: int | None = None,
     ) -> Fault:
         """Fail every call whose prompt matches the regular expression `pattern` (retries too)."""
         if not isinstance(pattern, str) or not pattern:
@@ -91,7 +103,9 @@ class Fault:
             raise ValueError(
                 f"pattern {pattern!r} is not a valid regular expression: {error}"
             ) from None
-        return cls._make(pattern=compiled, status=status, delay=delay, retry=retry_after)
+        return cls._make(
+            pattern=compiled, status=status, delay=delay, retry=retry_after, after=after
+        )
 
     @classmethod
     def fraction(
@@ -101,10 +115,13 @@ class Fault:
         status: int | None = None,
         delay: float | None = None,
         retry_after: float | None = None,
+        after: int | None = None,
     ) -> Fault:
         """Fail about `rate` (0–1) of all calls, chosen by the upstream's seeded random numbers."""
         check_number("rate", rate, gt=0, le=1)  # a share of all calls
-        return cls._make(rate=float(rate), status=status, delay=delay, retry=retry_after)
+        return cls._make(
+            rate=float(rate), status=status, delay=delay, retry=retry_after, after=after
+        )
 
     @classmethod
     def _make(
@@ -116,6 +133,7 @@ class Fault:
         status: int | None,
         delay: float | None,
         retry: float | None,
+        after: int | None = None,
     ) -> Fault:
         if (status is None) == (delay is None):
             raise ValueError("a fault needs exactly one of status=… (an HTTP error) or delay=… (s)")
@@ -126,7 +144,9 @@ class Fault:
             check_seconds("delay", delay)
         if retry is not None:
             check_seconds("retry_after", retry)
-        return cls(calls, pattern, rate, status, delay, retry)
+        if after is not None:
+            check_int("after", after, minimum=0)  # pieces of a stream sent before it fails
+        return cls(calls, pattern, rate, status, delay, retry, after)
 
     def selects(self, number: int, prompt: str, draw: float) -> bool:
         """Whether this fault hits call `number` with `prompt`; `draw` is uniform in [0, 1)."""

@@ -112,8 +112,7 @@ class _AnswerStream:
         answer = self._answer
         if not answer.streaming:
             return [(answer.wait, answer.body)]
-        gaps = [answer.wait] + [answer.chunk_gap] * (len(answer.chunks) - 1)
-        return list(zip(gaps, answer.chunks, strict=True))
+        return list(zip(answer.gaps(), answer.chunks, strict=True))
 
     def _check_timeout(self, wait: float) -> float:
         """How long to wait before the next part; raise-time if the client gives up first."""

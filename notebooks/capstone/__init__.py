@@ -8,7 +8,7 @@ Every pattern of the course, one module each, in FastAPI's "bigger applications"
   (01, 03, 05); every upstream call goes through `Resources.ask`: one deadline per request,
   retries included, and a bounded wait for a slot (load shed with 503);
 * `routers` — `POST /chat`, `/analyze` (three calls with `asyncio.gather`: 02), `/batch`,
-  `GET /health`;
+  `/chat/stream` (the reply as server-sent events: 08), `GET /health`;
 * `audit` — one row per request in SQLite, written in the background, none lost (04);
 * `errors` — one JSON error shape for every non-2xx;
 * `main` — `create_app(audit_path=…)` puts them together; `settings` lists the options.

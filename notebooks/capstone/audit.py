@@ -37,13 +37,18 @@ CREATE TABLE IF NOT EXISTS audit (
     user_id TEXT,
     prompt TEXT,                 -- the first 200 characters
     reply TEXT,                  -- the first 200 characters
-    error TEXT                   -- the exception's class and message, for failures
+    error TEXT,                  -- the exception's class and message, for failures
+    completion_tokens INTEGER    -- a stream's (08): its usage, or the pieces a leaver got
 )
 """
+# An audit log created before streams had no completion_tokens: the column is added.
+_ADD_TOKENS: Final = "ALTER TABLE audit ADD COLUMN completion_tokens INTEGER"
 _INSERT: Final = (
-    "INSERT INTO audit (at, method, path, status, duration_ms, user_id, prompt, reply, error) "
-    "VALUES (:at, :method, :path, :status, :duration_ms, :user_id, :prompt, :reply, :error)"
+    "INSERT INTO audit (at, method, path, status, duration_ms, user_id, prompt, reply, error, "
+    "completion_tokens) VALUES (:at, :method, :path, :status, :duration_ms, :user_id, :prompt, "
+    ":reply, :error, :completion_tokens)"
 )
+_NOTED: Final = ("user_id", "prompt", "reply", "error", "completion_tokens")  # None if not noted
 _ROWS_PER_COMMIT: Final = 1_000
 # What SQLite raises for a row it can never store (a value of a type it cannot bind, an int
 # past 64 bits, a NULL where NOT NULL): retrying cannot help. A lock or a full disk is an
@@ -108,9 +113,14 @@ class AuditLog:
             # WAL: readers (an admin's query, the notebook) never block the writer.
             await self._connection.execute("PRAGMA journal_mode=WAL")
             await self._connection.execute(AUDIT_SCHEMA)
+            columns = await self._connection.execute_fetchall("PRAGMA table_info(audit)")
+            if "completion_tokens" not in {column[1] for column in columns}:
+                await self._connection.execute(_ADD_TOKENS)
             await self._connection.commit()
             spilled = self.spill.read_text() if self.spill.exists() else ""
-            self._pending.extend(json.loads(line) for line in spilled.splitlines())
+            self._pending.extend(
+                {"completion_tokens": None, **json.loads(line)} for line in spilled.splitlines()
+            )
         except (sqlite3.Error, OSError, ValueError) as error:
             # Close what was opened: aiosqlite's thread would keep the process alive.
             await self._close_connection()
@@ -289,7 +299,7 @@ class AuditMiddleware:
             status = 500 if status == 499 else status  # the server answers 500 if it can
             raise
         finally:
-            row: dict[str, Any] = {"user_id": None, "prompt": None, "reply": None, "error": None}
+            row: dict[str, Any] = dict.fromkeys(_NOTED)
             if status == 499:
                 row["error"] = "the client disconnected before it had an answer"
             row.update(scope["state"].get("audit_note", {}))
@@ -304,7 +314,7 @@ class AuditMiddleware:
 
 
 def note(request: Request | Scope, **fields: Any) -> None:
-    """Add fields (user_id, prompt, reply, error) to this request's audit row."""
+    """Add fields (user_id, prompt, reply, error, completion_tokens) to this request's row."""
     state = request.scope["state"] if isinstance(request, Request) else request["state"]
     audit_note = state.setdefault("audit_note", {})
     for name, value in fields.items():

@@ -66,11 +66,12 @@ def client_error(error: UpstreamFailure) -> ClientError:
     if isinstance(error, openai.APIConnectionError):
         message = "The model provider cannot be reached right now; retry shortly."
         return refusal(503, "upstream_unavailable", message, 1)
-    if isinstance(error, openai.APIStatusError) and error.status_code >= 500:
+    if not isinstance(error, openai.APIStatusError):  # an error event inside a stream (08)
+        return refusal(502, "upstream_error", "The model provider failed mid-answer.")
+    if error.status_code >= 500:
         message = f"The model provider failed (HTTP {error.status_code}); retry shortly."
         return refusal(502, "upstream_error", message)
-    status = getattr(error, "status_code", None)
-    message = f"The model provider refused the request (HTTP {status or 'unknown'})."
+    message = f"The model provider refused the request (HTTP {error.status_code})."
     return refusal(502, "upstream_rejected", message)
 
 
@@ -105,6 +106,13 @@ _ERRORS: Final = {
 }
 ERROR_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     status: {"model": ErrorBody, "description": text} for status, text in _ERRORS.items()
+}
+# The same for a route whose own answers are not JSON (`/chat/stream`'s events): FastAPI would
+# document a `model` in the route's media type, so these name JSON and ErrorBody's schema (in
+# the components: the other routes' ERROR_RESPONSES put it there) themselves.
+_JSON_ERROR: Final = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+JSON_ERROR_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    status: {"content": _JSON_ERROR, "description": text} for status, text in _ERRORS.items()
 }
 _KINDS: Final = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 

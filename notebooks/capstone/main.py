@@ -17,7 +17,7 @@ from labsupport.serving import BodyLimits
 from . import errors
 from .audit import AuditMiddleware, note
 from .resources import lifespan
-from .routers import chat, health
+from .routers import chat, health, stream
 from .settings import Settings
 
 
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, **options: Any) -> FastAPI:
     app = FastAPI(title="Capstone: an async LLM service", lifespan=lifespan)
     app.state.settings = settings or Settings(**options)
     app.include_router(chat.router)
+    app.include_router(stream.router)
     app.include_router(health.router)
     app.add_middleware(
         BodyLimits,

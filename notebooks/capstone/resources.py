@@ -13,7 +13,8 @@ from typing import Annotated, Final
 
 import openai
 from fastapi import Depends, FastAPI, Request
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletionChunk
 
 from .audit import AuditLog
 from .errors import UpstreamBusy, UpstreamDeadline, retry_after
@@ -80,6 +81,28 @@ class Resources:
                 f"The upstream part of this request did not finish within its "
                 f"{self.settings.upstream_timeout:g} s deadline (waiting for {waiting_for})."
             ) from None
+
+    @asynccontextmanager
+    async def stream(
+        self, prompt: str, *, temperature: float = 0.0, max_tokens: int = 200
+    ) -> AsyncIterator[AsyncStream[ChatCompletionChunk]]:
+        """One streamed call (08), usage in its last chunk, holding a slot until it is closed.
+        Not retried (the client would get its first pieces twice); a failure to open raises
+        here, one mid-stream in the `async for`."""
+        await self._take_slot(self.deadline())
+        try:
+            chunks = await self.openai.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async with chunks:  # closed when the relay ends, also when its client left
+                yield chunks
+        finally:
+            self.upstream_slots.release()
 
     async def _take_slot(self, deadline: float) -> None:
         """Acquire an upstream slot, waiting at most `slot_wait` (or until `deadline`)."""
