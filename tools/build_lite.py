@@ -42,8 +42,6 @@ PYODIDE_NPM = ROOT / "node_modules" / "pyodide"
 #: Downloaded wheels, kept between builds; `STAMP` says which lock and platform they are for.
 WHEELS = ROOT / "build" / "lite-wheels"
 STAMP = WHEELS / "downloaded-for.json"
-#: The JupyterLite project this script writes (its `lite_dir`), rebuilt from scratch each time.
-STAGE = ROOT / "build" / "lite-src"
 OUTPUT = ROOT / "build" / "lite"
 #: Pyodide's runtime files the kernel loads: the ES module entry point (the kernel's workers are
 #: module workers), the WebAssembly interpreter and its JavaScript glue, the standard library.
@@ -74,22 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build(out: Path) -> None:
-    """Stage the JupyterLite project in build/lite-src/ and build it into `out`."""
+    """Build the site into `out`, from the JupyterLite project (its `lite_dir`) this writes
+    afresh beside it, in `<out>-src/`."""
     lock = pyodide_lock()
-    if STAGE.exists():
-        shutil.rmtree(STAGE)
-    pyodide_dir = STAGE / "static" / "pyodide"
+    stage = out.with_name(f"{out.name}-src")
+    if stage.exists():
+        shutil.rmtree(stage)
+    pyodide_dir = stage / "static" / "pyodide"
     pyodide_dir.mkdir(parents=True)
     for name in PYODIDE_CORE:
         shutil.copy2(PYODIDE_NPM / name, pyodide_dir / name)
-    for wheel in download_wheels(platform_tag(lock)):
+    for wheel in download_wheels():
         shutil.copy2(wheel, pyodide_dir / wheel.name)
     build_labsupport_wheel(pyodide_dir)
     wheels = sorted(pyodide_dir.glob("*.whl"))
     if INSTALLER not in {distribution(wheel) for wheel in wheels}:
         raise LiteBuildError(f"lite/requirements.lock must pin {INSTALLER} (the kernel needs it)")
     write_json(pyodide_dir / PYODIDE_LOCK, site_lock(lock, wheels))
-    write_json(STAGE / "jupyter-lite.json", site_config(sorted(map(distribution, wheels))))
+    write_json(stage / "jupyter-lite.json", site_config(sorted(map(distribution, wheels))))
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if out.exists():
         shutil.rmtree(out)
@@ -98,18 +98,18 @@ def build(out: Path) -> None:
     run(
         [sys.executable, "-m", "jupyter", "lite", "build"],
         "--lite-dir",
-        str(STAGE),
+        str(stage.resolve()),
         "--output-dir",
         str(out.resolve()),
         # Source maps are for debugging JupyterLab itself, about half the site's size.
         "--no-sourcemaps",
         *(argument for notebook in notebooks for argument in ("--contents", str(notebook))),
-        cwd=STAGE,
+        cwd=stage,
     )
 
 
 def pyodide_lock() -> dict[str, Any]:
-    """The lock of the npm Pyodide: its `info` names the platform, its entry for micropip."""
+    """The lock the npm Pyodide ships: its `info` names the platform and the Python."""
     path = PYODIDE_NPM / PYODIDE_LOCK
     if not path.is_file():
         raise LiteBuildError(f"{path.relative_to(ROOT)} is missing: run `make node-tools`")
@@ -128,23 +128,36 @@ def python_version(lock: dict[str, Any]) -> str:
     return ".".join(str(lock["info"]["python"]).split(".")[:2])
 
 
-def download_wheels(platform: str) -> list[Path]:
-    """The wheels lite/requirements.lock pins, for `platform`, downloaded by pip once (checked
-    against the lock's hashes) and reused while the lock and the platform stay the same."""
-    lock = pyodide_lock()
-    wanted = {"lock": sha256(LOCK), "platform": platform}
-    if not (STAMP.is_file() and json.loads(STAMP.read_text()) == wanted):
+def wheels_downloaded() -> bool:
+    """Whether build/lite-wheels/ holds the wheels of the current lock for this Pyodide: then a
+    build needs no network at all."""
+    if not (PYODIDE_NPM / PYODIDE_LOCK).is_file():
+        return False
+    return STAMP.is_file() and json.loads(STAMP.read_text()) == wheels_wanted()
+
+
+def wheels_wanted() -> dict[str, str]:
+    return {"lock": sha256(LOCK), "platform": platform_tag(pyodide_lock())}
+
+
+def download_wheels() -> list[Path]:
+    """The wheels lite/requirements.lock pins, for this Pyodide's platform, downloaded by pip once
+    (checked against the lock's hashes) and reused while the lock and the platform stay the same.
+    """
+    if not wheels_downloaded():
         if WHEELS.exists():
             shutil.rmtree(WHEELS)
+        lock = pyodide_lock()
         version = python_version(lock)
         abi = "cp" + version.replace(".", "")
         run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes"],
-            *("--only-binary=:all:", "--platform", platform, "--python-version", version),
-            *("--implementation", "cp", "--abi", abi, "--abi", "none", "--abi", "abi3"),
+            *("--only-binary=:all:", "--platform", platform_tag(lock)),
+            *("--python-version", version, "--implementation", "cp"),
+            *("--abi", abi, "--abi", "none", "--abi", "abi3"),
             *("--dest", str(WHEELS), "--requirement", str(LOCK)),
         )
-        write_json(STAMP, wanted)
+        write_json(STAMP, wheels_wanted())
     return sorted(WHEELS.glob("*.whl"))
 
 

@@ -1,0 +1,174 @@
+"""The course's JupyterLite site in a real browser: built offline, served on loopback, and a Pyodide
+kernel running labsupport in headless Chromium, with no request leaving the page's origin.
+
+`make lite` (tools/build_lite.py) builds a site that should need nothing but its own files at run
+time: Pyodide from npm, the wheels of lite/requirements.lock, labsupport's wheel. This test builds
+it into a temporary folder, serves it from 127.0.0.1, opens JupyterLab there in Chromium
+(tests/chromium.py), starts a kernel through JupyterLab's service manager (the site exposes the
+app as `window.jupyterapp`), runs one cell that imports labsupport, the SDK and FastAPI, and
+checks what the cell printed and every request the browser context made, the kernel's web worker
+and the service worker's included. The time to a ready kernel, and the cell's, go to
+test-artifacts/lite-timings.json; a screenshot to test-artifacts/lite.png.
+
+Needs Chromium, `node_modules/pyodide` (`make node-tools`) and the downloaded wheels (`make
+lite`, the one step that uses the package registry): skipped with one line where one is missing,
+failed under `make check`.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from build_lite import build
+from chromium import chromium
+
+from labsupport.network import free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHECK = "the JupyterLite check"
+
+#: Starts a kernel as JupyterLab does when a notebook opens, once the Pyodide kernel's spec is
+#: registered (its plugin does that after the app starts); resolves with the milliseconds from
+#: asking to a kernel that answers `kernel_info` (Pyodide loaded, the site's wheels installed).
+_START_KERNEL = """async () => {
+  const app = window.jupyterapp;
+  await app.restored;
+  const specs = app.serviceManager.kernelspecs;
+  while (!specs.specs?.kernelspecs?.python) {
+    await specs.refreshSpecs();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  const asked = performance.now();
+  window.liteKernel = await app.serviceManager.kernels.startNew({name: 'python'});
+  await window.liteKernel.info;
+  return performance.now() - asked;
+}"""
+
+#: Runs `code` in that kernel; resolves with the reply's status and the text it printed.
+_EXECUTE = """async (code) => {
+  const future = window.liteKernel.requestExecute({code});
+  const printed = [];
+  const errors = [];
+  future.onIOPub = (message) => {
+    if (message.header.msg_type === 'stream') printed.push(message.content.text);
+    if (message.header.msg_type === 'error') errors.push(message.content.evalue);
+  };
+  const reply = await future.done;
+  return {status: reply.content.status, printed: printed.join(''), errors};
+}"""
+
+CELL = """\
+import sys
+
+import fastapi
+import openai
+
+import labsupport
+
+print(sys.platform, labsupport.__name__, openai.__version__, fastapi.__version__)
+"""
+
+
+class _SiteFiles(http.server.SimpleHTTPRequestHandler):
+    """A static file server with the types Pyodide needs: an ES module must be served as
+    JavaScript, and WebAssembly as `application/wasm` to compile while it downloads."""
+
+    extensions_map = {  # noqa: RUF012 (the base class declares it a plain class attribute)
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".mjs": "text/javascript",
+        ".wasm": "application/wasm",
+    }
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads the browser's requests, not the server's log."""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The site, built by tools/build_lite.py into a temporary folder and served on loopback;
+    yields its origin."""
+    out = tmp_path_factory.mktemp("lite") / "site"
+    build(out)
+    handler = functools.partial(_SiteFiles, directory=str(out))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, name="lite-site", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def off_origin(urls: list[str], origin: str) -> list[str]:
+    """The requests, among `urls`, to anywhere but `origin` (data: and blob: URLs are the page's
+    own memory, not requests that leave it)."""
+    return [
+        url
+        for url in urls
+        if urlsplit(url).scheme not in ("data", "blob") and not url.startswith(origin + "/")
+    ]
+
+
+def test_off_origin_sees_another_host_and_port() -> None:
+    origin = "http://127.0.0.1:8000"
+    urls = [
+        f"{origin}/lab/index.html",
+        "data:image/svg+xml;base64,AAAA",
+        "http://127.0.0.1:8001/x",
+        "http://127.0.0.1:8000.example/y",
+        "https://files.example/pyodide.mjs",
+    ]
+    assert off_origin(urls, origin) == urls[2:]
+
+
+@pytest.mark.slow
+@pytest.mark.needs("chromium", "node-tools", "lite-wheels")
+# The build (about 10 to 25 s), Pyodide's start with the site's 40 wheels (about 20 s on two idle
+# cores) and the first imports of the SDK and FastAPI in WebAssembly (about 8 s), on a machine
+# that may be busy.
+@pytest.mark.timeout(600)
+def test_pyodide_kernel_imports_labsupport_offline(site: str) -> None:
+    requested: list[str] = []
+    with chromium(CHECK) as browser:
+        context = browser.new_context()
+        # The context's requests: the page's, and its kernel's and service worker's.
+        context.on("request", lambda request: requested.append(request.url))
+        page = context.new_page()
+        loading = time.perf_counter()
+        page.goto(f"{site}/lab/index.html")
+        page.wait_for_function("() => window.jupyterapp !== undefined")
+        kernel_ms = page.evaluate(_START_KERNEL)
+        ready_after_load = time.perf_counter() - loading
+        running = time.perf_counter()
+        result = page.evaluate(_EXECUTE, CELL)
+        cell_seconds = time.perf_counter() - running
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "lite.png"))
+        context.close()
+    timings = {
+        "kernel_ready_after_start_s": round(kernel_ms / 1000, 2),
+        "kernel_ready_after_page_load_s": round(ready_after_load, 2),
+        "first_cell_s": round(cell_seconds, 2),
+    }
+    (ARTIFACTS / "lite-timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(f"JupyterLite in Chromium: {timings}")
+
+    assert result["status"] == "ok", result["errors"]
+    # The versions the site installed are the ones requirements.lock pins for CPython.
+    expected = f"emscripten labsupport {version('openai')} {version('fastapi')}\n"
+    assert result["printed"] == expected
+    assert requested, "the browser reported no requests: the listener saw nothing"
+    assert off_origin(requested, site) == []
