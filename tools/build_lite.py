@@ -209,7 +209,9 @@ def build_labsupport_wheel(into: Path) -> None:
     uv = Path(sys.executable).parent / "uv"
     if not uv.is_file():
         raise LiteBuildError("uv is not in this environment: run `make venv`")
-    run([str(uv), "build", "--wheel", "--quiet", "--out-dir", str(into)], str(ROOT))
+    # Offline: the build backend (setuptools) comes from uv's cache, where `make venv` put it
+    # when it installed this project; the tests build the site with no network at all.
+    run([str(uv), "build", "--wheel", "--offline", "--quiet", "--out-dir", str(into)], str(ROOT))
 
 
 def site_config(preloaded: list[str]) -> dict[str, Any]:
