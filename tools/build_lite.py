@@ -14,9 +14,10 @@ fetches nothing at run time from anywhere but itself:
   into build/lite-wheels/: micropip (the kernel's installer), what the Pyodide kernel itself
   imports (IPython, comm, jedi) and what the lessons import (the SDK, FastAPI, pydantic, ...).
 * **labsupport** as a wheel built from this checkout (the `async-llm-lab` project). Its own
-  metadata requires the CPython course's whole stack (uvicorn, matplotlib, Jupyter, ...), which
-  has no Pyodide wheels; so nothing is resolved in the browser: every kernel preloads the site
-  lock's packages when it starts, and a lesson's `import labsupport` works with no install cell.
+  metadata requires the CPython course's whole stack (Jupyter, matplotlib, psutil, ...), parts of
+  which have no wheel for Pyodide; so nothing is resolved in the browser: every kernel preloads
+  the site lock's packages when it starts, and a lesson's `import labsupport` works with no
+  install cell.
 * **The learner notebooks** of notebooks/, as the site's files.
 
 Usage: ``python tools/build_lite.py [--out DIR]``. Prints the build time and the site's size.
@@ -47,7 +48,7 @@ OUTPUT = ROOT / "build" / "lite"
 #: module workers), the WebAssembly interpreter and its JavaScript glue, the standard library.
 PYODIDE_CORE = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip")
 PYODIDE_LOCK = "pyodide-lock.json"
-#: The one package the site's Pyodide lock lists: the kernel loads it before anything else.
+#: The kernel's package installer, which the site's lock must list: the kernel loads it first.
 INSTALLER = "micropip"
 KERNEL_PLUGIN = "@jupyterlite/pyodide-kernel-extension:kernel"
 
