@@ -99,11 +99,12 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
     _upstream.start()  # with the socket guard, and the placeholder key if none is set
     _upstream.configure(requested)
     if _in_browser():
-        # Pyodide runs no threads, which the warm-up needs (the SDK's first call there pays its
-        # cold start), and its kernel is interrupted its own way.
+        # The warm-up runs in a thread, which Pyodide cannot start (the SDK's first call there
+        # pays its cold start); the interrupt hook is written for CPython's ipykernel and is
+        # left off here (not tried in Pyodide).
         print(
             "Offline lab in your browser (Pyodide): a simulated OpenAI API answers in this tab "
-            f"({requested.latency:g} s per call). Nothing leaves this page."
+            f"({requested.latency:g} s per call). The SDK's requests never leave this page."
         )
         return _upstream
     # The SDK's and FastAPI's cold start, over private transports (the upstream sees none of
