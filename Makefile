@@ -15,6 +15,8 @@
 #   make venv       create or update .venv from requirements.lock
 #   make site       build the course website into build/site/ from the committed notebooks
 #   make node-tools install the npm tools the tests use into node_modules/ (npm ci)
+#   make lite       build the course as a JupyterLite site (Python in the browser) into build/lite/
+#   make lite-lock  re-pin lite/requirements.lock, the packages the JupyterLite site installs
 
 PYTHON ?= python3
 VENV := .venv
@@ -28,9 +30,10 @@ KERNEL_HINT := $(VENV)/etc/ipython/ipython_kernel_config.py
 ONLY ?=
 LOCK_FLAGS ?=
 # The extras `make lock` pins and `make drift` upgrades.
-EXTRAS := --extra test --extra site --extra workshop --extra clients
+EXTRAS := --extra test --extra site --extra workshop --extra clients --extra lite
 
-.PHONY: venv lab lint test notebooks-test check lock notebooks bench drift site node-tools pythons
+.PHONY: venv lab lint test notebooks-test check lock notebooks bench drift site node-tools pythons \
+	lite lite-lock
 
 venv: $(INSTALLED) $(KERNEL_HINT)
 
@@ -115,6 +118,20 @@ lock: | $(BIN)/uv
 # The site shows the notebooks' stored outputs (nothing re-executed); see tools/build_site.py.
 site: venv
 	$(BIN)/python tools/build_site.py
+
+# Offline: Pyodide from node_modules/, wheels pip downloads once into build/lite-wheels/ (see
+# tools/build_lite.py); the site fetches nothing at run time but its own files.
+lite: venv $(NODE_TOOLS)
+	$(BIN)/python tools/build_lite.py
+
+# Resolved for Pyodide (sys_platform == "emscripten") at the versions requirements.lock pins.
+# widgetsnbextension is left out: the Pyodide kernel ships a stand-in of its own (the real one is
+# the classic Notebook's JavaScript, unused in JupyterLite).
+lite-lock: | $(BIN)/uv
+	$(BIN)/uv pip compile lite/requirements.in --python-platform wasm32-pyodide2025 \
+		--python-version 3.14 -c requirements.lock --generate-hashes --no-emit-index-url \
+		--no-emit-package widgetsnbextension --custom-compile-command "make lite-lock" \
+		-o lite/requirements.lock
 
 # Executing the solutions must not mark the developer's own exercises passed (labsupport.progress).
 notebooks: venv

@@ -49,14 +49,26 @@ def _redis_server() -> str | None:
 
 
 def _node_tools() -> str | None:
-    """The npm tools package.json pins: axe-core (the site) and configurable-http-proxy (hub)."""
+    """The npm packages package.json pins: axe-core (the site), configurable-http-proxy (hub) and
+    Pyodide (the JupyterLite site)."""
     tools = [
         ROOT / "node_modules" / "axe-core" / "axe.min.js",
         ROOT / "node_modules" / ".bin" / "configurable-http-proxy",
+        ROOT / "node_modules" / "pyodide" / "pyodide.mjs",
     ]
     if all(tool.exists() for tool in tools):
         return None
     return "the npm tools are not installed in node_modules/ (make node-tools)"
+
+
+def _lite_wheels() -> str | None:
+    """The Pyodide wheels tools/build_lite.py downloads (the only step of `make lite` that needs
+    the package registry; tests run loopback-only)."""
+    from build_lite import wheels_downloaded
+
+    if wheels_downloaded():
+        return None
+    return "the JupyterLite site's wheels are not downloaded for lite/requirements.lock (make lite)"
 
 
 #: What `@pytest.mark.needs(name)` can name: a function that says what is missing, or None.
@@ -64,6 +76,7 @@ PROGRAMS: dict[str, Callable[[], str | None]] = {
     "chromium": _chromium,
     "redis-server": _redis_server,
     "node-tools": _node_tools,
+    "lite-wheels": _lite_wheels,
 }
 
 

@@ -2,7 +2,9 @@
 
 Offline (the default): the mock upstream answers every OpenAI call in this kernel, a socket guard
 keeps everything else on this machine, and a placeholder API key lets learner code construct
-`AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))` unchanged.
+`AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))` unchanged. In a browser tab (Pyodide, the
+course's JupyterLite site) the same mock answers the SDK through httpx2's fetch transport (see
+`labsupport.upstream.pools`), with the same counters, latency, faults and rate limits.
 
 Live (`LAB_MODE=live`): nothing is mocked. The SDK reads `OPENAI_API_KEY` and, if set,
 `OPENAI_BASE_URL` (any OpenAI-compatible server) from the environment, as in production.
@@ -96,6 +98,15 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
         _upstream = MockUpstream()
     _upstream.start()  # with the socket guard, and the placeholder key if none is set
     _upstream.configure(requested)
+    if _in_browser():
+        # The warm-up runs in a thread, which Pyodide cannot start (the SDK's first call there
+        # pays its cold start); the interrupt hook is written for CPython's ipykernel and is
+        # left off here (not tried in Pyodide).
+        print(
+            "Offline lab in your browser (Pyodide): a simulated OpenAI API answers in this tab "
+            f"({requested.latency:g} s per call). The SDK's requests never leave this page."
+        )
+        return _upstream
     # The SDK's and FastAPI's cold start, over private transports (the upstream sees none of
     # it): now for what is imported, in a notebook after the cell that imports the rest.
     warm_up()
@@ -106,6 +117,12 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
         f"({requested.latency:g} s per call). Nothing leaves this machine."
     )
     return _upstream
+
+
+def _in_browser() -> bool:
+    """Whether this kernel is Pyodide in a browser tab (the course's JupyterLite site), where
+    httpx2 sends through the browser's `fetch` and there are no threads, processes or sockets."""
+    return sys.platform == "emscripten"
 
 
 def _interrupts_take_effect() -> None:

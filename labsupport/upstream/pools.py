@@ -13,16 +13,24 @@ mocks first:
 The first mock to start wraps the methods, the last to stop puts the originals back, unless
 something wrapped the same method after it (respx, a test's own patch): that patch is left in
 place, and ours, under it, passes every request through once no mock runs.
+
+In Pyodide (the course's JupyterLite site) httpx2 has no pool: its transports,
+`httpx2.HTTPTransport` and `httpx2.AsyncHTTPTransport`, are httpx2-jsfetch's, which send through
+the browser's `fetch`. There (`WRAP_TRANSPORTS`) those two public methods are wrapped too: each
+request is offered to the same routes as an httpcore2 request, and an answer is handed back as
+the httpx2 response httpx2's own pooled transport would build from it.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpcore
 import httpcore2
+import httpx2
 
 from ..network import is_loopback
 from .refusal import blocked_request
@@ -41,6 +49,9 @@ _POOLS = (
     (httpcore2.AsyncConnectionPool, "handle_async_request", httpcore2.Response),
 )
 
+#: Whether httpx2's transports are wrapped as well as the pools: where they have no pool under them.
+WRAP_TRANSPORTS = sys.platform == "emscripten"
+
 _lock = threading.Lock()
 _routes: list[tuple[Route, AsyncRoute]] = []
 _wrappers: dict[tuple[type, str], tuple[Callable[..., Any], Callable[..., Any]]] = {}
@@ -57,6 +68,17 @@ def register(route: Route, async_route: AsyncRoute) -> None:
                 wrapper = _wrap(original, response, is_async=name.endswith("async_request"))
                 _wrappers[pool, name] = (original, wrapper)
                 setattr(pool, name, wrapper)
+        if WRAP_TRANSPORTS:
+            for transport, name in (
+                (httpx2.HTTPTransport, "handle_request"),
+                (httpx2.AsyncHTTPTransport, "handle_async_request"),
+            ):
+                if (transport, name) not in _wrappers:
+                    original = getattr(transport, name)
+                    is_async = name.endswith("async_request")
+                    wrapper = _wrap_transport(original, is_async=is_async)
+                    _wrappers[transport, name] = (original, wrapper)
+                    setattr(transport, name, wrapper)
 
 
 def unregister(route: Route) -> None:
@@ -103,3 +125,81 @@ def _let_through_or_refuse(request: Any) -> None:
     if _routes and not is_loopback(host):
         path = url.target.split(b"?", 1)[0].decode("ascii")
         raise blocked_request(f"{url.scheme.decode('ascii')}://{host}{path}")
+
+
+def _wrap_transport(original: Callable[..., Any], *, is_async: bool) -> Callable[..., Any]:
+    """A transport's request method offering each request to the routes first (`_wrap`'s, for
+    httpx2's requests and responses)."""
+    if is_async:
+
+        async def handle_async_request(transport: Any, request: httpx2.Request) -> Any:
+            core_request = _core_request(request, await request.aread())
+            for _, async_route in list(_routes):
+                answered = await async_route(core_request, httpcore2.Response)
+                if answered is not None:
+                    return _httpx2_response(answered)
+            _let_through_or_refuse(core_request)
+            return await original(transport, request)
+
+        return handle_async_request
+
+    def handle_request(transport: Any, request: httpx2.Request) -> Any:
+        core_request = _core_request(request, request.read())
+        for route, _ in list(_routes):
+            answered = route(core_request, httpcore2.Response)
+            if answered is not None:
+                return _httpx2_response(answered)
+        _let_through_or_refuse(core_request)
+        return original(transport, request)
+
+    return handle_request
+
+
+def _core_request(request: httpx2.Request, content: bytes) -> httpcore2.Request:
+    """An httpx2 request as its pooled transport hands it to an httpcore2 pool."""
+    url = httpcore2.URL(
+        scheme=request.url.raw_scheme,
+        host=request.url.raw_host,
+        port=request.url.port,
+        target=request.url.raw_path,
+    )
+    return httpcore2.Request(
+        request.method,
+        url,
+        headers=request.headers.raw,
+        content=content,
+        extensions=request.extensions,
+    )
+
+
+def _httpx2_response(answered: httpcore2.Response) -> httpx2.Response:
+    """A route's httpcore2 response as the httpx2 response its pooled transport returns."""
+    return httpx2.Response(
+        status_code=answered.status,
+        headers=answered.headers,
+        stream=_AnsweredStream(answered.stream),
+        extensions=answered.extensions,
+    )
+
+
+class _AnsweredStream(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """A route's response body, read by httpx2's sync or async client (the route's streams
+    serve both)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        if hasattr(self._stream, "close"):
+            self._stream.close()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._stream:
+            yield part
+
+    async def aclose(self) -> None:
+        if hasattr(self._stream, "aclose"):
+            await self._stream.aclose()

@@ -1,0 +1,261 @@
+"""Build the course as a JupyterLite site, offline, into build/lite/ (`make lite`).
+
+JupyterLite runs JupyterLab and a Python kernel (Pyodide, CPython compiled to WebAssembly)
+entirely in the browser tab: a learner opens a page and runs the lessons, with nothing to install.
+This script builds that site from what is on this machine only, so that the site, once built,
+fetches nothing at run time from anywhere but itself:
+
+* **Pyodide** from npm (`node_modules/pyodide`, pinned in package-lock.json; `make node-tools`).
+  The npm package is Pyodide's core only: the lock it ships lists ~350 packages whose files live
+  on a CDN. The site gets a lock of its own (`static/pyodide/pyodide-lock.json`) that lists only
+  the wheels beside it.
+* **Wheels** for Pyodide's platform (`pyemscripten_<abi>_wasm32`, read from the npm lock),
+  pinned with hashes in lite/requirements.lock (`make lite-lock`) and downloaded once with pip
+  into build/lite-wheels/: micropip (the kernel's installer), what the Pyodide kernel itself
+  imports (IPython, comm, jedi) and what the lessons import (the SDK, FastAPI, pydantic, ...).
+* **labsupport** as a wheel built from this checkout (the `async-llm-lab` project). Its own
+  metadata requires the CPython course's whole stack (Jupyter, matplotlib, psutil, ...), parts of
+  which have no wheel for Pyodide; so nothing is resolved in the browser: every kernel preloads
+  the site lock's packages when it starts, and a lesson's `import labsupport` works with no
+  install cell.
+* **The learner notebooks** of notebooks/, as the site's files.
+
+Usage: ``python tools/build_lite.py [--out DIR]``. Prints the build time and the site's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCK = ROOT / "lite" / "requirements.lock"
+PYODIDE_NPM = ROOT / "node_modules" / "pyodide"
+#: Downloaded wheels, kept between builds; `STAMP` says which lock and platform they are for.
+WHEELS = ROOT / "build" / "lite-wheels"
+STAMP = WHEELS / "downloaded-for.json"
+OUTPUT = ROOT / "build" / "lite"
+#: Pyodide's runtime files the kernel loads: the ES module entry point (the kernel's workers are
+#: module workers), the WebAssembly interpreter and its JavaScript glue, the standard library.
+PYODIDE_CORE = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip")
+PYODIDE_LOCK = "pyodide-lock.json"
+#: The kernel's package installer, which the site's lock must list: the kernel loads it first.
+INSTALLER = "micropip"
+KERNEL_PLUGIN = "@jupyterlite/pyodide-kernel-extension:kernel"
+
+
+class LiteBuildError(Exception):
+    """Something the site cannot be built without; the message says what to run."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUTPUT, help="where the site goes")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        build(args.out)
+    except LiteBuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - started
+    print(f"JupyterLite site in {args.out}: {size_mb(args.out):.1f} MB, built in {seconds:.1f} s")
+    return 0
+
+
+def build(out: Path) -> None:
+    """Build the site into `out`, from the JupyterLite project (its `lite_dir`) this writes
+    afresh beside it, in `<out>-src/`."""
+    lock = pyodide_lock()
+    stage = out.with_name(f"{out.name}-src")
+    if stage.exists():
+        shutil.rmtree(stage)
+    pyodide_dir = stage / "static" / "pyodide"
+    pyodide_dir.mkdir(parents=True)
+    for name in PYODIDE_CORE:
+        shutil.copy2(PYODIDE_NPM / name, pyodide_dir / name)
+    for wheel in download_wheels():
+        shutil.copy2(wheel, pyodide_dir / wheel.name)
+    build_labsupport_wheel(pyodide_dir)
+    wheels = sorted(pyodide_dir.glob("*.whl"))
+    if INSTALLER not in {distribution(wheel) for wheel in wheels}:
+        raise LiteBuildError(f"lite/requirements.lock must pin {INSTALLER} (the kernel needs it)")
+    write_json(pyodide_dir / PYODIDE_LOCK, site_lock(lock, wheels))
+    write_json(stage / "jupyter-lite.json", site_config(sorted(map(distribution, wheels))))
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    if out.exists():
+        shutil.rmtree(out)
+    # In the stage: the build's task database (.jupyterlite.doit.db, in its working directory)
+    # goes with the stage, or tasks it remembers as done would skip patching the new site.
+    run(
+        [sys.executable, "-m", "jupyter", "lite", "build"],
+        "--lite-dir",
+        str(stage.resolve()),
+        "--output-dir",
+        str(out.resolve()),
+        # Source maps are for debugging JupyterLab itself, about half the site's size.
+        "--no-sourcemaps",
+        *(argument for notebook in notebooks for argument in ("--contents", str(notebook))),
+        cwd=stage,
+    )
+
+
+def pyodide_lock() -> dict[str, Any]:
+    """The lock the npm Pyodide ships: its `info` names the platform and the Python."""
+    path = PYODIDE_NPM / PYODIDE_LOCK
+    if not path.is_file():
+        raise LiteBuildError(f"{path.relative_to(ROOT)} is missing: run `make node-tools`")
+    lock: dict[str, Any] = json.loads(path.read_text())
+    return lock
+
+
+def platform_tag(lock: dict[str, Any]) -> str:
+    """The wheel platform tag of this Pyodide (PEP 783), e.g. `pyemscripten_2026_0_wasm32`."""
+    info = lock["info"]
+    return f"pyemscripten_{info['abi_version']}_{info['arch']}"
+
+
+def python_version(lock: dict[str, Any]) -> str:
+    """This Pyodide's Python as `major.minor`, e.g. `3.14`."""
+    return ".".join(str(lock["info"]["python"]).split(".")[:2])
+
+
+def wheels_downloaded() -> bool:
+    """Whether build/lite-wheels/ holds the wheels of the current lock for this Pyodide: then a
+    build needs no network at all."""
+    if not (PYODIDE_NPM / PYODIDE_LOCK).is_file():
+        return False
+    return STAMP.is_file() and json.loads(STAMP.read_text()) == wheels_wanted()
+
+
+def wheels_wanted() -> dict[str, str]:
+    return {"lock": sha256(LOCK), "platform": platform_tag(pyodide_lock())}
+
+
+def download_wheels() -> list[Path]:
+    """The wheels lite/requirements.lock pins, for this Pyodide's platform, downloaded by pip once
+    (checked against the lock's hashes) and reused while the lock and the platform stay the same.
+    """
+    if not wheels_downloaded():
+        if WHEELS.exists():
+            shutil.rmtree(WHEELS)
+        lock = pyodide_lock()
+        version = python_version(lock)
+        abi = "cp" + version.replace(".", "")
+        run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes"],
+            *("--only-binary=:all:", "--platform", platform_tag(lock)),
+            *("--python-version", version, "--implementation", "cp"),
+            *("--abi", abi, "--abi", "none", "--abi", "abi3"),
+            *("--dest", str(WHEELS), "--requirement", str(LOCK)),
+        )
+        write_json(STAMP, wheels_wanted())
+    return sorted(WHEELS.glob("*.whl"))
+
+
+def distribution(wheel: Path) -> str:
+    """A wheel's normalized project name (the file name's first field, PEP 427)."""
+    return wheel.name.split("-")[0].replace("_", "-").lower()
+
+
+def site_lock(lock: dict[str, Any], wheels: list[Path]) -> dict[str, Any]:
+    """Pyodide's lock for the site: this Pyodide's `info`, and one package per wheel beside it.
+
+    Every one is preloaded when a kernel starts (`site_config`), so no dependency is resolved in
+    the browser and each entry `depends` on nothing; `imports` names the wheel's top-level
+    modules, as Pyodide's own lock does (it loads a package when a cell imports one of them).
+    """
+    packages = {
+        distribution(wheel): {
+            "name": distribution(wheel),
+            "version": wheel.name.split("-")[1],
+            "file_name": wheel.name,
+            "install_dir": "site",
+            "sha256": sha256(wheel),
+            "package_type": "package",
+            "imports": top_level_modules(wheel),
+            "depends": [],
+            "unvendored_tests": False,
+        }
+        for wheel in wheels
+    }
+    return {"info": lock["info"], "packages": packages}
+
+
+def top_level_modules(wheel: Path) -> list[str]:
+    """The importable names a wheel installs: its top-level packages and modules."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    found = set()
+    for name in names:
+        first, _, rest = name.partition("/")
+        if first.endswith((".dist-info", ".data")):
+            continue
+        if rest.endswith(".py") or rest.endswith(".so") or (not rest and first.endswith(".py")):
+            found.add(first.removesuffix(".py").split(".")[0])
+    return sorted(found)
+
+
+def build_labsupport_wheel(into: Path) -> None:
+    """labsupport (the `async-llm-lab` project) as a wheel, built from this checkout."""
+    uv = Path(sys.executable).parent / "uv"
+    if not uv.is_file():
+        raise LiteBuildError("uv is not in this environment: run `make venv`")
+    # Offline: the build backend (setuptools) comes from uv's cache, where `make venv` put it
+    # when it installed this project; the tests build the site with no network at all.
+    run([str(uv), "build", "--wheel", "--offline", "--quiet", "--out-dir", str(into)], str(ROOT))
+
+
+def site_config(preloaded: list[str]) -> dict[str, Any]:
+    """`jupyter-lite.json`: every kernel starts with the `preloaded` packages of the site's lock,
+    so a lesson's `import labsupport` works as on CPython, with no install cell; piplite (the
+    `%pip` of the Pyodide kernel) never falls back to the public index. The build adds Pyodide's
+    URL and the kernel's own wheel index to it."""
+    return {
+        "jupyter-lite-schema-version": 0,
+        "jupyter-config-data": {
+            "appName": "async-llm-lab",
+            # window.jupyterapp, as `jupyter lab --LabApp.expose_app_in_browser` gives: the
+            # browser test (tests/test_lite.py) drives the kernel through its service manager.
+            "exposeAppInBrowser": True,
+            "litePluginSettings": {
+                KERNEL_PLUGIN: {
+                    "disablePyPIFallback": True,
+                    "loadPyodideOptions": {"packages": preloaded},
+                }
+            },
+        },
+    }
+
+
+def run(command: list[str], *arguments: str, cwd: Path = ROOT) -> None:
+    """Run a build step; its failure ends the build with the step's own output above."""
+    completed = subprocess.run([*command, *arguments], cwd=cwd, check=False)
+    if completed.returncode != 0:
+        raise LiteBuildError(f"{' '.join(command)} failed (exit status {completed.returncode})")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def size_mb(directory: Path) -> float:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) / 1e6
+
+
+if __name__ == "__main__":
+    sys.exit(main())
