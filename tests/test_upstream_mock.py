@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpcore
 import httpcore2
@@ -685,7 +686,7 @@ async def test_a_late_error_is_counted_under_its_status_when_aiohttp_checks_it_f
     import aiohttp
 
     url = "https://api.openai.com/v1/chat/completions"
-    request = {"model": "gpt-4o-mini", "messages": ask("hi")}
+    request: dict[str, Any] = {"model": "gpt-4o-mini", "messages": ask("hi")}
     faults = [Fault.matching("hi", status=500)]
     with mock_openai(latency=0.05, faults=faults) as upstream:
         async with aiohttp.ClientSession(raise_for_status=True) as session:
