@@ -106,8 +106,10 @@ notebooks-test: venv
 	$(PYTEST) notebooks $(NOTEBOOK_WORKERS)
 
 # Everything CI runs (.ci/run calls it). LAB_NO_SKIP=1: a test whose program (Chromium,
-# redis-server, the npm tools) is missing fails instead of being skipped.
-check: lint $(NODE_TOOLS)
+# redis-server, the npm tools, the JupyterLite site's wheels) is missing fails instead of being
+# skipped. `lite` comes first: its wheel download is the one step that needs the package
+# registry, and the tests run loopback-only.
+check: lint $(NODE_TOOLS) lite
 	LAB_NO_SKIP=1 $(PYTEST) tests $(COVERAGE) --cov-fail-under=$(COVERAGE_MIN)
 	LAB_NO_SKIP=1 $(PYTEST) notebooks $(NOTEBOOK_WORKERS)
 
