@@ -58,25 +58,26 @@ def test_counts_come_from_the_junit_report(tmp_path: Path) -> None:
         '<testsuite name="pytest" errors="1" failures="2" skipped="3" tests="50" time="9.0">'
         "</testsuite></testsuites>"
     )
-    assert other_pythons.junit_counts(report) == (44, 50)
+    assert other_pythons.junit_counts(report) == other_pythons.Counts(44, 3, 3)
     assert other_pythons.junit_counts(tmp_path / "never-written.xml") is None
     report.write_text("<testsuites><testsuite tests=")  # pytest stopped while writing
     assert other_pythons.junit_counts(report) is None
 
 
 @pytest.mark.parametrize(
-    ("status", "passed", "total", "row"),
+    ("status", "counts", "row"),
     [
-        (0, 126, 126, "126 of 126 passed"),
-        (1, 262, 264, "262 of 264 passed"),
-        (4, None, None, "no results"),
+        (0, other_pythons.Counts(126, 4, 0), "126 passed, 4 skipped, 0 failed"),
+        (1, other_pythons.Counts(262, 0, 2), "262 passed, 0 skipped, 2 failed"),
+        (4, None, "no results"),
     ],
 )
 def test_a_failed_part_says_so_in_the_table(
-    status: int, passed: int | None, total: int | None, row: str
+    status: int, counts: other_pythons.Counts | None, row: str
 ) -> None:
-    outcome = other_pythons.Outcome("sid", "notebooks", status, 61.0, passed, total)
+    outcome = other_pythons.Outcome("sid", "notebooks", status, 61.0, 40.0, counts)
     assert row in outcome.row()
+    assert "61 s (40 s CPU)" in outcome.row()
     assert outcome.row().endswith("ok") == (status == 0)
 
 

@@ -88,35 +88,53 @@ DEFAULT_PARTS = (
 
 
 @dataclass(frozen=True)
+class Counts:
+    """A pytest run's results, from its JUnit XML report."""
+
+    passed: int
+    skipped: int
+    failed: int
+    """Failures and errors."""
+
+    def __str__(self) -> str:
+        return f"{self.passed} passed, {self.skipped} skipped, {self.failed} failed"
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """How one part went: pytest's exit status, its counts (from its JUnit XML) and wall time."""
+    """How one part went: pytest's exit status, its counts and wall time."""
 
     suite: str
     part: str
     status: int
     seconds: float
-    passed: int | None = None
-    total: int | None = None
+    """Wall time."""
+    cpu: float
+    """CPU time of every process the part ran (pytest, its workers, kernels, servers): with
+    `seconds`, how much of the wall time a busy machine added."""
+    counts: Counts | None = None
 
     def row(self) -> str:
-        counts = "no results" if self.total is None else f"{self.passed} of {self.total} passed"
+        counts = "no results" if self.counts is None else str(self.counts)
         verdict = "ok" if self.status == 0 else f"FAILED (exit {self.status})"
-        return f"{self.suite:<7} {self.part:<14} {counts:<22} {self.seconds:>6.0f} s  {verdict}"
+        times = f"{self.seconds:>5.0f} s ({self.cpu:.0f} s CPU)"
+        return f"{self.suite:<7} {self.part:<14} {counts:<36} {times:<20} {verdict}"
 
 
-def junit_counts(report: Path) -> tuple[int, int] | None:
-    """(passed, total) from a pytest JUnit XML report; None if there is none (pytest never got
-    that far). Skipped tests count as not passed: in a root every program is there."""
+def junit_counts(report: Path) -> Counts | None:
+    """The counts in a pytest JUnit XML report; None if there is none (pytest never got that
+    far). A skip is counted apart: the mutation tests skip mutants that do not apply."""
     try:
         root = ElementTree.parse(report).getroot()
     except (OSError, ElementTree.ParseError):
         return None
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    total = sum(int(s.get("tests", 0)) for s in suites)
-    not_passed = sum(
-        int(s.get(key, 0)) for s in suites for key in ("errors", "failures", "skipped")
-    )
-    return total - not_passed, total
+
+    def total(*keys: str) -> int:
+        return sum(int(suite.get(key, 0)) for suite in suites for key in keys)
+
+    failed, skipped = total("errors", "failures"), total("skipped")
+    return Counts(total("tests") - failed - skipped, skipped, failed)
 
 
 def debian_mirror(sources: Path = Path("/etc/apt/sources.list.d/debian.sources")) -> str:
@@ -241,12 +259,16 @@ def run_part(suite: Suite, part: Part) -> Outcome:
     )
     print(f"{suite.name}: Python {suite.python}: {part.name}: pytest {' '.join(part.selection)}")
     sys.stdout.flush()
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _children_cpu()
     status = subprocess.run(in_root(suite, script, network=False)).returncode
-    seconds = time.monotonic() - started
-    counts = junit_counts(report)
-    passed, total = counts if counts else (None, None)
-    return Outcome(suite.name, part.name, status, seconds, passed, total)
+    seconds, cpu = time.monotonic() - started, _children_cpu() - cpu
+    return Outcome(suite.name, part.name, status, seconds, cpu, junit_counts(report))
+
+
+def _children_cpu() -> float:
+    """CPU seconds used so far by this process's finished descendants (those waited for)."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     for name in args.suite or sorted(SUITES, key=lambda n: SUITES[n].python):
         suite = SUITES[name]
-        started = time.monotonic()
+        started, cpu = time.monotonic(), _children_cpu()
         try:
             make_root(suite, fresh=args.fresh)
         except subprocess.CalledProcessError as error:
-            seconds = time.monotonic() - started
+            seconds, cpu = time.monotonic() - started, _children_cpu() - cpu
             print(f"{suite.name}: the root could not be made: {error}", flush=True)
-            outcomes.append(Outcome(suite.name, "root", error.returncode or 1, seconds))
+            outcomes.append(Outcome(suite.name, "root", error.returncode or 1, seconds, cpu))
             continue
         outcomes += [run_part(suite, part) for part in parts]
         print(f"{suite.name}: {time.monotonic() - started:.0f} s in all", flush=True)
