@@ -17,9 +17,9 @@ status is 1 when any part of any suite failed (or a root could not be made), so 
 which runs this, fails with it.
 
 Needs root (CI runs as root), debootstrap and util-linux's unshare. A root is reused
-(`build/pythons/SUITE/.ready` holds the sha256 of the lock it installed): a changed lock is
-synced into it, `--fresh` makes it again. No Debian suite the mirror serves has Python 3.12, so
-it is not tested here (README: "Supported Pythons").
+(`build/pythons/SUITE/.ready` holds the sha256 of the lock and the install command it ran): a
+changed lock is synced into it, `--fresh` makes it again. No Debian suite the mirror serves has
+Python 3.12, so it is not tested here (README: "Supported Pythons").
 """
 
 from __future__ import annotations
@@ -191,12 +191,24 @@ def in_root(suite: Suite, script: str, *, network: bool) -> list[str]:
 
 def make_root(suite: Suite, *, fresh: bool) -> None:
     """Debootstrap the suite (unless its root exists) and sync the lock into a venv there
-    (unless the root already holds this lock)."""
+    (unless the root already holds this lock, installed this way)."""
     ready = suite.root / ".ready"
-    lock = hashlib.sha256((REPO / "requirements.lock").read_bytes()).hexdigest()
+    install = (
+        f"{{ test -x {VENV}/bin/python || python3 -m venv {VENV}; }} && "
+        f"{VENV}/bin/python -m pip install --quiet {_locked('uv')} && "
+        # Compiled, as `make venv` does: the tests run with PYTHONDONTWRITEBYTECODE (nothing
+        # written into the checkout), so without it every process would compile each module it
+        # imports, and a worker's first request, importing lazily, blocks its event loop for
+        # seconds on a busy machine (a Redis call timed out: 07's 503s).
+        f"uv pip sync --quiet --compile-bytecode --python {VENV}/bin/python requirements.lock && "
+        # The checkout is on PYTHONPATH, not installed: an editable install would write into it.
+        f"PYTHONPATH=/src {VENV}/bin/python -m labsupport.kernel_hint >/dev/null"
+    )
+    lock = (REPO / "requirements.lock").read_bytes()
+    installed = hashlib.sha256(lock + install.encode()).hexdigest()
     if fresh and suite.root.exists():
         shutil.rmtree(suite.root)
-    if ready.exists() and ready.read_text().strip() == lock:
+    if ready.exists() and ready.read_text().strip() == installed:
         return
     started = time.monotonic()
     if not (suite.root / "src").is_dir():  # no root, or a debootstrap that stopped half-way
@@ -217,16 +229,8 @@ def make_root(suite: Suite, *, fresh: bool) -> None:
         )
         shutil.copyfile(HOST_CA, suite.root / ROOT_CA.lstrip("/"))
         (suite.root / "src").mkdir()
-    uv = _locked("uv")
-    install = (
-        f"{{ test -x {VENV}/bin/python || python3 -m venv {VENV}; }} && "
-        f"{VENV}/bin/python -m pip install --quiet {uv} && "
-        f"uv pip sync --quiet --python {VENV}/bin/python requirements.lock && "
-        # The checkout is on PYTHONPATH, not installed: an editable install would write into it.
-        f"PYTHONPATH=/src {VENV}/bin/python -m labsupport.kernel_hint >/dev/null"
-    )
     subprocess.run(in_root(suite, install, network=True), check=True)
-    ready.write_text(lock + "\n")
+    ready.write_text(installed + "\n")
     print(f"{suite.name}: root ready in {time.monotonic() - started:.0f} s", flush=True)
 
 
