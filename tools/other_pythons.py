@@ -198,8 +198,8 @@ def make_root(suite: Suite, *, fresh: bool) -> None:
         f"{VENV}/bin/python -m pip install --quiet {_locked('uv')} && "
         # Compiled, as `make venv` does: the tests run with PYTHONDONTWRITEBYTECODE (nothing
         # written into the checkout), so without it every process would compile each module it
-        # imports, and a worker's first request, importing lazily, blocks its event loop for
-        # seconds on a busy machine (a Redis call timed out: 07's 503s).
+        # imports: every kernel, worker and lazily importing first request slower than on the
+        # venv's 3.11, which is not what these runs compare.
         f"uv pip sync --quiet --compile-bytecode --python {VENV}/bin/python requirements.lock && "
         # The checkout is on PYTHONPATH, not installed: an editable install would write into it.
         f"PYTHONPATH=/src {VENV}/bin/python -m labsupport.kernel_hint >/dev/null"
