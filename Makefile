@@ -5,11 +5,13 @@
 #   make test       the fast loop: lint, type-check and the unit tests (not the slow ones)
 #   make notebooks-test  strict re-execution of every notebook (re-runs, interrupts, hygiene)
 #   make check      everything CI runs: lint, types, every test (browser, JupyterHub, site,
-#                   processes, live mode) and every notebook; nothing may skip
+#                   processes, live mode, the JupyterLite site) and every notebook; nothing may
+#                   skip
 #   make notebooks  regenerate and execute notebooks/ from course/ (ONLY=01 for one notebook)
 #   make lock       re-pin requirements.lock from pyproject.toml (LOCK_FLAGS=--upgrade to bump all)
 #   make bench      run the benchmarks: mock cost, demo fidelity, capstone, course time
-#   make pythons    the checkers' tests and strict nbval on Debian's Python 3.13 and 3.14 (root)
+#   make pythons    the checkers' tests and strict nbval on Debian's Python 3.13 and 3.14 (root;
+#                   not yet in make check: some notebook cells still fail there, see README)
 #   make drift      would the newest versions pyproject allows break the tests? (weekly; uses the
 #                   package registry, changes nothing here)
 #   make venv       create or update .venv from requirements.lock
@@ -46,8 +48,9 @@ $(NODE_TOOLS): package.json package-lock.json
 # uv installs the lock exactly and fast; bootstrap it with pip, at the version the lock pins
 # (the lock lists uv too, so `uv pip sync` keeps it installed).
 $(BIN)/uv:
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-		{ echo "error: $(PYTHON) is older than 3.11; run: make PYTHON=python3.11 ..." >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 14))' || \
+		{ echo "error: $(PYTHON) is not Python 3.11 to 3.14 (pyproject's requires-python);" \
+			"run: make PYTHON=python3.13 ..." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$$(grep -m1 '^uv==' requirements.lock 2>/dev/null || echo uv)"
 
@@ -89,6 +92,8 @@ COVERAGE_MIN := 90
 # The notebooks' demos time real concurrency (servers, worker processes, 1,000 requests) and were
 # written for one notebook per core: one worker per physical core, not per hyper-thread.
 NOTEBOOK_WORKERS := --numprocesses=auto
+# The checkers' tests and strict nbval on Debian's 3.13 and 3.14 (`make pythons`).
+OTHER_PYTHONS := $(BIN)/python tools/other_pythons.py
 
 lint: venv
 	$(BIN)/ruff check .
@@ -154,6 +159,8 @@ drift: venv
 	$(BIN)/python tools/drift.py $(EXTRAS)
 
 # The Pythons learners have besides this venv's: Debian trixie (3.13) and sid (3.14), each in a
-# throwaway root made with debootstrap, loopback only. Needs root. See tools/other_pythons.py.
+# throwaway root made with debootstrap (the network only for that), the tests loopback only.
+# Needs root. Not in `make check` until it is green (README: "Supported Pythons").
+# See tools/other_pythons.py.
 pythons: venv
-	$(BIN)/python tools/other_pythons.py
+	$(OTHER_PYTHONS)

@@ -54,6 +54,13 @@ async def busy_loop() -> None:
         pass
 
 
+async def busy_loop_with_a_body() -> None:
+    end = time.perf_counter() + 60
+    while True:
+        if time.perf_counter() > end:
+            break
+
+
 async def swallows_everything() -> None:
     for _ in range(3):
         with contextlib.suppress(Exception):  # a broad except: the watchdog interrupts again
@@ -124,6 +131,9 @@ def run(scenario: object, *, time_limit: float = 20.0) -> Guarded[object]:
         (threading_lock_across_an_await, "threading", "threading.Lock.__enter__()"),
         (sleeps_a_minute, "sleep", "time.sleep()"),
         (busy_loop, "busy", "`while time.perf_counter() < end:`"),
+        # Named by its loop, whichever line of it was running (3.14 puts the loop's jump back
+        # on the body's last line, where the main thread lets the watchdog look).
+        (busy_loop_with_a_body, "busy", "`while True:`"),
         (swallows_everything, "sleep", "time.sleep()"),
         (attribute_lock_across_an_await, "threading", "threading.RLock.__enter__()"),
         (two_items_one_of_them_a_lock, "threading", "threading.Lock.__enter__()"),

@@ -395,8 +395,12 @@ def _describe(
 ) -> Blocked:
     """Name the blocking call from the main thread's stack."""
     segment = _callback_segment(frame)
-    line = linecache.getline(learner.f_code.co_filename, learner.f_lineno).strip()
-    where = f"{learner.f_code.co_qualname} (line {learner.f_lineno}: `{line}`)"
+    filename = learner.f_code.co_filename
+    number = learner.f_lineno
+    if busy:  # named by its loop: which line of the loop it was on is the bytecode's choice
+        number = _enclosing_loop(filename, learner.f_code.co_firstlineno, number) or number
+    line = linecache.getline(filename, number).strip()
+    where = f"{learner.f_code.co_qualname} (line {number}: `{line}`)"
     if busy:
         return Blocked(stalled, f"`{line}`", where, "busy")
     index = segment.index(learner)
@@ -414,6 +418,26 @@ def _describe(
     else:
         kind = "call"
     return Blocked(stalled, call, where, kind)
+
+
+def _enclosing_loop(filename: str, first: int, number: int) -> int | None:
+    """The first line of the innermost `while` or `for` around line `number` of `filename` that
+    starts at or after line `first` (where the running function starts), or None (no loop
+    there, or no source to parse).
+
+    Code that runs without awaiting runs a loop; where in the loop the watchdog finds it depends
+    on the bytecode: a loop's jump back belongs to the `while` line on 3.11 and to the body's
+    last line (`pass`) on 3.14, and the main thread gives up the interpreter at that jump."""
+    tree = _parsed("".join(linecache.getlines(filename)), "exec")
+    if tree is None:
+        return None
+    loops = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.While | ast.For | ast.AsyncFor)
+        and first <= node.lineno <= number <= (node.end_lineno or node.lineno)
+    ]
+    return max(loops, default=None)
 
 
 def _qualified(frame: FrameType) -> str:

@@ -34,6 +34,8 @@ from packaging.utils import canonicalize_name
 __all__ = ["Finding", "diagnose", "format_finding", "format_findings", "main", "read_lock"]
 
 DISTRIBUTION = "async-llm-lab"
+#: pyproject's `requires-python`, for a checkout whose package is not installed.
+REQUIRES_PYTHON: Final = ">=3.11,<3.15"
 #: The lock next to the package: the repository root for the editable install every setup uses.
 DEFAULT_LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
 #: The report's first column is as wide as its longest check name, known before any check runs.
@@ -77,9 +79,9 @@ def read_lock(lock: Path) -> dict[str, str]:
 def check_python() -> Finding:
     """This interpreter satisfies the package's `requires-python`."""
     try:
-        required = metadata.metadata(DISTRIBUTION)["Requires-Python"] or ">=3.11"
+        required = metadata.metadata(DISTRIBUTION)["Requires-Python"] or REQUIRES_PYTHON
     except metadata.PackageNotFoundError:
-        required = ">=3.11"
+        required = REQUIRES_PYTHON
     version = ".".join(map(str, sys.version_info[:3]))
     if version in SpecifierSet(required):
         return Finding("Python", True, f"{version} at {sys.executable} (needs {required})")
@@ -87,7 +89,7 @@ def check_python() -> Finding:
         "Python",
         False,
         f"{version} at {sys.executable}; the course needs {required}",
-        "install Python 3.11+, then: make PYTHON=python3.11 venv",
+        "install Python 3.11 to 3.14, then: make PYTHON=python3.13 venv",
     )
 
 
