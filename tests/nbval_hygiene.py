@@ -9,9 +9,11 @@ so no notebook has to be executed again for them:
 second time right after nbval's run and must print the stored outputs again (compared by nbval
 itself, with the sanitizer): a re-run counts from where it starts, restarts what it started and
 repeats its verdicts. A cell whose second run took longer than `LONG_CELL` seconds then runs a
-third time and is interrupted halfway through (`interrupt_kernel()`, as Jupyter does): it must
-stop before its uninterrupted run time (■ takes effect), unless tagged `drains-on-interrupt`
-(what is left after ■ is a graceful shutdown the lesson teaches); nothing of that run is
+third time and is interrupted halfway through (`interrupt_kernel()`, as Jupyter does): ■ must
+take effect — the cell ends stopped (`KeyboardInterrupt`, or `CancelledError` for a cell that
+awaits) or before its uninterrupted run time — unless tagged `drains-on-interrupt` (what is
+left after ■ is a graceful shutdown the lesson teaches, which may end normally); the kernel's
+reply says which, so no clock decides it on a busy machine; nothing of that run is
 compared, but every later cell still is: an interrupted cell leaves no setting
 changed, no server running and no count off. A solution notebook is its learner notebook with
 the exercise cell swapped for the solution: the cells before the first one that differs were
@@ -47,6 +49,7 @@ from collections import defaultdict
 from collections.abc import Generator
 from pathlib import Path
 from queue import Empty
+from typing import Any
 
 import nbformat
 import pytest
@@ -60,6 +63,9 @@ LESSON = re.compile(r"^[0-9][0-9]_.*\.ipynb$")
 #: server finishing its requests in flight, or the writes its worker threads are doing, which
 #: no interrupt can stop): interrupted, it must end, but not necessarily early.
 DRAINS = "drains-on-interrupt"
+#: What a cell stopped by ■ ends with: Python's KeyboardInterrupt, or, for a cell that awaits,
+#: the cancellation of its task (ipykernel's SIGINT handler cancels it).
+INTERRUPTED = frozenset({"KeyboardInterrupt", "CancelledError"})
 #: A repeated cell runs up to three times: pytest-timeout's limit (pyproject) is for one.
 REPEATED_CELL_TIMEOUT = 360
 _REPEATED = pytest.StashKey[bool]()
@@ -227,10 +233,12 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 def _interrupt_halfway(cell: IPyNbCell, took: float) -> bool:
     """Run `cell` again and interrupt it `took / 2` seconds in (if it is still running then,
-    which it says); wait until the kernel is idle again. Nothing it printed is compared, but an
-    interrupted cell must have stopped early: before the `took` seconds its uninterrupted run
-    took, or ■ did not take effect (the course's kernel extension makes it, for awaiting cells:
-    `labsupport.kernel_interrupt`)."""
+    which it says); wait until the kernel is idle again. Nothing it printed is compared, but ■
+    must have taken effect: the cell was stopped (its reply is the interrupt's error), or it
+    ended before the `took` seconds its uninterrupted run took. (A cell stopped by ■ may still
+    take a while to unwind: a check's servers finish their requests in flight.) The course's
+    kernel extension makes ■ take effect at once for awaiting cells:
+    `labsupport.kernel_interrupt`."""
     kernel = cell.parent.kernel
     timeout = cell.config.option.nbval_cell_timeout
     began = time.monotonic()
@@ -242,17 +250,28 @@ def _interrupt_halfway(cell: IPyNbCell, took: float) -> bool:
         kernel.interrupt()  # SIGINT, as Jupyter sends it; an idle kernel ignores it
         interrupted = True
         try:
-            kernel.await_reply(message, timeout=timeout)
+            reply = _execute_reply(kernel, message, timeout)
         except Empty:
             cell.raise_cell_error(f"still running {timeout} s after it was interrupted")
         ran = time.monotonic() - began
-        if ran >= took and DRAINS not in cell.cell.metadata.get("tags", ()):
+        stopped = reply["content"].get("ename") in INTERRUPTED
+        if not stopped and ran >= took and DRAINS not in cell.cell.metadata.get("tags", ()):
             cell.raise_cell_error(
                 f"interrupted {took / 2:.1f} s in, it ran {ran:.1f} s in all, no less than its "
-                f"uninterrupted run ({took:.1f} s): the interrupt did not stop it early"
+                f"uninterrupted run ({took:.1f} s), and ended without the interrupt's error: "
+                "the interrupt did not stop it"
             )
     kernel.await_idle(message, timeout=timeout)
     return interrupted
+
+
+def _execute_reply(kernel: Any, message: str, timeout: float) -> dict[str, Any]:
+    """The kernel's reply to the execute request `message` (nbval's `await_reply` waits for it
+    but does not return it); raises `Empty` after `timeout` seconds without a message."""
+    while True:
+        reply: dict[str, Any] = kernel.get_message(stream="shell", timeout=timeout)
+        if reply["parent_header"].get("msg_id") == message:
+            return reply
 
 
 def _probe(notebook: IPyNbFile, name: str, source: str, cell_num: int) -> IPyNbCell:
