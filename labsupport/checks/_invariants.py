@@ -17,6 +17,9 @@ lesson's properties directly, whatever the answer looks like:
 * `mismatched_replies()` — which replies are not what the upstream answered to that request's
   prompt (a constant, another request's reply);
 * `loop_blocked()` — the loop's longest block against the latency;
+* `unkept_tasks()` — the tasks started while it runs that nobody keeps a reference to (asyncio
+  keeps only a weak one): nothing can await them at shutdown, whether or not they happened to
+  finish in time on this run;
 * `Measured.cpu` beside `Measured.wall` — calls that overlap take about one latency plus the
   CPU work that has to run one piece at a time, which the process's CPU time measures (the
   checkers show both in their evidence).
@@ -26,7 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import os
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -38,6 +45,7 @@ from ..looplag import LoopLagMonitor
 from ..serving import asgi_client, serve
 from ..upstream import FakeServer, MockUpstream, UpstreamCall, UpstreamStats
 from ._scenario import expected_replies, reply_matches
+from .watchdog import is_learner_code
 
 __all__ = [
     "Burst",
@@ -47,6 +55,7 @@ __all__ = [
     "loop_blocked",
     "mismatched_replies",
     "over_tcp",
+    "unkept_tasks",
 ]
 
 BLOCK_LATENCIES: Final = 2.0
@@ -209,3 +218,81 @@ def loop_blocked(measured: Measured, latency: float) -> bool:
     """Whether the event loop's longest block was the answer's own: `BLOCK_LATENCIES` latencies
     long, at least `BLOCK_FLOOR` seconds."""
     return measured.longest >= max(BLOCK_LATENCIES * latency, BLOCK_FLOOR)
+
+
+@contextlib.contextmanager
+def unkept_tasks() -> Iterator[list[str]]:
+    """Inside a running loop: `with unkept_tasks() as unkept:` lists, by their coroutines' names,
+    the tasks the learner's code created in the block that nobody kept a reference to.
+
+    A task's creator gets the only strong reference to it; the loop keeps a weak one and, while
+    the task waits, one wake-up callback. A task nobody keeps (a bare `asyncio.create_task(...)`)
+    can be garbage-collected mid-way, and nothing can await it at shutdown: whether its work got
+    done is then a race with the shutdown, which a busy machine can win. So the references
+    themselves are counted, once per task, right after the code that created it has run on (the
+    loop's next round): a task kept by anything (a set, a list, an object's attribute, a
+    `gather`, a task group, a local of a coroutine still running) has more than a probe task
+    nobody keeps, counted the same way just before. Installed as the loop's task factory for the
+    block (the factory before it still makes the tasks).
+    """
+    loop = asyncio.get_running_loop()
+    previous: Any = loop.get_task_factory()  # called with `context=` too, which its type omits
+    unkept: list[str] = []
+    bare: list[int] = []
+
+    def calibrate(probe: weakref.ref[asyncio.Task[Any]]) -> None:
+        bare.append(_references(probe) or 0)
+        found = probe()
+        if found is not None:
+            found.cancel()
+
+    def look(task: weakref.ref[asyncio.Task[Any]]) -> None:
+        references = _references(task)
+        found = task()
+        if references is not None and bare and references <= bare[0] and found is not None:
+            unkept.append(getattr(found.get_coro(), "__qualname__", found.get_name()))
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, /, **options: Any) -> Any:
+        task = (
+            previous(loop, coro, **options)
+            if previous is not None
+            else asyncio.Task(coro, loop=loop, **options)
+        )
+        if isinstance(task, asyncio.Task) and _created_by_the_learner():
+            loop.call_soon(look, weakref.ref(task))
+        return task
+
+    # Created before the factory, scheduled first: counted before any task of the block.
+    loop.call_soon(calibrate, weakref.ref(loop.create_task(asyncio.sleep(3600))))
+    loop.set_task_factory(factory)
+    try:
+        yield unkept
+    finally:
+        loop.set_task_factory(previous)
+
+
+_ASYNCIO: Final = os.path.dirname(asyncio.__file__)
+_MAKERS: Final = frozenset({"create_task", "ensure_future", "_ensure_future"})
+"""asyncio's functions that make a task for their caller (the caller is whose task it is)."""
+
+
+def _created_by_the_learner() -> bool:
+    """Whether the code that asked asyncio for the task being made is the learner's: servers
+    (asyncio's own, uvicorn) and libraries make and keep tasks of their own."""
+    frame = inspect.currentframe()
+    while frame is not None and (
+        frame.f_code.co_filename == __file__  # this function and the task factory
+        or (frame.f_code.co_filename.startswith(_ASYNCIO) and frame.f_code.co_name in _MAKERS)
+    ):
+        frame = frame.f_back
+    return frame is not None and is_learner_code(frame)
+
+
+def _references(task: weakref.ref[asyncio.Task[Any]]) -> int | None:
+    """How many references the pending task behind `task` has (None once it is done or gone),
+    counted the same way for the probe and for every task, whatever the Python version counts
+    for the local and the call's argument."""
+    found = task()
+    if found is None or found.done():
+        return None
+    return sys.getrefcount(found)

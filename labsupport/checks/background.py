@@ -36,6 +36,10 @@ Its causes (`CheckResult.cause`), in the order they are judged:
 * "shared_sqlite_connection" — one `sqlite3` connection was used by several threads (`def`
   background tasks share it), which loses rows whenever two writes overlap: found by tracing
   which threads ran statements on it, so the verdict does not depend on whether they overlapped;
+* "task_not_kept" — the writes ran in tasks the app started with `asyncio.create_task` and kept
+  no reference to (looked at by reference, not by the rows): nothing awaits them at shutdown, so
+  whether their rows get written is a race with the shutdown, which a busy machine can make the
+  writes win; judged before the rows, so the verdict does not depend on who won;
 * "audit_failed" — rows were lost and the server logged the audit task's errors;
 * "coroutine_never_awaited" — rows were lost, and Python warned that coroutines were never
   awaited: a function that *returns* a coroutine (`add_task(lambda: write(...))`) is run in a
@@ -44,7 +48,8 @@ Its causes (`CheckResult.cause`), in the order they are judged:
   default value without the type annotation: FastAPI injects (and runs) only an annotated one;
 * "queue_not_drained" — rows were lost, and an `asyncio.Queue` still held rows after shutdown:
   its writer was cancelled before the queue was drained;
-* "rows_lost" — rows were lost silently: tasks nobody awaited at shutdown (`asyncio.create_task`);
+* "rows_lost" — rows were lost silently: tasks the app kept but did not await at shutdown
+  (cancelled, or left running);
 * "too_many_rows" — more than one row per request.
 
 Every judgement is a count (rows, threads, errors) or the event loop's blocked time against the
@@ -80,6 +85,7 @@ from ._common import (
     stopped_by_watchdog,
     upstream_or_none,
 )
+from ._invariants import unkept_tasks
 from ._scenario import nested_loop
 from ._sqlite import sqlite_threads
 from .result import CheckResult, a_function, an_app, recorded
@@ -102,6 +108,7 @@ Cause = Literal[
     "inline_write",
     "coroutine_passed_to_add_task",
     "shared_sqlite_connection",
+    "task_not_kept",
     "audit_failed",
     "coroutine_never_awaited",
     "unannotated_background_tasks",
@@ -136,6 +143,7 @@ class _Measured:
     longest_block: float
     never_awaited: bool
     queued_after: int
+    unkept_tasks: list[str]
 
 
 @recorded(notebook="04_background_tasks", app=an_app, count_rows=a_function)
@@ -183,6 +191,7 @@ async def check_background_audit(
             server_errors() as logged_errors,
             caught_warnings() as caught,
             sqlite_threads() as threads,
+            unkept_tasks() as unkept,
         ):
             try:
                 async with serve(app) as client:
@@ -217,6 +226,7 @@ async def check_background_audit(
             lag.longest,
             never_awaited(caught),
             queues.left(),
+            unkept,
         )
 
     outcome = await guarded(
@@ -346,6 +356,21 @@ def _verdict(
             "use the lifespan's aiosqlite connection from an `async def` task (its one thread "
             "queues the writes), or open a connection per write inside the `def` task.",
         )
+    if measured.unkept_tasks:
+        started = measured.unkept_tasks
+        outcome = (
+            f"{total - measured.rows} of {total} audit entries were lost"
+            if measured.rows < total
+            else "every entry was stored this time"
+        )
+        return fail(
+            "task_not_kept",
+            f"{outcome}: the writes ran in {len(started)} task(s) the app started and kept no "
+            f"reference to ({started[0]}), so nothing awaits them at shutdown: a row is "
+            "written only if its task finishes before the shutdown does.",
+            "use `BackgroundTasks`, or keep each task (a set in the app's state, discarding it "
+            "when done) and await them in the lifespan before closing the database.",
+        )
     if measured.rows < total:
         lost = total - measured.rows
         if errors:
@@ -385,9 +410,9 @@ def _verdict(
         return fail(
             "rows_lost",
             f"{lost} audit entries were lost, and nothing reported it.",
-            "work started with a bare `asyncio.create_task` is not awaited by the server at "
-            "shutdown: use `BackgroundTasks`, or keep the tasks and await them in the lifespan "
-            "before closing the database.",
+            "the server does not await work started with `asyncio.create_task` at shutdown, "
+            "and cancelling it loses its rows: use `BackgroundTasks`, or await the tasks you "
+            "kept in the lifespan before closing the database.",
         )
     if measured.rows > total:
         return fail(

@@ -293,6 +293,22 @@ def answer_missing_return(db_path: str) -> FastAPI:
     return app
 
 
+def answer_create_task_not_kept(db_path: str) -> FastAPI:
+    """NOT YET, task_not_kept: `asyncio.create_task(write(...))` in a sync audit function, the
+    task not kept: the loop holds it weakly, nothing awaits it at shutdown. (Its rows may all be
+    written before the shutdown, on a busy machine: the verdict is by the reference.)"""
+
+    async def write(db: aiosqlite.Connection, user_id: str, reply: str) -> None:
+        await asyncio.sleep(AUDIT_SECONDS)
+        await db.execute(INSERT, (user_id, reply))
+        await db.commit()
+
+    def audit(request: ChatRequest, reply: str, http: Request, tasks: BackgroundTasks) -> None:
+        asyncio.create_task(write(http.state.audit_db, request.user_id, reply))  # noqa: RUF006
+
+    return service(db_path, audit)
+
+
 def answer_to_thread_forgotten(db_path: str) -> FastAPI:
     """NOT YET, rows_lost: `create_task(asyncio.to_thread(...))`, forgotten: shutdown loses it."""
     forgotten: set[asyncio.Task[None]] = set()

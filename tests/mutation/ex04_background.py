@@ -195,7 +195,9 @@ OPERATORS: tuple[Operator, ...] = (
     ),
     Operator(
         "bare_create_task",
-        ("rows_lost", "audit_failed"),
+        # Judged by the reference, before the rows: under load the writes can finish before
+        # the shutdown and every row be stored (CI once passed this mutant on its rows).
+        ("task_not_kept",),
         _BareCreateTask,
         doc="`asyncio.create_task(write(...))`, nobody awaits it at shutdown",
     ),
