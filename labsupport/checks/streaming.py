@@ -14,11 +14,7 @@ first that failed, in this order):
 * "threading_primitive" / "blocked_loop" / "timed_out" — the watchdog stopped the app (a
   threading lock held across an `await`), or it never finished;
 * "client_per_request" — more than one OpenAI client was built for the streams (counted, and
-  judged before the loop's blocked time: building a client blocks the loop too);
-* "blocked_loop" — the event loop was blocked longer than twice the reference relay's loop
-  plus one token's gap per stream (a sync client read inside an `async def` generator, a
-  `time.sleep`); both counted without the stalls the loop's thread spent waiting for a CPU
-  (`LoopLagMonitor.starved`: a busy machine's, not the answer's);
+  judged first: building a client blocks the loop too);
 * "app_error" — the app's lifespan raised, or the check could not talk to it;
 * "not_a_stream" — an answer that is not a 200 `text/event-stream` with events;
 * "wrong_text" — the relayed pieces, joined, differ from what the upstream answered for that
@@ -28,6 +24,11 @@ first that failed, in this order):
   the stream's last token (its own timestamps, on the same clock). A relay passes the first
   piece on while the upstream still has a dozen tokens to pace out; a buffered answer cannot
   send before it has the whole, however fast or slow the machine;
+* "blocked_loop" — the event loop was blocked longer than twice the reference relay's loop
+  plus one token's gap per stream (a sync client read inside an `async def` generator, a
+  `time.sleep`); both counted without the stalls the loop's thread spent waiting for a CPU
+  (`LoopLagMonitor.starved`: a busy machine's, not the answer's). Judged after the pieces'
+  order, which no load changes: a buffered answer on a busy machine is refused as buffered;
 * "thread_per_stream" — worker threads served the streams (anyio's thread pool was borrowed,
   or the upstream was called by the sync client): a sync generator holds a pool thread for each
   piece it waits for, and 40 concurrent streams exhaust the pool;
@@ -308,14 +309,6 @@ def _verdict(measured: _Measured, n: int, path: str, stream_seconds: float) -> C
             "building one (its connection pool, its TLS context) blocks the loop every "
             "time.",
         )
-    if learner.blocked > 2 * reference.blocked + n * BLOCK_PER_STREAM:
-        return fail(
-            "blocked_loop",
-            "the event loop was blocked while the streams ran, so each stream waited for the "
-            "others.",
-            "inside `async def`, read the upstream with `AsyncOpenAI` and `async for`; a sync "
-            "client's reads block the loop.",
-        )
     bad = [s for s in learner.streams if not _is_stream(s)]
     if bad:
         return fail(
@@ -343,6 +336,14 @@ def _verdict(measured: _Measured, n: int, path: str, stream_seconds: float) -> C
             "first token waited as long as the last.",
             "pass `stream=True` and `yield` each piece inside the `async for` loop, as it "
             "arrives; do not join the pieces first.",
+        )
+    if learner.blocked > 2 * reference.blocked + n * BLOCK_PER_STREAM:
+        return fail(
+            "blocked_loop",
+            "the event loop was blocked while the streams ran, so each stream waited for the "
+            "others.",
+            "inside `async def`, read the upstream with `AsyncOpenAI` and `async for`; a sync "
+            "client's reads block the loop.",
         )
     sync_calls = learner.stats is not None and any(
         call.client == "sync" for call in learner.stats.timeline
