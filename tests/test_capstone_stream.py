@@ -119,11 +119,15 @@ async def test_a_client_who_leaves_stops_the_upstream_and_is_audited_once(
     # One upstream slot, waited for as long as it takes: the second stream runs only once the
     # first one gave its slot back.
     app = create_app(audit_path=tmp_path / "audit.sqlite3", max_upstream_calls=1, slot_wait=60.0)
-    async with lab.serve(app) as client:
-        # A connection of its own: closing it mid-stream is a disconnect the server sees.
-        async with httpx.AsyncClient(base_url=client.base_url, trust_env=False) as alone:
-            seen = await events(alone, leave_after=3)
-        again = await events(client)
+    # A pace slow enough that the rest of the answer (about 15 events, 3 s) cannot be relayed
+    # before the server sees the disconnect, however loaded the machine: at the fixture's 10 ms
+    # a starved relay once finished its loop first, and the row said nothing of the leaver.
+    with upstream.configured(time_per_token=0.2):
+        async with lab.serve(app) as client:
+            # A connection of its own: closing it mid-stream is a disconnect the server sees.
+            async with httpx.AsyncClient(base_url=client.base_url, trust_env=False) as alone:
+                seen = await events(alone, leave_after=3)
+            again = await events(client)
     stats = upstream.stats
     assert len(seen) == 3 and len(again) > 3
     assert stats.abandoned == 1
