@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import importlib
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ import drift
 import httpx
 import pytest
 import releases
+from loopback_http import http_served
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
@@ -97,15 +97,8 @@ class FakeIndex(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_index() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeIndex)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_served(FakeIndex) as base:
+        yield f"{base}/simple"
 
 
 def test_the_newest_final_release_and_its_first_upload_come_from_the_index(

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +41,7 @@ import nbformat
 import pytest
 from build_lite import build
 from chromium import chromium
-
-from labsupport.network import free_port
+from loopback_http import http_served
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -138,15 +136,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     out = tmp_path_factory.mktemp("lite") / "site"
     build(out)
     handler = functools.partial(_SiteFiles, directory=str(out))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, name="lite-site", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_served(handler) as base:
+        yield base
 
 
 def off_origin(urls: list[str], origin: str) -> list[str]:

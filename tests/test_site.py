@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import build_site
 import pytest
 from chromium import chromium
+from loopback_http import http_served
 
 from labsupport.workshop import workshop_link
 
@@ -235,15 +235,8 @@ def test_search_finds_the_lessons(site: Site) -> None:
 def served(site: Site) -> Iterator[str]:
     """The built site over HTTP on 127.0.0.1 (as a host would serve it)."""
     handler = functools.partial(_QuietHandler, directory=str(site.root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_served(handler) as base:
+        yield base
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
