@@ -15,7 +15,6 @@ from types import FrameType
 from typing import Any
 
 import httpx
-import nbclient
 import nbformat
 import pydantic
 import pytest
@@ -25,6 +24,7 @@ from fastapi.responses import JSONResponse
 
 from labsupport import serving
 from labsupport.checks.watchdog import guarded
+from labsupport.instructor.kernels import notebook_client
 from labsupport.serving import DRAIN_FACTOR, BodyLimits, ServerLimits, asgi_client, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,9 +385,7 @@ def test_serve_at_the_top_level_of_a_jupyter_cell() -> None:
         "print(body, during, signal.getsignal(signal.SIGINT) is handler)",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nbclient.NotebookClient(
-        notebook, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-    ).execute()
+    notebook_client(notebook, cwd=ROOT, timeout=60).execute()
     assert notebook.cells[1].outputs[0]["text"] == "{'ok': True} True True\n"
 
 

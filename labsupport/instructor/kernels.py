@@ -9,6 +9,8 @@ recorded.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -16,6 +18,7 @@ from typing import Any, Final
 import ipykernel.kernelspec
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 from nbclient import NotebookClient
 from nbformat import NotebookNode
 from traitlets import default
@@ -47,11 +50,32 @@ class CurrentEnvKernelSpecManager(KernelSpecManager):
 
 
 class CurrentEnvKernelManager(AsyncKernelManager):
-    """An ``AsyncKernelManager`` that looks kernels up with `CurrentEnvKernelSpecManager`."""
+    """An ``AsyncKernelManager`` that looks kernels up with `CurrentEnvKernelSpecManager` and,
+    on POSIX, talks to them over Unix sockets in Jupyter's runtime folder.
+
+    Why not TCP: jupyter_client picks a kernel's five ports by binding port 0 and closing the
+    socket; the kernel binds them again about a second later. Any connection opened in between
+    (a lesson's load test opens thousands) can be given one of those ports, and the kernel dies
+    with "Address already in use". A socket file with a fresh name cannot be taken that way.
+    """
 
     @default("kernel_spec_manager")
     def _kernel_spec_manager_default(self) -> KernelSpecManager:
         return CurrentEnvKernelSpecManager(data_dir=self.data_dir)
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return "ipc" if os.name == "posix" else "tcp"
+
+    @default("ip")
+    def _ip_default(self) -> str:
+        if self.transport != "ipc":
+            return super()._ip_default()
+        # The kernel and this process resolve the path from different working folders, so it
+        # must be absolute; the runtime folder is private to the user (0700).
+        runtime = Path(jupyter_runtime_dir())
+        runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return str(runtime / f"kernel-{uuid.uuid4().hex[:12]}-ipc")
 
 
 def notebook_client(
