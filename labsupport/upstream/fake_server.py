@@ -127,9 +127,9 @@ class FakeServer(Upstream, Switch):
         self._thread = threading.Thread(target=run, name=f"FakeServer:{self._port}", daemon=True)
         self._thread.start()
         try:
-            ready.wait()
+            _wait_interruptibly(ready)
         except BaseException:  # Ctrl+C while it starts: the thread would serve on, port and all
-            ready.wait()
+            _wait_interruptibly(ready)
             self.stop()
             raise
         if self._server is None:
@@ -236,6 +236,18 @@ async def _left_within(left: asyncio.Event, seconds: float) -> bool:
     return left.is_set()
 
 
+_INTERRUPT_POLL_SECONDS = 0.1
+
+
+def _wait_interruptibly(event: threading.Event) -> None:
+    """Wait for `event` in short slices. CPython runs a signal's handler between bytecodes: a
+    SIGINT that arrives just before an untimed lock wait blocks is noted but not raised, and that
+    wait would never end (a Ctrl+C lost, seen once as a 120 s hang); each slice returns to Python,
+    which raises the pending KeyboardInterrupt."""
+    while not event.wait(_INTERRUPT_POLL_SECONDS):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve the fake upstream in the foreground until interrupted."""
     parser = argparse.ArgumentParser(
@@ -259,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     ).start()
     print(f"Fake OpenAI upstream at {server.base_url} (Ctrl+C to stop)", flush=True)
     try:
-        threading.Event().wait()
+        _wait_interruptibly(threading.Event())  # until Ctrl+C
     except KeyboardInterrupt:
         pass
     finally:
