@@ -9,7 +9,7 @@
 # the upstream see 20 calls at once · move the limit into Redis, with leases that expire, and
 # see 5 in flight and 0 × 429 · kill -9 a worker holding a slot and watch the slot come back ·
 # share a per-second quota with a token bucket · lose `BackgroundTasks` audit writes to a
-# kill -9, then keep them with a job queue (arq) · write a shared limiter yourself and get it
+# kill -9, then keep them with a job queue (streaq) · write a shared limiter yourself and get it
 # checked in 3 worker processes.
 #
 # This notebook needs **`redis-server`**, a system program (not a Python package). The first
@@ -453,23 +453,29 @@ print(
 # ## Durable work: a job queue on Redis
 #
 # A job queue writes the work down *before* the response: the service enqueues a job in Redis
-# and answers; a separate **queue worker** process takes jobs from Redis and runs them. arq is
-# an asyncio job queue on Redis: `enqueue_job` stores the job, and the worker marks each job it
-# runs "in progress" with a key that expires. If the queue worker dies, the mark expires and a
-# queue worker runs the job again. arq makes the mark last the job's timeout + 10 s, so that a
-# job still running is never started again beside itself; the lab's worker shortens it to the
-# timeout (2 s) + 1 s, because its job cannot outlive its timeout: arq cancels it then.
+# and answers; a separate **queue worker** process takes jobs from Redis and runs them.
+# [streaq](https://streaq.readthedocs.io) is an asyncio job queue on Redis streams. What it
+# guarantees:
 #
-# So a job can run **twice**: killed after its write but before arq recorded it as done, it
-# writes again. The job must be idempotent: here the audit row's primary key is the request id
-# (which is also the job id, so the same request is never enqueued twice), and a second insert
-# does nothing. The job also writes to a `naive_audit` table without a key, to show what a
-# plain `INSERT` would have done.
+# * `await job` returns once the job is stored in Redis: the service may die the next moment;
+# * a queue worker takes a job as a **claim**: a pending entry of the stream's consumer group,
+#   which it acknowledges only when the job has ended. While the job runs, its worker renews the
+#   claim (every 0.9 × `idle_timeout`), so a running job is not started again beside itself. A
+#   claim left unrenewed for `idle_timeout` (its worker was killed) is taken by the next worker
+#   that reads the stream, which runs the job again, up to `max_tries` runs in all.
+#
+# What the lab adds: an `idle_timeout` of 2 s instead of streaq's 60 s, so a killed worker's
+# jobs run again within seconds; the request id as the job id (streaq stores a job only if its
+# id is new, so the same request enqueued twice while its job waits or runs is one job); and
+# the job's own idempotence. A job can run **twice**: killed after its write but before it was
+# acknowledged, it writes again. Here the audit row's primary key is the request id, and a
+# second insert does nothing. The job also writes to a `naive_audit` table without a key, to
+# show what a plain `INSERT` would have done.
 
 # %%
 from labsupport.distributed import jobs
 
-show(service.queued, jobs.write_audit)
+show(service.queued, jobs.AuditQueue.enqueue, jobs.build_queue, jobs.write_audit)
 
 # %% [markdown]
 # 5 requests to `/queued`; the service worker is killed right after answering (the jobs are
@@ -494,7 +500,6 @@ with RedisServer() as redis_server, WorkerTaggedServer(latency=LATENCY) as provi
     config = ServiceConfig(
         upstream_url=provider.base_url, redis_url=redis_server.url, audit_path=str(queued_audit)
     )
-    redis = connect(redis_server.url)
     with ServiceWorkers(1, config) as workers, QueueWorker(redis_server.url, queued_audit) as queue:
         answered = await burst(workers, n=5, path="/queued", json=queued)
         workers.kill(0)  # the service worker dies: its jobs are in Redis already
@@ -504,10 +509,10 @@ with RedisServer() as redis_server, WorkerTaggedServer(latency=LATENCY) as provi
         queue.kill()  # kill -9 the queue worker, mid-job
         killed = time.perf_counter()
         queue.start()  # a new queue worker
-        while await redis.zcard("arq:queue"):  # arq removes a job once it is done
-            await asyncio.sleep(0.1)
+        async with jobs.build_queue(redis_server.url).worker as audit_queue:  # a client
+            while await audit_queue.queue_size():  # streaq removes a job once it has ended
+                await asyncio.sleep(0.1)
         done_after = time.perf_counter() - killed
-    await redis.aclose()
 
 queued_counts = await audit_counts(str(queued_audit))
 print(f"clients were told: {answered.status_counts}")
@@ -527,15 +532,16 @@ queue_folder.cleanup()
 
 # %% [markdown]
 # **0 lost, 0 duplicated**: every job ran to the end, each write counted once. The price is
-# the wait (the in-progress mark must expire before another worker may take the job: a short
-# mark is safe only for a job whose timeout ends it first) and the discipline: a job that can
-# run twice must do no harm the second time. Sending an e-mail is not idempotent by itself;
+# the wait (a killed worker's claims must go idle for `idle_timeout` before another worker may
+# take them: a shorter one redelivers sooner, but a worker too busy to renew in time would have
+# its running jobs started again) and the discipline: a job that can run twice must do no harm
+# the second time. Sending an e-mail is not idempotent by itself;
 # recording "sent for request 42" first, and checking it, makes it so.
 #
 # | Post-request work | Survives the process | Runs |
 # |---|---|---|
 # | `BackgroundTasks` | no | at most once |
-# | a job queue (arq, Celery, RQ…) | yes, the job is in Redis | at least once: make it idempotent |
+# | a job queue (streaq, Dramatiq…) | yes, the job is in Redis | at least once: make it idempotent |
 #
 # ## Your turn
 #
@@ -632,5 +638,5 @@ await lab.checks.check_shared_limit(SlotLeases)
 #   strategies as a library.
 # * **When Redis is down**, fail fast with 503, not a hang, and not an unlimited upstream.
 # * **`BackgroundTasks` die with their process**: 10 audit writes lost to one kill -9. A job
-#   queue on Redis (arq) kept every one: the job ran again after the crash, and an idempotent
+#   queue on Redis (streaq) kept every one: the job ran again after the crash, and an idempotent
 #   write keyed by the request id kept it to one row.

@@ -50,7 +50,7 @@ LEARNER_NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHECK = "the real-browser check"
 NOTEBOOK_SECONDS = 120
-# 07 starts about 15 worker processes and waits out an arq job's in-progress mark (3 s).
+# 07 starts about 15 worker processes and waits out a killed queue worker's job claims (2 s idle).
 NOTEBOOK_SECONDS_FOR = {"07_beyond_one_process": 420}
 #: A prediction box (labsupport.coaching.predict), and the comparison printed for a guess of 1
 #: (seconds: "You predicted 1.00 s; it took …"; a count: "You predicted 1; there were …").

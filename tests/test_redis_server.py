@@ -98,8 +98,9 @@ def test_a_client_without_the_password_is_refused_and_it_is_on_no_command_line()
         # password every command is refused.
         stranger = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=1)
         try:
-            # redis-py raises AuthenticationError for the server's NOAUTH reply, with its text.
-            with pytest.raises(redis.AuthenticationError, match=r"^Authentication required\.$"):
+            # redis-py raises AuthenticationError for the server's refusal, with its text
+            # (redis-py 8 opens with HELLO, which the server refuses before AUTH).
+            with pytest.raises(redis.AuthenticationError, match=r"(?i)authenticat"):
                 stranger.get("anything")
             with pytest.raises(redis.AuthenticationError):
                 stranger.auth("a-guess")
@@ -117,23 +118,21 @@ def test_a_client_without_the_password_is_refused_and_it_is_on_no_command_line()
 
 @installed
 def test_every_client_built_from_the_url_sends_the_password() -> None:
-    from arq.connections import RedisSettings
     from limits import RateLimitItemPerSecond, storage, strategies
 
     from labsupport.distributed import connect
-    from labsupport.distributed.jobs import connect_queue
+    from labsupport.distributed.jobs import build_queue
 
     async def ping_both(url: str) -> bool:
-        client, queue = connect(url), await connect_queue(url)
+        client, queue = connect(url), build_queue(url).worker
         try:
-            return bool(await client.ping() and await queue.ping())
+            async with queue:  # streaq's coredis client, from the same URL
+                return bool(await client.ping() and await queue.redis.ping())
         finally:
             await client.aclose()
-            await queue.aclose()
 
     with RedisServer() as server:
         assert asyncio.run(ping_both(server.url))
-        assert RedisSettings.from_dsn(server.url).password == server.password
         # `limits` from the storage URI alone, as notebook 07 writes it (there with `async+`).
         window = strategies.MovingWindowRateLimiter(storage.RedisStorage(server.url))
         assert window.hit(RateLimitItemPerSecond(1), "learner")

@@ -1,6 +1,6 @@
 """Worker processes of notebook 07's service: per-process vs shared limits measured at one
 upstream, a crash's lease coming back, 503 when Redis dies, BackgroundTasks lost to kill -9 and
-arq jobs that survive it; and no process left behind by any of them."""
+streaq jobs that survive it; and no process left behind by any of them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from typing import Any
 
 import psutil
 import pytest
+from streaq import Worker
+from streaq.constants import REDIS_GROUP
 
 from labsupport import fire
 from labsupport.distributed import (
@@ -26,13 +28,13 @@ from labsupport.distributed import (
     WorkerTaggedServer,
     connect,
 )
-from labsupport.distributed.jobs import IN_PROGRESS_MARGIN, JOB_TIMEOUT, audit_counts
+from labsupport.distributed.jobs import audit_counts, build_queue
 from labsupport.distributed.workers import ChildProcess
 
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.needs("redis-server"),
-    pytest.mark.slow,  # uvicorn and arq worker processes
+    pytest.mark.slow,  # uvicorn and streaq worker processes
     pytest.mark.timeout(180),
 ]
 LIMIT = 3
@@ -131,6 +133,13 @@ async def test_crash_returns_its_slot_and_redis_down_is_503(redis_server: RedisS
     assert response.json()["error"]["type"] == "limiter_unavailable"
 
 
+async def pending(redis: Any, queue: Worker[None]) -> list[dict[str, Any]]:
+    """The jobs workers have claimed and not acknowledged: XPENDING on the queue's stream."""
+    (priority,) = queue.priorities
+    stream = queue.stream_key + priority
+    return list(await redis.xpending_range(stream, REDIS_GROUP, "-", "+", 100))
+
+
 async def test_background_tasks_die_with_the_worker_queued_jobs_do_not(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -158,22 +167,24 @@ async def test_background_tasks_die_with_the_worker_queued_jobs_do_not(
             while (await audit_counts(str(queued)))["job runs"] < 3:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
-            # The jobs running now are marked in progress for JOB_TIMEOUT + the margin (arq's
-            # own mark: 12 000 ms); -2 is a mark gone since the scan, its job just done.
-            marks = [await redis.pttl(key) async for key in redis.scan_iter("arq:in-progress:*")]
-            longest = (JOB_TIMEOUT + IN_PROGRESS_MARGIN) * 1000
-            assert marks
-            assert all(0 < ms <= longest for ms in marks if ms != -2)
-            queue.kill()  # mid-job: after the writes, before arq records them as done
-            queue.start()
-            while await redis.zcard("arq:queue"):
-                assert time.monotonic() < deadline + 20
-                await asyncio.sleep(0.1)
+            # The jobs running now are claimed by the worker, each delivered once: pending
+            # entries of streaq's consumer group, which the worker acknowledges as each ends.
+            jobs = build_queue(redis_server.url).worker
+            claims = await pending(redis, jobs)
+            assert len(claims) == 3
+            assert {claim["times_delivered"] for claim in claims} == {1}
+            queue.kill()  # mid-job: after the writes, before streaq acknowledges them
+            queue.start()  # a new worker claims them once idle for IDLE_TIMEOUT, and runs them
+            async with jobs:
+                while await jobs.queue_size():
+                    assert time.monotonic() < deadline + 20
+                    await asyncio.sleep(0.1)
+            assert await pending(redis, jobs) == []  # every job run to its end, acknowledged
         await redis.aclose()
     counts = await audit_counts(str(queued))
     assert answered.status_counts == {200: 3}
     assert counts["audit rows"] == 3  # 0 lost, 0 duplicated
-    assert counts["jobs run twice or more"] >= 1  # the kill made arq run them again...
+    assert counts["jobs run twice or more"] >= 1  # the kill made streaq run them again...
     assert counts["naive duplicates"] == counts["jobs run twice or more"]  # ...and a plain
     # INSERT would have written those twice
 

@@ -2,7 +2,7 @@
 
 * `RedisServer` — the system's `redis-server` on a free loopback port, memory only;
 * `SharedSemaphore`, `TokenBucket` — limits kept in Redis, shared by every worker;
-* `ServiceWorkers`, `QueueWorker` — uvicorn workers of the lesson's service, an arq worker;
+* `ServiceWorkers`, `QueueWorker` — uvicorn workers of the lesson's service, a streaq worker;
 * `WorkerTaggedServer` — the fake upstream, telling which worker sent each call.
 """
 

@@ -1,11 +1,24 @@
-"""Durable post-request work: an arq job queue on Redis, and its worker process.
+"""Durable post-request work: a streaq job queue on Redis, and its worker process.
 
 A `BackgroundTasks` task lives in the memory of the process that answered: kill that process
 and the task is gone, without a trace. A job queue keeps the work in Redis instead, and a
-separate queue worker runs it. arq marks a job "in progress" with a key that expires (here the
-job's timeout + 1 s); if its worker dies, the mark expires and a worker runs the job again. So a
-job can run **more than once**, and the job must be idempotent: here the audit row's primary key
-is the request id, and a second run's insert does nothing.
+separate queue worker runs it. What streaq (7.2, on Redis streams) guarantees:
+
+* **stored before it returns**: `await job` stores the job's data and adds it to a Redis stream;
+  the process that enqueued it may die the next moment;
+* **at least once**: a queue worker takes a job as a pending entry of the stream's consumer
+  group, and acknowledges it only when the job has ended. While the job runs, its worker renews
+  that claim every 0.9 × `idle_timeout`; a claim left unrenewed for `idle_timeout` (its worker
+  was killed, or lost Redis) is taken by the next worker that reads the stream, which runs the
+  job again, counting its tries up to `max_tries`. So a running job is not started a second
+  time while its worker lives, and a killed worker's jobs are not lost, but a job can run
+  **more than once**.
+
+What the lab adds: `idle_timeout` of `IDLE_TIMEOUT` (2 s, streaq's default is 60 s), so a killed
+worker's jobs run again within seconds; the request id as the job id, so the same request
+enqueued twice while its job waits or runs is stored once (streaq stores a job's data only if
+its id is new); and an idempotent job: the audit row's primary key is the request id, so a
+second run's insert does nothing. Each run is also logged in `job_runs`, for the lesson to count.
 
 Run a queue worker (what `QueueWorker` in `workers.py` starts):
 
@@ -15,36 +28,48 @@ Run a queue worker (what `QueueWorker` in `workers.py` starts):
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final
 
 import aiosqlite
-from arq import Worker, func
-from arq.connections import ArqRedis, RedisSettings
+import coredis.exceptions
+from streaq import Worker
+from streaq.task import AsyncRegisteredTask
 
 from ._orphans import die_with_parent
-from .shared_limit import SOCKET_TIMEOUT
 
 __all__ = [
     "AUDIT_SCHEMA",
-    "IN_PROGRESS_MARGIN",
+    "IDLE_TIMEOUT",
     "JOB_TIMEOUT",
+    "AuditQueue",
+    "QueueUnavailable",
     "audit_counts",
-    "connect_queue",
+    "build_queue",
     "insert_audit_row",
     "main",
+    "ready_key",
     "write_audit",
 ]
 
-JOB_TIMEOUT: Final = 2.0
-"""Seconds a job may run: then arq cancels it, and the job fails (a timeout is not retried)."""
+IDLE_TIMEOUT: Final = 2.0
+"""Seconds a job's claim may go unrenewed before another queue worker takes the job (streaq's
+`idle_timeout`): after a kill -9, its jobs run again a few seconds later."""
 
-IN_PROGRESS_MARGIN: Final = 1.0
-"""How much longer than `JOB_TIMEOUT` a job's in-progress mark lasts (arq's own margin is 10 s;
-see `build_worker`): after a worker is killed, its jobs run again 3 s after they started."""
+JOB_TIMEOUT: Final = 5.0
+"""Seconds a job may run: then streaq cancels it and records it failed (not retried)."""
+
+MAX_TRIES: Final = 5
+"""Runs of one job, a killed worker's included, before streaq gives up on it."""
+
+QUEUE_NAME: Final = "audit"
 
 AFTER_WRITE_SECONDS: Final = 1.0
 """What the job does after its write (say, notify someone): a kill in this gap is the case that
@@ -64,19 +89,66 @@ CREATE TABLE IF NOT EXISTS job_runs (  -- one row per time a job started
 """
 
 
-async def connect_queue(redis_url: str) -> ArqRedis:
-    """A connection that can enqueue jobs (`await queue.enqueue_job(...)`). Like the limiter's
-    client, its commands fail within `SOCKET_TIMEOUT` when Redis stops answering: arq's own
-    `create_pool` sets only a connect timeout, so an enqueue to a hung Redis waited for good."""
-    queue: ArqRedis = ArqRedis.from_url(
-        redis_url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+class QueueUnavailable(Exception):
+    """Redis did not store the job (refused, or no answer within the client's timeout)."""
+
+
+@dataclass(frozen=True)
+class AuditQueue:
+    """A streaq `Worker` (the queue: it enqueues, and in a queue worker's process it runs) and
+    its one task, the audit write. Enqueue inside `async with queue.worker:`."""
+
+    worker: Worker[None]
+    task: AsyncRegisteredTask[[str, str, str], str]
+
+    async def enqueue(self, request_id: str, prompt: str, reply: str) -> None:
+        """Store the audit job of one request, with the request id as the job id."""
+        job = self.task.enqueue(request_id, prompt, reply)
+        job.id = request_id  # a second enqueue of this request, while its job exists, is a no-op
+        try:
+            await job
+        except (coredis.exceptions.ConnectionError, TimeoutError) as error:
+            # coredis raises the builtin TimeoutError, which the service reads as "no slot".
+            raise QueueUnavailable(f"{type(error).__name__}: {error}") from error
+
+
+def ready_key(worker_id: str) -> str:
+    """The key a queue worker sets once it has started (the lab waits for it)."""
+    return f"lab:queue-worker:{worker_id}"
+
+
+def build_queue(
+    redis_url: str, audit_path: str = "", *, worker_id: str = "", timeout: float | None = None
+) -> AuditQueue:
+    """The audit queue on the Redis at `redis_url`. A queue worker runs its jobs against the
+    SQLite file `audit_path`, up to 10 at a time; `timeout` bounds each Redis command of a
+    client that only enqueues (a worker blocks on the stream for `IDLE_TIMEOUT` at a time)."""
+    worker_id = worker_id or uuid.uuid4().hex[:8]
+    redis_kwargs = {}
+    if timeout is not None:
+        redis_kwargs = {"stream_timeout": timeout, "connect_timeout": timeout}
+
+    @asynccontextmanager
+    async def started() -> AsyncIterator[None]:
+        # Runs as the worker starts, connected: tell whoever waits for it.
+        await worker.redis.set(ready_key(worker_id), "started", px=60_000)
+        yield
+
+    worker: Worker[None] = Worker(
+        redis_url=redis_url,
+        redis_kwargs=redis_kwargs,
+        queue_name=QUEUE_NAME,
+        concurrency=10,
+        idle_timeout=IDLE_TIMEOUT,
+        lifespan=started,
+        id=worker_id,
     )
-    try:
-        await queue.ping()  # Redis down at start-up: say so now, as create_pool did
-    except BaseException:
-        await queue.aclose()
-        raise
-    return queue
+
+    @worker.task(name="write_audit", timeout=timedelta(seconds=JOB_TIMEOUT), max_tries=MAX_TRIES)
+    async def audit_job(request_id: str, prompt: str, reply: str) -> str:
+        return await write_audit(audit_path, audit_job.context.tries, request_id, prompt, reply)
+
+    return AuditQueue(worker, audit_job)
 
 
 @asynccontextmanager
@@ -97,13 +169,12 @@ async def insert_audit_row(path: str, request_id: str, prompt: str, reply: str) 
         await db.commit()
 
 
-async def write_audit(ctx: dict[str, Any], request_id: str, prompt: str, reply: str) -> str:
+async def write_audit(path: str, job_try: int, request_id: str, prompt: str, reply: str) -> str:
     """The queued audit write. Idempotent: its effect is the same however often it runs."""
-    path = ctx["audit_path"]
     async with _open(path) as db:
         await db.execute(
             "INSERT INTO job_runs VALUES (?, ?, ?, ?)",
-            (request_id, ctx["job_try"], os.getpid(), time.time()),
+            (request_id, job_try, os.getpid(), time.time()),
         )
         await db.execute(
             "INSERT INTO naive_audit VALUES (?, ?, ?, ?)", (request_id, prompt, reply, time.time())
@@ -134,33 +205,16 @@ async def audit_counts(path: str) -> dict[str, int]:
         return counts
 
 
-def build_worker(redis_url: str, audit_path: str) -> Worker:
-    """The queue worker: runs `write_audit` jobs from Redis, up to 10 at a time."""
-    worker = Worker(
-        functions=[func(write_audit, timeout=JOB_TIMEOUT, max_tries=5)],
-        redis_settings=RedisSettings.from_dsn(redis_url),
-        ctx={"audit_path": audit_path},
-        poll_delay=0.1,
-        keep_result=60,
-        health_check_interval=1,
-    )
-    # arq sets a job's in-progress mark once, as the job starts, and never renews it; while the
-    # mark exists no worker starts the job. arq makes it last the longest job timeout + 10 s
-    # (it has no setting for that): a job still running when its mark expired would be started
-    # again beside itself. Here it cannot be still running: its own timeout cancels it
-    # JOB_TIMEOUT after it starts, and the margin covers arq's Redis round trips before that
-    # clock starts and after it stops (removing the job from the queue). Were a slow run ever
-    # doubled, it would do no harm: the job is idempotent (the audit row's key is the request
-    # id). So a killed worker's jobs run again 3 s after they started instead of 12 s.
-    worker.in_progress_timeout_s = JOB_TIMEOUT + IN_PROGRESS_MARGIN
-    return worker
-
-
 def main() -> None:
-    """Run a queue worker until SIGTERM/SIGINT (what arq's CLI does, configured from env)."""
+    """Run a queue worker until SIGTERM/SIGINT, configured from the environment."""
     die_with_parent()
-    worker = build_worker(os.environ["LAB_JOBS_REDIS_URL"], os.environ["LAB_JOBS_AUDIT_PATH"])
-    worker.run()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    queue = build_queue(
+        os.environ["LAB_JOBS_REDIS_URL"],
+        os.environ["LAB_JOBS_AUDIT_PATH"],
+        worker_id=os.environ.get("LAB_JOBS_WORKER_ID", ""),
+    )
+    queue.worker.run_sync()
 
 
 if __name__ == "__main__":

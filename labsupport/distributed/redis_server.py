@@ -9,7 +9,8 @@ Loopback is shared by everyone on the machine (on a workshop hub, every learner)
 protected mode does not cover it, so the server asks for a password: a random one, written with
 the rest of its configuration to a file in a private temporary folder (not on the command line,
 which every local user can read). `url` carries the password, so every client built from it
-(redis-py, arq, `limits`, the worker processes) sends it; a client without it gets NOAUTH.
+(redis-py, streaq's coredis, `limits`, the worker processes) sends it; a client without it gets
+NOAUTH.
 
     with RedisServer() as server:
         redis = redis.asyncio.Redis.from_url(server.url)
@@ -127,7 +128,7 @@ class RedisServer(Switch):
 
     @property
     def url(self) -> str:
-        """What `redis.asyncio.Redis.from_url()` (and arq, and `limits`) connect to, with the
+        """What `redis.asyncio.Redis.from_url()` (and streaq, and `limits`) connect to, with the
         server's password in it: treat it as a secret (don't print it)."""
         if self._process is None:
             raise RuntimeError("the RedisServer is not running; call start() or use `with`")

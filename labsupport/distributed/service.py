@@ -10,7 +10,7 @@ Which limiter is the lesson's variable:
 * `"learner"` — a limiter class the learner wrote, loaded from its source file.
 
 Post-request work comes in two forms: `/audited` writes its audit row in a `BackgroundTasks`
-task, inside this process; `/queued` enqueues an arq job in Redis before it answers, for a
+task, inside this process; `/queued` enqueues a streaq job in Redis before it answers, for a
 separate queue worker (`labsupport.distributed.jobs`).
 
 Workers are configured through environment variables (`ServiceConfig.to_environment()`), since
@@ -25,13 +25,12 @@ import os
 import sys
 import types
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import openai
-import redis.exceptions
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.datastructures import State
 from fastapi.responses import JSONResponse
@@ -41,8 +40,9 @@ from redis.asyncio import Redis
 
 from ..validation import check_choice, check_int, check_number, check_seconds
 from ._orphans import die_with_parent
-from .jobs import connect_queue, insert_audit_row
+from .jobs import QueueUnavailable, build_queue, insert_audit_row
 from .shared_limit import (
+    SOCKET_TIMEOUT,
     LimiterUnavailable,
     LocalSlots,
     SharedSemaphore,
@@ -176,10 +176,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     bucket = None
     if redis is not None and config.rate > 0:
         bucket = TokenBucket(redis, "openai", rate=config.rate, capacity=config.burst)
+    # Post-request work to queue: a streaq client whose commands fail within the limiter's
+    # socket timeout when Redis stops answering (coredis, like redis-py, waits for good by
+    # default).
     queue = None
-    if redis is not None and config.audit_path:  # post-request work to queue
-        queue = await connect_queue(config.redis_url)
-    try:
+    if redis is not None and config.audit_path:
+        queue = build_queue(config.redis_url, timeout=SOCKET_TIMEOUT)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.close)
+        if redis is not None:
+            stack.push_async_callback(redis.aclose)
+        if queue is not None:
+            await stack.enter_async_context(queue.worker)
         yield {
             "config": config,
             "client": client,
@@ -187,12 +195,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             "bucket": bucket,
             "queue": queue,
         }
-    finally:
-        await client.close()
-        if queue is not None:
-            await queue.aclose()
-        if redis is not None:
-            await redis.aclose()
 
 
 async def ask(state: State, prompt: str) -> str:
@@ -228,9 +230,7 @@ async def queued(body: ChatRequest, request: Request) -> dict[str, str]:
     reply = await ask(request.state, body.message)
     # The job is in Redis before the client hears "200": a queue worker runs it even if this
     # process dies right now. The request id is the job id, so a retried request is one job.
-    await request.state.queue.enqueue_job(
-        "write_audit", body.request_id, body.message, reply, _job_id=body.request_id
-    )
+    await request.state.queue.enqueue(body.request_id, body.message, reply)
     return {"response": reply, "worker": WORKER}
 
 
@@ -245,7 +245,7 @@ async def health() -> dict[str, str]:
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
-    """The worker's app: `/chat`, `/audited` (BackgroundTasks) and `/queued` (arq)."""
+    """The worker's app: `/chat`, `/audited` (BackgroundTasks) and `/queued` (streaq)."""
     app = FastAPI(title="Notebook 07: one service, several workers", lifespan=lifespan)
     app.state.config = config
     app.get("/health")(health)
@@ -280,8 +280,7 @@ async def upstream_failed(request: Request, error: Exception) -> JSONResponse:
 
 ERROR_HANDLERS: Final[dict[type[Exception], Any]] = {
     LimiterUnavailable: limiter_down,
-    redis.exceptions.ConnectionError: queue_down,
-    redis.exceptions.TimeoutError: queue_down,
+    QueueUnavailable: queue_down,
     TimeoutError: no_slot,
     openai.APIError: upstream_failed,
 }

@@ -1,4 +1,4 @@
-"""Worker processes for the lab: N uvicorn workers of the service, and an arq queue worker.
+"""Worker processes for the lab: N uvicorn workers of the service, and a streaq queue worker.
 
     with ServiceWorkers(4, ServiceConfig(upstream_url=server.base_url)) as workers:
         async with workers.client() as client:       # spreads requests round-robin
@@ -11,7 +11,7 @@ balancer; `client()` sends request i to worker i mod N, so each gets the same sh
 whichever worker accepts first, so the split depends on timing.)
 
 A worker starts as a fork, not as a new interpreter: a small fork server (one per process that
-starts workers, itself a child process) imports uvicorn, FastAPI, the SDK and arq once, then
+starts workers, itself a child process) imports uvicorn, FastAPI, the SDK and streaq once, then
 forks each worker from that state, which saves each start seconds of imports on a busy machine.
 Once forked, a worker is what `python -m uvicorn --factory
 labsupport.distributed.service:app_from_environment ...` would be: uvicorn's command line and
@@ -54,6 +54,7 @@ import tempfile
 import threading
 import time
 import traceback
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,7 @@ import redis
 from ..network import free_port
 from ..switch import Switch
 from ..validation import check_choice, check_int
+from .jobs import ready_key
 from .service import ServiceConfig
 
 __all__ = ["ChildProcess", "QueueWorker", "RoundRobinTransport", "ServiceWorkers"]
@@ -75,9 +77,6 @@ START_TIMEOUT: Final = 60.0
 
 STOP_TIMEOUT: Final = 5.0
 """Seconds a worker may take to exit after SIGTERM before it gets SIGKILL."""
-
-HEALTH_KEY: Final = "arq:queue:health-check"
-"""The key an arq worker on the default queue refreshes while it runs."""
 
 PRELOAD: Final = (
     "labsupport.distributed.service",
@@ -147,7 +146,7 @@ class ChildProcess:
         self._reap(signal.SIGKILL)
 
     def stop(self) -> None:
-        """SIGTERM (uvicorn and arq shut down gracefully), SIGKILL after `STOP_TIMEOUT`."""
+        """SIGTERM (uvicorn and streaq shut down gracefully), SIGKILL after `STOP_TIMEOUT`."""
         self._reap(signal.SIGTERM)
 
     def log_tail(self, characters: int = 600) -> str:
@@ -480,7 +479,7 @@ class ServiceWorkers(Switch):
 
 
 class QueueWorker(Switch):
-    """One arq worker process (`python -m labsupport.distributed.jobs`) running audit jobs."""
+    """One streaq worker process (`python -m labsupport.distributed.jobs`) running audit jobs."""
 
     def __init__(self, redis_url: str, audit_path: str | Path) -> None:
         self.redis_url, self.audit_path = redis_url, str(audit_path)
@@ -492,22 +491,26 @@ class QueueWorker(Switch):
         return None if self._process is None else self._process.pid
 
     def start(self) -> Self:
-        """Start the queue worker and return once it has reported to Redis. Idempotent."""
+        """Start the queue worker and return once it has reported to Redis. Idempotent.
+        Each start is a new worker (a new id): a restarted worker takes a killed one's jobs."""
         if self._process is not None and self._process.alive:
             return self
         if self._folder is None:
             self._folder = tempfile.TemporaryDirectory(prefix="lab-queue-")
-        env = {"LAB_JOBS_REDIS_URL": self.redis_url, "LAB_JOBS_AUDIT_PATH": self.audit_path}
+        worker_id = uuid.uuid4().hex[:8]
+        env = {
+            "LAB_JOBS_REDIS_URL": self.redis_url,
+            "LAB_JOBS_AUDIT_PATH": self.audit_path,
+            "LAB_JOBS_WORKER_ID": worker_id,
+        }
         log = Path(self._folder.name) / "queue-worker.log"
         module = "labsupport.distributed.jobs"
         self._process = ChildProcess("queue worker", module, [], env, log)
         client = redis.Redis.from_url(self.redis_url, socket_timeout=1)
+        started = ready_key(worker_id)
         try:
-            # arq writes its health-check key when its main loop starts polling the queue; a
-            # key left by a worker killed earlier must not count.
-            client.delete(HEALTH_KEY)
-            self._process.start()
-            self._process.wait_until(lambda: bool(client.exists(HEALTH_KEY)), "polling the queue")
+            self._process.start()  # its lifespan sets `started` once it is connected
+            self._process.wait_until(lambda: bool(client.exists(started)), "connected to Redis")
         except BaseException:
             self.stop()
             raise
