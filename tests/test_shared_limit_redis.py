@@ -26,6 +26,7 @@ from labsupport.distributed import (
     WorkerTaggedServer,
     connect,
 )
+from labsupport.distributed.jobs import build_queue
 from labsupport.distributed.service import create_app
 from labsupport.serving import asgi_client
 
@@ -238,3 +239,12 @@ async def test_local_slots_bound_one_process_only() -> None:
     assert not waiting.done()
     await slots.release(tokens[0])
     await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_request_enqueued_twice_while_its_job_waits_is_one_job(server: RedisServer) -> None:
+    queue = build_queue(server.url, timeout=1.0)  # no queue worker runs: the jobs wait
+    async with queue.worker:
+        await queue.enqueue("r1", "hi", "hello")
+        await queue.enqueue("r1", "hi", "hello")  # the request id is the job id: stored once
+        await queue.enqueue("r2", "hi", "hello")
+        assert await queue.worker.queue_size() == 2

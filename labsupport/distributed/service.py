@@ -229,7 +229,8 @@ async def audited(
 async def queued(body: ChatRequest, request: Request) -> dict[str, str]:
     reply = await ask(request.state, body.message)
     # The job is in Redis before the client hears "200": a queue worker runs it even if this
-    # process dies right now. The request id is the job id, so a retried request is one job.
+    # process dies right now. The request id is the job id: a request retried while its job
+    # waits or runs is one job.
     await request.state.queue.enqueue(body.request_id, body.message, reply)
     return {"response": reply, "worker": WORKER}
 
