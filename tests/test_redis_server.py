@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -185,3 +189,80 @@ def test_notebook_07_without_redis_server_says_the_command_and_stops(folder: Pat
     assert error.traceback == [str(RedisServerMissing())]
     assert install_command() in error.traceback[0]
     assert next_cell.outputs == [] and next_cell.execution_count is None
+
+
+REDIS_STARTER = """
+import signal, sys
+from labsupport.distributed import RedisServer
+
+# As in a kernel: Ctrl+C (Jupyter's interrupt) is the running cell's business, not Redis's.
+signal.signal(signal.SIGINT, lambda *_: print("interrupted", flush=True))
+server = RedisServer().start()
+print(server.pid, flush=True)
+sys.stdin.readline()
+print(server.running, flush=True)
+server.stop()
+"""
+
+
+def _started(starter: subprocess.Popen[str]) -> int:
+    assert starter.stdout is not None
+    return int(starter.stdout.readline())
+
+
+def test_an_interrupt_sent_to_the_kernels_process_group_leaves_redis_running() -> None:
+    """■ sends SIGINT to the kernel's whole process group: a redis-server in it stopped under
+    the interrupted cell, which then failed with a ConnectionError instead of stopping."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c", REDIS_STARTER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as Jupyter starts a kernel
+    )
+    assert starter.stdin is not None and starter.stdout is not None
+    try:
+        redis_pid = _started(starter)
+        os.killpg(starter.pid, signal.SIGINT)
+        assert starter.stdout.readline() == "interrupted\n"
+        time.sleep(1.0)  # a redis-server that got the SIGINT has shut down by now
+        assert psutil.pid_exists(redis_pid)
+        starter.stdin.write("\n")
+        starter.stdin.flush()
+        assert starter.stdout.readline() == "True\n"
+        assert starter.wait(timeout=60) == 0
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+        starter.stdin.close()
+        starter.stdout.close()
+
+
+def test_redis_dies_with_the_process_that_started_it() -> None:
+    """A killed kernel runs no cleanup: Linux's death signal (kept across exec) stops Redis."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c", REDIS_STARTER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdin is not None and starter.stdout is not None
+    try:
+        redis_pid = _started(starter)
+        assert psutil.Process(redis_pid).name() == "redis-server"
+    finally:
+        starter.kill()  # as a killed kernel: no atexit, no cleanup
+        starter.wait()
+        starter.stdin.close()
+        starter.stdout.close()
+    deadline = time.monotonic() + 30  # SIGTERM: Redis shuts down gracefully
+    while _alive(redis_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(redis_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -6,8 +6,9 @@ import ctypes
 import os
 import signal
 import sys
+from typing import NoReturn
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_parent", "exec_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -23,3 +24,17 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != int(parent):  # the parent died before we asked
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exec_with_parent(argv: list[str]) -> NoReturn:
+    """Become `argv` (a program the lab cannot change, like redis-server) after
+    `die_with_parent()`: Linux keeps the death signal across exec.
+
+        python -m labsupport.distributed._orphans redis-server …
+    """
+    die_with_parent()
+    os.execvp(argv[0], argv)
+
+
+if __name__ == "__main__":
+    exec_with_parent(sys.argv[1:])

@@ -35,7 +35,9 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -106,6 +108,15 @@ def require_redis_server() -> str:
     if path is None:
         raise RedisServerMissing()
     return path
+
+
+def _death_signal_from_this_thread() -> dict[str, str]:
+    """`LAB_PARENT_PID` for a child that should die with this process. Linux sends the death
+    signal when the *thread* that started the child ends, so only the main thread (a cell, a
+    test) asks for it; a server started elsewhere is stopped at exit (`_running`)."""
+    if threading.current_thread() is threading.main_thread():
+        return {"LAB_PARENT_PID": str(os.getpid())}
+    return {}
 
 
 class RedisServer(Switch):
@@ -185,6 +196,9 @@ class RedisServer(Switch):
         config.touch(mode=0o600)
         config.write_text(f"requirepass {self._password}\n", encoding="utf-8")
         command = [
+            # In its own session, so ■ (SIGINT to the kernel's process group) does not stop
+            # Redis under a cell that is still using it; dying with this process instead.
+            sys.executable, "-m", "labsupport.distributed._orphans",
             executable,
             str(config),  # the password; the options below add to the file
             "--bind", "127.0.0.1",
@@ -200,7 +214,12 @@ class RedisServer(Switch):
         log = (folder / "redis.log").open("wb")
         try:
             return subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **_death_signal_from_this_thread()},
             )
         finally:
             log.close()  # the child holds its own copy
