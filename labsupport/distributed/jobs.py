@@ -17,7 +17,9 @@ separate queue worker runs it. What streaq (7.2, on Redis streams) guarantees:
 What the lab adds: `idle_timeout` of `IDLE_TIMEOUT` (2 s, streaq's default is 60 s), so a killed
 worker's jobs run again within seconds; the request id as the job id, so the same request
 enqueued twice while its job waits or runs is stored once (streaq stores a job's data only if
-its id is new); and an idempotent job: the audit row's primary key is the request id, so a
+its id is new); a write that fails (the file locked past its timeout) asks streaq to run the
+job again (`StreaqRetry`) instead of recording it failed, which would lose its row; and an
+idempotent job: the audit row's primary key is the request id, so a
 second run's insert does nothing. Each run is also logged in `job_runs`, for the lesson to count.
 
 Run a queue worker (what `QueueWorker` in `workers.py` starts):
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,7 +43,7 @@ from typing import Final
 
 import aiosqlite
 import coredis.exceptions
-from streaq import Worker
+from streaq import StreaqRetry, Worker
 from streaq.task import AsyncRegisteredTask
 
 from ._orphans import die_with_parent
@@ -63,7 +66,7 @@ IDLE_TIMEOUT: Final = 2.0
 """Seconds a job's claim may go unrenewed before another queue worker takes the job (streaq's
 `idle_timeout`): after a kill -9, its jobs run again a few seconds later."""
 
-JOB_TIMEOUT: Final = 5.0
+JOB_TIMEOUT: Final = 10.0
 """Seconds a job may run: then streaq cancels it and records it failed (not retried)."""
 
 MAX_TRIES: Final = 5
@@ -71,9 +74,13 @@ MAX_TRIES: Final = 5
 
 QUEUE_NAME: Final = "audit"
 
-AFTER_WRITE_SECONDS: Final = 1.0
+PREPARE_ATTEMPTS: Final = 5
+"""Tries at making the audit file's tables, another process's schema change in the way."""
+
+AFTER_WRITE_SECONDS: Final = 3.0
 """What the job does after its write (say, notify someone): a kill in this gap is the case that
-makes a non-idempotent job write twice."""
+makes a non-idempotent job write twice. Long enough that 07's kill, once the 5 jobs have
+written, finds all 5 in it on a loaded machine (at 1 s, 4 had ended once: 6 runs, not 10)."""
 
 AUDIT_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -146,17 +153,40 @@ def build_queue(
 
     @worker.task(name="write_audit", timeout=timedelta(seconds=JOB_TIMEOUT), max_tries=MAX_TRIES)
     async def audit_job(request_id: str, prompt: str, reply: str) -> str:
-        return await write_audit(audit_path, audit_job.context.tries, request_id, prompt, reply)
+        try:
+            return await write_audit(audit_path, audit_job.context.tries, request_id, prompt, reply)
+        except sqlite3.OperationalError as error:  # say, locked past its timeout: not lost,
+            raise StreaqRetry(delay=1) from error  # run again (up to MAX_TRIES runs)
 
     return AuditQueue(worker, audit_job)
+
+
+_prepared: set[str] = set()
+"""Audit files whose tables this process has made sure of."""
 
 
 @asynccontextmanager
 async def _open(path: str) -> AsyncIterator[aiosqlite.Connection]:
     async with aiosqlite.connect(path, timeout=10) as db:
-        await db.execute("PRAGMA journal_mode=WAL")  # several processes write to it
-        await db.executescript(AUDIT_SCHEMA)
+        if path not in _prepared:  # two first uses at once both prepare: it is idempotent
+            await _prepare(db)
+            _prepared.add(path)
         yield db
+
+
+async def _prepare(db: aiosqlite.Connection) -> None:
+    """WAL mode (several processes write to the file) and the tables, once per process: run by
+    every connection, this DDL made concurrent jobs fail at once with "database is locked"
+    (SQLite does not wait for its busy timeout there)."""
+    for attempt in range(PREPARE_ATTEMPTS):
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.executescript(AUDIT_SCHEMA)
+            return
+        except sqlite3.OperationalError:
+            if attempt == PREPARE_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 async def insert_audit_row(path: str, request_id: str, prompt: str, reply: str) -> None:
