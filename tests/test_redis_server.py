@@ -263,6 +263,7 @@ def test_redis_dies_with_the_process_that_started_it() -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        status: str = psutil.Process(pid).status()
+        return bool(status != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
