@@ -13,7 +13,8 @@ from corpus import ex08_streaming as corpus
 from fastapi import FastAPI
 
 from labsupport.checks import CheckResult, check_streaming_endpoint
-from labsupport.checks.streaming import CAUSES
+from labsupport.checks.streaming import CAUSES, _kept_reading
+from labsupport.upstream.stats import UpstreamCall, UpstreamStats
 
 pytestmark = pytest.mark.usefixtures("offline_lab")
 
@@ -49,6 +50,23 @@ def test_the_evidence_counts_tokens_after_leaving_and_rows() -> None:
     audit = []
     trap = check(corpus.answer_producer_task_keeps_reading(audit), audit)
     assert "the upstream's stream was read to the end" in str(trap)
+
+
+def test_a_stream_left_neither_finished_nor_abandoned_was_not_read_on() -> None:
+    """The leaver's stream as FastAPI's SSE can leave it (the relay suspended at its `yield`,
+    never resumed): still open, no token after the client left. Not a relay that read on."""
+
+    def stats(*calls: UpstreamCall) -> UpstreamStats:
+        return UpstreamStats(len(calls), 0, 1, {}, calls)
+
+    tokens = (1.0, 1.02, 1.04)
+    open_call = UpstreamCall(1, 0.9, 0.9, None, "async", "p", tokens)
+    finished = UpstreamCall(1, 0.9, 2.0, 200, "async", "p", tokens)
+    abandoned = UpstreamCall(1, 0.9, 1.1, 200, "async", "p", tokens, abandoned=True)
+    assert not _kept_reading(stats(open_call), tokens_after=0)
+    assert _kept_reading(stats(open_call), tokens_after=5)  # still reading, on a slow machine
+    assert _kept_reading(stats(finished), tokens_after=0)
+    assert not _kept_reading(stats(abandoned), tokens_after=0)
 
 
 def test_bad_arguments() -> None:

@@ -16,6 +16,7 @@ from labsupport.checks._common import reference_latency, upstream_or_none
 from labsupport.upstream.observed import LIVE_CONFIGURE_NOTE, ObservedUpstream
 
 MESSAGES = [{"role": "user", "content": "Sentiment (one word): great"}]
+LONG_REPLY = [{"role": "user", "content": "Explain to a new engineer why streaming replies matter"}]
 
 
 @pytest.fixture
@@ -66,6 +67,61 @@ def test_sync_and_streaming_calls_end_when_the_body_is_closed(
     stats = observer.stats
     assert (stats.calls, stats.in_flight, stats.count(200)) == (2, 0, 2)
     assert [call.client for call in stats.timeline] == ["sync", "sync"]
+
+
+def test_a_streams_pieces_are_timed_as_they_arrive(
+    server: FakeServer, observer: ObservedUpstream
+) -> None:
+    async def main() -> list[str]:
+        async with AsyncOpenAI(base_url=server.base_url, api_key="dummy") as client:
+            stream = await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=LONG_REPLY,  # type: ignore[arg-type]
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            return [c.choices[0].delta.content async for c in stream if c.choices]
+
+    pieces = [piece for piece in asyncio.run(main()) if piece]
+    (call,) = observer.stats.timeline
+    # The role's chunk, the finish and the usage carry no piece: one time per piece, in order.
+    assert call.tokens == len(pieces) == server.stats.tokens > 1
+    assert list(call.token_times) == sorted(call.token_times)
+    assert (call.status, call.abandoned) == (200, False)
+
+
+@pytest.mark.parametrize("stop", ["close", "cancel"])
+def test_a_stream_its_reader_stopped_is_abandoned_with_the_pieces_it_got(
+    server: FakeServer, observer: ObservedUpstream, stop: str
+) -> None:
+    """As a relay whose client left stops: it closes the stream, or its task is cancelled
+    while it waits for the next piece; the offline upstream counts both as abandoned."""
+    server.configure(time_per_token=0.2)  # the rest of the answer: seconds away
+
+    async def main() -> None:
+        async with AsyncOpenAI(base_url=server.base_url, api_key="dummy") as client:
+            stream = await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=LONG_REPLY,  # type: ignore[arg-type]
+                stream=True,
+            )
+            async with stream:
+                pieces = 0
+                async for chunk in stream:
+                    pieces += bool(chunk.choices and chunk.choices[0].delta.content)
+                    if pieces == 2:
+                        break
+                if stop == "cancel":
+                    reading = asyncio.ensure_future(anext(aiter(stream)))
+                    await asyncio.sleep(0.05)
+                    reading.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await reading
+
+    asyncio.run(main())
+    (call,) = observer.stats.timeline
+    assert (call.status, call.abandoned, call.tokens) == (200, True, 2)
+    assert observer.stats.abandoned == 1
 
 
 def test_real_429s_and_timeouts_are_counted(server: FakeServer, observer: ObservedUpstream) -> None:

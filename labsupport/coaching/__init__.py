@@ -1,7 +1,8 @@
 """Coaching: predict before a measurement, explore a scenario, hints that escalate.
 
 * `predict(question)`: a box for the learner's guess; ``.compare(measured, …)`` after the run.
-* `explore(Scenario(…))`: sliders that rerun a small scenario and redraw its timeline.
+* `explore(Scenario(…))`: sliders that rerun a small scenario and redraw its timeline;
+  `explore_streams(…)` does the same for streamed answers (notebook 08).
 * `hints`: the ladder a failed check climbs in a notebook (diagnosis → hint → faded example →
   the solution notebook).
 

@@ -10,5 +10,10 @@ from .predict import Comparison as Comparison
 from .predict import Prediction as Prediction
 from .predict import compare as compare
 from .predict import predict as predict
+from .streams import StreamExplorer as StreamExplorer
+from .streams import StreamRun as StreamRun
+from .streams import StreamScenario as StreamScenario
+from .streams import explore_streams as explore_streams
+from .streams import run_streams as run_streams
 
 __all__: list[str]

@@ -14,14 +14,12 @@ limit) apply only while it runs.
 
 In a notebook the explorer is one output: the live widget, and beside it a PNG of the first run
 with a fixed plain-text form, so a viewer without a kernel sees a figure and a stored notebook
-re-runs to the same text.
+re-runs to the same text (`_sliders.SliderExplorer`, shared with the streams' explorer).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import html
 import os
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
@@ -32,13 +30,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from openai import AsyncOpenAI, OpenAI
 
-from ..lab import PLACEHOLDER_KEY, current_upstream
+from ..lab import PLACEHOLDER_KEY
 from ..load import LoadReport, fire
 from ..plots import DescribedFigure, plot_timeline
 from ..serving import asgi_client
 from ..upstream import MockUpstream, RateLimit, UpstreamCall
 from ..validation import check_choice, check_int, check_seconds
-from ._display import png_bytes, widget_bundle
+from ._sliders import SliderExplorer, offline_upstream, run_apart
 
 __all__ = ["Explorer", "Scenario", "ScenarioRun", "explore", "run_scenario"]
 
@@ -130,9 +128,8 @@ class ScenarioRun:
 def run_scenario(scenario: Scenario, upstream: MockUpstream | None = None) -> ScenarioRun:
     """Run `scenario` against the offline upstream (the lab's, by default) and return what it
     measured. Blocks until done; safe to call from a widget callback or a cell."""
-    upstream = upstream if upstream is not None else _offline_upstream()
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="explorer") as pool:
-        return pool.submit(asyncio.run, _run(scenario, upstream)).result()
+    upstream = upstream if upstream is not None else offline_upstream()
+    return run_apart(_run(scenario, upstream))
 
 
 async def _run(scenario: Scenario, upstream: MockUpstream) -> ScenarioRun:
@@ -173,17 +170,7 @@ async def _run(scenario: Scenario, upstream: MockUpstream) -> ScenarioRun:
     return ScenarioRun(scenario, report, calls)
 
 
-def _offline_upstream() -> MockUpstream:
-    upstream = current_upstream()
-    if not isinstance(upstream, MockUpstream):
-        raise RuntimeError(
-            "the explorer runs on the offline upstream only: run lab.setup() without "
-            "LAB_MODE=live (a live API would be billed for every slider move)"
-        )
-    return upstream
-
-
-class Explorer:
+class Explorer(SliderExplorer[Scenario, ScenarioRun]):
     """Sliders for a `Scenario`; each change runs it again and redraws its timeline.
 
     `run` is the latest `ScenarioRun` and `scenario` its scenario; `controls` maps each
@@ -203,7 +190,6 @@ class Explorer:
             raise ValueError(
                 f"unknown controls {sorted(unknown)}; choose from requests, latency, client, bound"
             )
-        self.scenario = scenario
         self._upstream = upstream
         every: dict[str, ipywidgets.ValueWidget] = {
             "requests": ipywidgets.IntSlider(
@@ -236,56 +222,17 @@ class Explorer:
                 continuous_update=False,
             ),
         }
-        self.controls = {name: every[name] for name in controls}
-        for control in self.controls.values():
-            control.observe(self._on_change, names="value")
-        self.image = ipywidgets.Image(format="png")
-        self.caption = ipywidgets.HTML()
-        self.caption.add_class("lab-explorer-caption")
-        self.widget = ipywidgets.VBox(
-            [
-                ipywidgets.HBox(
-                    list(self.controls.values()), layout=ipywidgets.Layout(flex_flow="row wrap")
-                ),
-                self.image,
-                self.caption,
-            ]
-        )
-        self.widget.add_class("lab-explorer")
-        self.run: ScenarioRun | None = None
-        self.figure: DescribedFigure | None = None
-        self._draw()
+        super().__init__(scenario, {name: every[name] for name in controls})
 
-    def _on_change(self, change: dict[str, Any]) -> None:
-        values = {name: control.value for name, control in self.controls.items()}
+    def _run(self, scenario: Scenario) -> ScenarioRun:
+        return run_scenario(scenario, self._upstream)
+
+    def _scenario_from(self, values: dict[str, Any]) -> Scenario:
         if "bound" in values:
             values["bound"] = values["bound"] or None  # 0 on the slider: no semaphore
         if "latency" in values:
             values["latency"] = round(values["latency"], 2)  # the slider's floats drift
-        try:
-            self.scenario = replace(self.scenario, **values)
-        except (TypeError, ValueError) as error:
-            self.caption.value = html.escape(f"✗ {error}")
-            return
-        self._draw()
-
-    def _draw(self) -> None:
-        self.caption.value = html.escape(f"running: {self.scenario.describe()} …")
-        try:
-            run = run_scenario(self.scenario, self._upstream)
-        except Exception as error:  # shown to the learner, never a traceback under a slider
-            self.caption.value = html.escape(f"✗ could not run it: {type(error).__name__}: {error}")
-            return
-        self.run, self.figure = run, run.figure()
-        self.image.value = png_bytes(self.figure)
-        note = self.scenario.note()
-        self.caption.value = html.escape(self.figure.summary + (f" {note}" if note else ""))
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        note = self.scenario.note()
-        text = f"Explorer: {self.scenario.describe()}. Move a control to run it again."
-        text += f" {note}" if note else ""
-        return widget_bundle(self.widget, text, self.figure)
+        return replace(self.scenario, **values)
 
 
 def explore(

@@ -13,6 +13,12 @@ are wrapped: a call starts when the request enters the pool, and ends when the c
 response body, which is when the answer has been read (or abandoned). The status is the one the
 server sent; None when no answer came (a timeout, a refused connection, a cancelled task).
 
+A streamed answer (`text/event-stream`) is read as it arrives: the observer notes when each event
+carrying a piece of the answer reached the process (`UpstreamCall.token_times`), and a body closed
+before its end, after some pieces, counts as `abandoned`, as the offline upstream counts a
+client that stopped reading. So `stats.tokens_sent_after(moment)` works live too: the pieces the
+API sent that this process received after `moment`.
+
 Only POSTs to `BASE/chat/completions` and `BASE/responses` are counted, as the mock counts them;
 everything else (the lab's own servers on 127.0.0.1, `GET /models`) passes by unrecorded.
 
@@ -22,12 +28,14 @@ and changes nothing, so a notebook's fault demos run through against the real up
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Self, Unpack
+from typing import Any, Protocol, Self, Unpack
 
 import httpcore
 import httpcore2
@@ -61,6 +69,46 @@ _POOL_METHODS: tuple[tuple[type, str, str], ...] = (
     (httpcore.ConnectionPool, "handle_request", "sync"),
     (httpcore.AsyncConnectionPool, "handle_async_request", "async"),
 )
+
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+_DELTA_EVENTS = ("response.output_text.delta", "response.function_call_arguments.delta")
+
+
+def _carries_piece(event: bytes) -> bool:
+    """Whether one SSE event carries a piece of the answer: text or a tool call's arguments in a
+    chat chunk's delta, or a Responses API delta event; not the role's chunk, the finish, the
+    usage or `[DONE]`. What the offline upstream counts as one token of a stream."""
+    for line in event.splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            data = json.loads(line.removeprefix(b"data:"))
+        except ValueError:  # "[DONE]"
+            return False
+        if not isinstance(data, dict):
+            return False
+        if data.get("type") in _DELTA_EVENTS:
+            return bool(data.get("delta"))
+        for choice in data.get("choices") or ():
+            delta = choice.get("delta") or {}
+            calls = delta.get("tool_calls") or ()
+            if delta.get("content") or any(c.get("function", {}).get("arguments") for c in calls):
+                return True
+    return False
+
+
+class _PieceClock:
+    """When each piece of a streamed answer arrived, read from its SSE bytes as they come."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._pending = b""
+
+    def feed(self, part: bytes) -> None:
+        now = time.perf_counter()
+        *events, self._pending = _EVENT_END.split(self._pending + part)
+        self.times.extend(now for event in events if _carries_piece(event))
 
 
 def _prompt_of(stream: object) -> str:
@@ -195,7 +243,7 @@ class ObservedUpstream(Switch):
             setattr(pool_class, name, original)
 
     # -- recording -------------------------------------------------------------------------
-    def _begin(self, request: Any, client: str) -> Callable[[int | None], None] | None:
+    def _begin(self, request: Any, client: str) -> _End | None:
         """Record the start of `request` if it is an API call; return what ends it, or None."""
         url = request.url
         request_origin = origin(url.scheme.decode(), url.host.decode(), url.port)
@@ -214,7 +262,9 @@ class ObservedUpstream(Switch):
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
         ended = False
 
-        def end(status: int | None) -> None:
+        def end(
+            status: int | None, token_times: tuple[float, ...] = (), *, abandoned: bool = False
+        ) -> None:
             nonlocal ended
             finish = time.perf_counter()
             with self._lock:
@@ -222,7 +272,9 @@ class ObservedUpstream(Switch):
                     return
                 ended = True
                 call = self._timeline[index - 1]
-                self._timeline[index - 1] = call.ended(finish, status, client)
+                self._timeline[index - 1] = call.ended(
+                    finish, status, client, token_times, abandoned=abandoned
+                )
                 self._status_counts[status] = self._status_counts.get(status, 0) + 1
                 self._in_flight -= 1
 
@@ -240,7 +292,7 @@ class ObservedUpstream(Switch):
             except BaseException:
                 end(None)
                 raise
-            response.stream = _ObservedStream(response.stream, response.status, end)
+            response.stream = _ObservedStream(response, end)
             return response
 
         return handle_request
@@ -257,47 +309,88 @@ class ObservedUpstream(Switch):
             except BaseException:
                 end(None)
                 raise
-            response.stream = _ObservedStream(response.stream, response.status, end)
+            response.stream = _ObservedStream(response, end)
             return response
 
         return handle_async_request
 
 
+class _End(Protocol):
+    """Ends a recorded call: its status (None: no answer), and for a stream its pieces' times
+    and whether the client closed it after some pieces, before its end."""
+
+    def __call__(
+        self, status: int | None, token_times: tuple[float, ...] = (), *, abandoned: bool = False
+    ) -> None: ...
+
+
 class _ObservedStream:
     """A response body that reports when it is closed: with the status if it was read to the
-    end without error, with None if reading failed (a timeout, a dropped connection)."""
+    end without error, with None if reading failed (a timeout, a dropped connection). A
+    streamed answer's pieces are timed as they pass."""
 
-    def __init__(self, inner: Any, status: int, end: Callable[[int | None], None]) -> None:
-        self._inner = inner
-        self._status: int | None = status
+    def __init__(self, response: Any, end: _End) -> None:
+        self._inner = response.stream
+        self._status: int | None = response.status
         self._end = end
+        self._read_to_the_end = False
+        streamed = any(
+            name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+            for name, value in response.headers
+        )
+        self._clock = _PieceClock() if streamed else None
+
+    def _seen(self, part: bytes) -> bytes:
+        if self._clock is not None:
+            self._clock.feed(part)
+        return part
+
+    def _ended(self) -> None:
+        times = tuple(self._clock.times) if self._clock is not None else ()
+        stopped = not self._read_to_the_end and self._status is not None
+        self._end(self._status, times, abandoned=stopped and bool(times))
+
+    def _stopped(self) -> None:
+        """Reading stopped by the reader (its task cancelled, the body closed): a stream that
+        had begun keeps its status, as the offline upstream's abandoned streams do."""
+        if self._clock is None or not self._clock.times:
+            self._status = None
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self._inner
+            for part in self._inner:
+                yield self._seen(part)
+        except GeneratorExit:
+            self._stopped()
+            raise
         except BaseException:
             self._status = None
             raise
+        self._read_to_the_end = True
 
     def close(self) -> None:
         try:
             if hasattr(self._inner, "close"):
                 self._inner.close()
         finally:
-            self._end(self._status)
+            self._ended()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         inner: AsyncIterable[bytes] = self._inner
         try:
             async for part in inner:
-                yield part
+                yield self._seen(part)
+        except (GeneratorExit, asyncio.CancelledError):
+            self._stopped()
+            raise
         except BaseException:
             self._status = None
             raise
+        self._read_to_the_end = True
 
     async def aclose(self) -> None:
         try:
             if hasattr(self._inner, "aclose"):
                 await self._inner.aclose()
         finally:
-            self._end(self._status)
+            self._ended()
