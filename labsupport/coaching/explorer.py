@@ -24,7 +24,7 @@ import concurrent.futures
 import html
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import ipywidgets
 import openai
@@ -34,11 +34,14 @@ from openai import AsyncOpenAI, OpenAI
 
 from ..lab import PLACEHOLDER_KEY, current_upstream
 from ..load import LoadReport, fire
-from ..plots import DescribedFigure, plot_timeline
 from ..serving import asgi_client
 from ..upstream import MockUpstream, RateLimit, UpstreamCall
 from ..validation import check_choice, check_int, check_seconds
 from ._display import png_bytes, widget_bundle
+
+if TYPE_CHECKING:  # matplotlib, imported when a figure is drawn: `from labsupport.coaching
+    # import explore, predict` also loads in a browser tab (Pyodide), where it is not installed
+    from ..plots import DescribedFigure
 
 __all__ = ["Explorer", "Scenario", "ScenarioRun", "explore", "run_scenario"]
 
@@ -119,6 +122,8 @@ class ScenarioRun:
 
     def figure(self) -> DescribedFigure:
         """The run's timeline: one bar per request, the upstream calls below them."""
+        from ..plots import plot_timeline
+
         return plot_timeline(
             self.report,
             upstream=self.calls,
