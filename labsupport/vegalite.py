@@ -125,7 +125,7 @@ def plot_timeline(
         layers: list[dict[str, Any]] = [
             {
                 "data": {"values": rows},
-                "mark": {"type": "rect", "stroke": "black", "strokeWidth": 1},
+                "mark": {"type": "rect", "strokeWidth": 1},
                 "encoding": {
                     "x": {
                         "field": "start",
@@ -151,6 +151,13 @@ def plot_timeline(
                         "field": "outcome",
                         "type": "nominal",
                         "scale": {"domain": shown, "range": [OUTCOME_DASHES[k] for k in shown]},
+                        "legend": None,
+                    },
+                    # Failures outlined in black (dashed), successes in their own colour.
+                    "stroke": {
+                        "field": "outcome",
+                        "type": "nominal",
+                        "scale": {"domain": shown, "range": [_outline(k) for k in shown]},
                         "legend": None,
                     },
                 },
@@ -207,6 +214,14 @@ def plot_in_flight(
 
 def _any_outcome(reports: Any, kind: str) -> bool:
     return any(outcome(r.status) == kind for report in reports for r in report.requests)
+
+
+def _outline(kind: str) -> str:
+    """A bar's outline: black for a failure (hatched in the matplotlib figure), else its fill."""
+    if kind in OUTCOME_STYLES:
+        style = OUTCOME_STYLES[kind]
+        return "black" if style.hatch else style.color
+    return UPSTREAM_STYLE.color
 
 
 def _bar(row: int, start: float, end: float, kind: str) -> dict[str, Any]:

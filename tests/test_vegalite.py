@@ -91,3 +91,11 @@ def test_the_lessons_plot_calls_draw_charts_in_the_browser(monkeypatch: pytest.M
         labsupport.plot_in_flight(report([200])),
     ):
         assert isinstance(chart, vegalite.DescribedChart)
+
+
+def test_only_failures_are_outlined_in_black() -> None:
+    chart = vegalite.plot_timeline(_runs()["mixed"])
+    stroke = chart.spec["layer"][0]["encoding"]["stroke"]["scale"]
+    outlines = dict(zip(stroke["domain"], stroke["range"], strict=True))
+    assert outlines["2xx"] == OUTCOME_STYLES["2xx"].color
+    assert {outlines[kind] for kind in outlines if kind != "2xx"} == {"black"}
