@@ -482,14 +482,8 @@ _JUDGE = """\
 import importlib.util, json, sys
 import labsupport as lab
 
-from openai import AsyncOpenAI
-
 lab.setup({latency})
-# As in the lesson, whose cells call the SDK before its check: the first call in a kernel (the
-# SDK's imports and models, built in WebAssembly) is not the first answer's doing.
-await AsyncOpenAI().chat.completions.create(
-    model="gpt-4o-mini", messages=[{{"role": "user", "content": "Say OK."}}]
-)
+# The corpus imports the SDK: the lab warms it up after this cell, as after a lesson's cell.
 spec = importlib.util.spec_from_file_location("{module}", "/tmp/{module}.py")
 corpus = importlib.util.module_from_spec(spec)
 sys.modules["{module}"] = corpus
