@@ -166,7 +166,10 @@ def plot_timeline(
         if latency is not None:
             layers.append(_reference("x", latency))
         charts.append(_panel(" · ".join(heading), layers))
-    spec: dict[str, Any] = {"hconcat": charts} if len(charts) > 1 else charts[0]
+    # One time axis for all panels, as matplotlib's sharex: a staircase beside a block.
+    spec: dict[str, Any] = (
+        {"hconcat": charts, "resolve": {"scale": {"x": "shared"}}} if len(charts) > 1 else charts[0]
+    )
     if title is not None:
         spec = {"title": title, **spec} if len(charts) > 1 else {**spec, "title": title}
     return DescribedChart(spec, timeline_summary(panels, calls_by_label, latency, title))
@@ -269,6 +272,7 @@ def _dash(index: int) -> list[int]:
 def _reference(channel: str, value: float) -> dict[str, Any]:
     """A dashed black reference line: one upstream call's latency (x) or a limit (y)."""
     return {
+        "data": {"values": [{}]},  # one rule (a layer without data of its own draws none)
         "mark": REFERENCE_RULE,
         "encoding": {channel: {"datum": value, "type": "quantitative"}},
     }

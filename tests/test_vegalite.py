@@ -65,6 +65,7 @@ def test_the_timeline_draws_every_request_and_upstream_call_by_outcome() -> None
     dashes = mixed["layer"][0]["encoding"]["strokeDash"]["scale"]["range"]
     assert len({str(dash) for dash in dashes[:4]}) == 4  # failures differ without colour too
     assert mixed["layer"][1]["encoding"]["x"]["datum"] == 0.1  # the latency, dashed
+    assert chart.spec["resolve"] == {"scale": {"x": "shared"}}  # one time axis, as sharex
 
 
 def test_in_flight_steps_start_at_zero_and_the_limit_is_drawn() -> None:
