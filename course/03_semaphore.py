@@ -106,7 +106,7 @@ print(
 # 5 calls got in; the other 95 were refused. Now the default client, which retries a 429 twice,
 # after the `retry-after` the upstream asked for (0.25 s), with the same two-second calls.
 
-# %%
+# %% cpython_only="race"
 with upstream.configured(latency=LONG_CALL):
     start = time.perf_counter()
     results = await asyncio.gather(*(summarize(t) for t in TEXTS), return_exceptions=True)
@@ -184,7 +184,7 @@ lab.plot_in_flight(bounded_stats, limit=LIMIT, title="Semaphore(5): calls in fli
 # does the timeline look like at 6? At 3? At 0 (no semaphore)? And what does the sync client do
 # to it? Each change runs 20 requests again, offline, in about a second.
 
-# %%
+# %% cpython_only="explorer"
 explore(requests=20, latency=0.05, bound=LIMIT, upstream_limit=LIMIT)
 
 # %% [markdown]
@@ -334,7 +334,7 @@ for name, app in [("semaphore per request", per_request_app), ("shared semaphore
 # The offline upstream inside this kernel answers before any connection is made, so to watch the
 # pool work we use `lab.FakeServer`: the same upstream over real TCP on 127.0.0.1.
 
-# %%
+# %% cpython_only="connections"
 import httpx2
 
 with lab.FakeServer(latency=LATENCY) as server:

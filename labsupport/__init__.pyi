@@ -3,6 +3,9 @@
 # module only when one of its names is first used. Relative imports only (lazy_loader's rule).
 
 from . import checks as checks
+from .charts import plot_in_flight as plot_in_flight
+from .charts import plot_latencies as plot_latencies
+from .charts import plot_timeline as plot_timeline
 from .guard import NetworkGuard as NetworkGuard
 from .guard import guard_active as guard_active
 from .lab import MODE_VARIABLE as MODE_VARIABLE
@@ -18,9 +21,6 @@ from .load import fire as fire
 from .looplag import LoopLagMonitor as LoopLagMonitor
 from .looplag import loop_lag as loop_lag
 from .network import NetworkBlockedError as NetworkBlockedError
-from .plots import plot_in_flight as plot_in_flight
-from .plots import plot_latencies as plot_latencies
-from .plots import plot_timeline as plot_timeline
 from .serving import BodyLimits as BodyLimits
 from .serving import ServerLimits as ServerLimits
 from .serving import asgi_client as asgi_client

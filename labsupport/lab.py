@@ -98,19 +98,18 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
         _upstream = MockUpstream()
     _upstream.start()  # with the socket guard, and the placeholder key if none is set
     _upstream.configure(requested)
+    # The SDK's and FastAPI's cold start, over private transports (the upstream sees none of
+    # it): now for what is imported, in a notebook after the cell that imports the rest.
+    warm_up()
+    warm_after_each_cell()
     if _in_browser():
-        # The warm-up runs in a thread, which Pyodide cannot start (the SDK's first call there
-        # pays its cold start); the interrupt hook is written for CPython's ipykernel and is
-        # left off here (not tried in Pyodide).
+        # The interrupt hook is written for CPython's ipykernel and is left off here (not tried
+        # in Pyodide).
         print(
             "Offline lab in your browser (Pyodide): a simulated OpenAI API answers in this tab "
             f"({requested.latency:g} s per call). The SDK's requests never leave this page."
         )
         return _upstream
-    # The SDK's and FastAPI's cold start, over private transports (the upstream sees none of
-    # it): now for what is imported, in a notebook after the cell that imports the rest.
-    warm_up()
-    warm_after_each_cell()
     _interrupts_take_effect()
     print(
         "Offline lab: a simulated OpenAI API answers in this kernel "

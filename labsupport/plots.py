@@ -19,8 +19,8 @@ calls; the plots draw them as seconds since the first request. The summaries pri
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, TypeAlias, cast
+from collections.abc import Mapping
+from typing import Any, cast
 
 import matplotlib.pyplot as plt
 from cycler import cycler
@@ -31,8 +31,24 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .load import LoadReport, Span, in_flight_steps
-from .validation import check_int, check_seconds
+from .load import LoadReport, in_flight_steps
+from .plot_data import (
+    OKABE_ITO,
+    OUTCOME_STYLES,
+    UPSTREAM_STYLE,
+    BarStyle,
+    Calls,
+    Runs,
+    TimedCall,
+    in_flight_series,
+    in_flight_summary,
+    latencies_summary,
+    optional_seconds,
+    outcome,
+    runs_by_label,
+    timeline_summary,
+    upstream_by_label,
+)
 
 __all__ = [
     "OKABE_ITO",
@@ -45,30 +61,6 @@ __all__ = [
     "plot_timeline",
     "series_style",
 ]
-
-
-class TimedCall(Span, Protocol):
-    """A request or upstream call: ``start``/``end`` in perf_counter seconds and a ``status``.
-
-    ``fire``'s ``RequestRecord`` and the upstream's ``UpstreamCall`` both fit.
-    """
-
-    @property
-    def status(self) -> int | None: ...
-
-
-class HasTimeline(Protocol):
-    """Something with a ``timeline`` of calls, such as ``upstream.stats``."""
-
-    @property
-    def timeline(self) -> Sequence[TimedCall]: ...
-
-
-Calls: TypeAlias = Sequence[TimedCall] | HasTimeline
-"""Calls to draw: a sequence of them, or an object with a ``timeline`` (``upstream.stats``)."""
-
-Runs: TypeAlias = LoadReport | Mapping[str, LoadReport]
-"""One ``fire`` result, or several by label (``{"sequential": r1, "concurrent": r2}``)."""
 
 
 class DescribedFigure(Figure):
@@ -96,37 +88,6 @@ class DescribedFigure(Figure):
         display({"text/plain": self.summary}, raw=True)
 
 
-#: Okabe & Ito's palette (2008): eight colours that stay distinct under protanopia,
-#: deuteranopia and tritanopia.
-OKABE_ITO: dict[str, str] = {
-    "black": "#000000",
-    "orange": "#E69F00",
-    "sky blue": "#56B4E9",
-    "bluish green": "#009E73",
-    "yellow": "#F0E442",
-    "blue": "#0072B2",
-    "vermillion": "#D55E00",
-    "reddish purple": "#CC79A7",
-}
-
-
-class BarStyle(NamedTuple):
-    """How the bars of one outcome look: a colour and a hatch (``""``: solid)."""
-
-    color: str
-    hatch: str
-
-
-#: The request bars by outcome, in legend order. Every failure is hatched, so it stands out
-#: without colour (in greyscale, for a colour-blind reader, on a projector).
-OUTCOME_STYLES: dict[str, BarStyle] = {
-    "2xx": BarStyle(OKABE_ITO["blue"], ""),
-    "429 rate limited": BarStyle(OKABE_ITO["orange"], "///"),
-    "5xx server error": BarStyle(OKABE_ITO["vermillion"], "xxx"),
-    "other status": BarStyle(OKABE_ITO["yellow"], "..."),
-    "no response (exception)": BarStyle(OKABE_ITO["reddish purple"], "\\\\\\"),
-}
-UPSTREAM_STYLE = BarStyle(OKABE_ITO["bluish green"], "")
 #: Lines of several series differ in colour and in dash pattern; "--" in black is kept for the
 #: reference lines (one upstream call, a limit). Seven colours and seven dash patterns: the
 #: n-th series gets colour n mod 7 and, past the first seven, a dash pattern shifted by one per
@@ -188,16 +149,15 @@ def plot_timeline(
         latency: the latency of one upstream call, in seconds, drawn as a dashed line.
         title: a title above all panels.
     """
-    panels = _runs_by_label(runs)
-    upstream_by_label = _upstream_by_label(upstream, runs, panels)
-    latency = _optional_seconds(latency, "latency")
+    panels = runs_by_label(runs)
+    calls_by_label = upstream_by_label(upstream, runs, panels)
+    latency = optional_seconds(latency, "latency")
 
     fig, axes = _figure(len(panels), sharex=True)
-    described = []
     for ax, (label, report) in zip(axes, panels.items(), strict=True):
         origin = min(r.start for r in report.requests)
-        for outcome, style in OUTCOME_STYLES.items():
-            group = [r for r in report.requests if _outcome(r.status) == outcome]
+        for kind, style in OUTCOME_STYLES.items():
+            group = [r for r in report.requests if outcome(r.status) == kind]
             if group:
                 ax.barh(
                     [r.index for r in group],
@@ -210,7 +170,7 @@ def plot_timeline(
         ticks = _integer_ticks(rows)
         labels = [f"{t:.0f}" for t in ticks]
         last_row = rows - 1
-        calls = upstream_by_label.get(label, ())
+        calls = calls_by_label.get(label, ())
         if calls:
             first_row = rows + 1  # one empty row between requests and upstream calls
             last_row = first_row + len(calls) - 1
@@ -229,23 +189,22 @@ def plot_timeline(
             ax.axvline(latency, **REFERENCE_LINE)
         ax.set_ylim(last_row + 0.5, -0.5)  # request 0 at the top, like a log read downwards
         ax.set_yticks(ticks, labels)
-        failed = sum(_outcome(r.status) != "2xx" for r in report.requests)
+        failed = sum(outcome(r.status) != "2xx" for r in report.requests)
         heading = [label] if label else []
         heading.append(f"wall {report.wall:.2f} s")
         if failed:
             heading.append(f"{failed} of {len(report.requests)} failed")
         ax.set_title(" · ".join(heading))
         ax.set_xlabel("seconds since first request")
-        described.append(_describe_run(label, report, len(calls) if calls else None))
     axes[0].set_ylabel("request #")
     axes[0].set_xlim(left=0)
 
     handles: list[Artist] = [
-        Patch(label=outcome, **_bar(style))
-        for outcome, style in OUTCOME_STYLES.items()
-        if any(_outcome(r.status) == outcome for report in panels.values() for r in report.requests)
+        Patch(label=kind, **_bar(style))
+        for kind, style in OUTCOME_STYLES.items()
+        if any(outcome(r.status) == kind for report in panels.values() for r in report.requests)
     ]
-    if any(upstream_by_label.values()):
+    if any(calls_by_label.values()):
         handles.append(Patch(label="upstream call", **_bar(UPSTREAM_STYLE)))
     if latency is not None:
         handles.append(
@@ -256,9 +215,7 @@ def plot_timeline(
     )
     if title is not None:
         fig.suptitle(title)
-    fig.summary = _sentence(
-        title, "Request timeline, one bar per request from start to end", described, latency
-    )
+    fig.summary = timeline_summary(panels, calls_by_label, latency, title)
     return fig
 
 
@@ -275,10 +232,9 @@ def plot_latencies(
         latency: the latency of one upstream call, in seconds, drawn as a dashed line.
         title: the plot's title.
     """
-    panels = _runs_by_label(runs)
-    latency = _optional_seconds(latency, "latency")
+    panels = runs_by_label(runs)
+    latency = optional_seconds(latency, "latency")
     fig, (ax,) = _figure(1)
-    described = []
     for index, (label, report) in enumerate(panels.items()):
         latencies = sorted(report.latencies)
         shares = [(i + 1) / len(latencies) for i in range(len(latencies))]
@@ -290,10 +246,6 @@ def plot_latencies(
             label=label or None,
             **series_style(index),
         )
-        described.append(
-            f"{_labelled(label)}{_count(len(latencies), 'request')}, median {report.p50:.2f} s, "
-            f"slowest {report.max_latency:.2f} s"
-        )
     if latency is not None:
         ax.axvline(latency, **REFERENCE_LINE, label="one upstream call")
     ax.set_xlim(left=0)
@@ -303,9 +255,7 @@ def plot_latencies(
     _legend_below(fig, ax)
     if title is not None:
         ax.set_title(title)
-    fig.summary = _sentence(
-        title, "Latency distribution, share of requests at most x seconds", described, latency
-    )
+    fig.summary = latencies_summary(panels, latency, title)
     return fig
 
 
@@ -326,19 +276,9 @@ def plot_in_flight(
         limit: a concurrency limit (e.g. a semaphore's size), drawn as a dashed line.
         title: the plot's title.
     """
-    series = dict(spans) if isinstance(spans, Mapping) else {"": spans}
-    if not series:
-        raise ValueError("spans must not be an empty mapping")
-    by_label = {label: _spans(value, "spans") for label, value in series.items()}
-    if limit is not None:  # None: no limit line
-        check_int("limit", limit, minimum=1)
-
-    starts = [s.start for items in by_label.values() for s in items]
-    if not starts:
-        raise ValueError("spans has nothing to draw: every series is empty")
-    origin = min(starts)
+    by_label = in_flight_series(spans, limit)
+    origin = min(s.start for items in by_label.values() for s in items)
     fig, (ax,) = _figure(1)
-    described = []
     for index, (label, items) in enumerate(by_label.items()):
         steps = in_flight_steps(items)
         if not steps:
@@ -347,7 +287,6 @@ def plot_in_flight(
         counts = [0] + [count for _, count in steps]
         style = series_style(index)
         ax.step(times, counts, where="post", linewidth=2, label=label or None, **style)
-        described.append(f"{_labelled(label)}{_peak(max(counts), limit)}")
     if limit is not None:
         ax.axhline(limit, **REFERENCE_LINE, label=f"limit {limit}")
     ax.set_xlim(left=0)
@@ -358,70 +297,8 @@ def plot_in_flight(
     _legend_below(fig, ax)
     if title is not None:
         ax.set_title(title)
-    reference = f"Dashed line: the limit of {limit}." if limit is not None else ""
-    fig.summary = " ".join(
-        part
-        for part in (
-            _lead(title, "How many were in flight over time") + "; ".join(described) + ".",
-            reference,
-        )
-        if part
-    )
+    fig.summary = in_flight_summary(by_label, limit, title)
     return fig
-
-
-# ------------------------------------------------------------------------------ summaries
-
-
-def _lead(title: str | None, kind: str) -> str:
-    return f"{title}. {kind}: " if title else f"{kind}: "
-
-
-def _labelled(label: str) -> str:
-    return f"{label}: " if label else ""
-
-
-def _sentence(title: str | None, kind: str, described: Sequence[str], latency: float | None) -> str:
-    """One line: what kind of plot, what each run shows, what the reference line is."""
-    text = _lead(title, kind) + "; ".join(described) + "."
-    if latency is not None:
-        text += f" Dashed line: one upstream call ({latency:.2f} s)."
-    return text
-
-
-def _describe_run(label: str, report: LoadReport, upstream_calls: int | None) -> str:
-    outcomes: dict[str, int] = {}
-    for record in report.requests:
-        outcome = _outcome(record.status)
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    if list(outcomes) == ["2xx"]:
-        counted = "all 2xx"
-    else:
-        counted = ", ".join(
-            f"{outcomes[name]} × {name}" for name in OUTCOME_STYLES if name in outcomes
-        )
-    shape = "overlapping" if report.in_flight_max > 1 else "one at a time"
-    text = (
-        f"{_labelled(label)}{_count(len(report.requests), 'request')} ({counted}), {shape}, "
-        f"wall {report.wall:.2f} s"
-    )
-    if upstream_calls is not None:
-        text += f", {_count(upstream_calls, 'upstream call')} below them"
-    return text
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _peak(peak: int, limit: int | None) -> str:
-    """A peak in words; next to a limit, only which side of it (stable from run to run: whether
-    one of several workers sharing a limit reaches it is up to the scheduling)."""
-    if limit is None:
-        return f"peak {peak}"
-    if peak <= limit:
-        return f"never above the limit of {limit}"
-    return f"rises above the limit of {limit}"
 
 
 def _figure(panels: int, *, sharex: bool = False) -> tuple[DescribedFigure, list[Axes]]:
@@ -466,71 +343,6 @@ def _bar(style: BarStyle) -> dict[str, Any]:
     if not style.hatch:
         return {"facecolor": style.color, "edgecolor": style.color, "linewidth": 0}
     return {"facecolor": style.color, "hatch": style.hatch, "edgecolor": "black", "linewidth": 0}
-
-
-def _runs_by_label(runs: Runs) -> dict[str, LoadReport]:
-    if isinstance(runs, LoadReport):
-        return {"": runs}
-    if (
-        isinstance(runs, Mapping)
-        and runs
-        and all(isinstance(k, str) and isinstance(v, LoadReport) for k, v in runs.items())
-    ):
-        return dict(runs)
-    raise TypeError(
-        "runs must be a LoadReport from fire() or a non-empty mapping {label: LoadReport}, "
-        f"got {runs!r:.80}"
-    )
-
-
-def _upstream_by_label(
-    upstream: Calls | Mapping[str, Calls] | None, runs: Runs, panels: Mapping[str, LoadReport]
-) -> dict[str, Sequence[TimedCall]]:
-    if upstream is None:
-        return {}
-    if isinstance(runs, LoadReport):
-        if isinstance(upstream, Mapping):
-            raise TypeError("upstream must be calls (not a mapping) when runs is one LoadReport")
-        return {"": _spans(upstream, "upstream")}
-    if not isinstance(upstream, Mapping):
-        raise TypeError("upstream must be a mapping {label: calls} when runs is a mapping")
-    unknown = sorted(set(upstream) - set(panels))
-    if unknown:
-        raise ValueError(f"upstream has labels that are not in runs: {unknown}")
-    return {label: _spans(calls, "upstream") for label, calls in upstream.items()}
-
-
-def _spans(source: object, argument: str) -> Sequence[TimedCall]:
-    """The calls in ``source``: a LoadReport's requests, a ``.timeline``, or a sequence."""
-    if isinstance(source, LoadReport):
-        return source.requests
-    items = getattr(source, "timeline", source)
-    if (
-        isinstance(items, Sequence)
-        and not isinstance(items, str)
-        and all(hasattr(item, "start") and hasattr(item, "end") for item in items)
-    ):
-        return list(items)
-    raise TypeError(
-        f"{argument} must hold objects with start and end times (a LoadReport, upstream.stats, "
-        f"or a sequence of calls), got {source!r:.80}"
-    )
-
-
-def _outcome(status: int | None) -> str:
-    if status is None:
-        return "no response (exception)"
-    if 200 <= status < 300:
-        return "2xx"
-    if status == 429:
-        return "429 rate limited"
-    if status >= 500:
-        return "5xx server error"
-    return "other status"
-
-
-def _optional_seconds(value: float | None, argument: str) -> float | None:
-    return None if value is None else check_seconds(argument, value, allow_zero=False)
 
 
 def _integer_ticks(rows: int) -> list[float]:

@@ -76,7 +76,14 @@ def _ipython_shell() -> Any:
 
 def _run_in_thread(coroutine: Coroutine[Any, Any, None]) -> None:
     """Run `coroutine` to the end on an event loop of its own: a notebook's loop is already
-    running in this thread."""
+    running in this thread. In a browser tab (Pyodide), which has no threads, on the tab's own
+    loop instead, to the end before this returns (Pyodide's `run_sync`, through the browser's
+    stack switching)."""
+    if sys.platform == "emscripten":
+        from pyodide.ffi import run_sync
+
+        run_sync(coroutine)
+        return
     failure: list[BaseException] = []
 
     def run() -> None:

@@ -302,3 +302,27 @@ def test_in_a_real_kernel_the_users_interrupt_stops_a_check_and_cleans_up() -> N
     assert checked["status"] == "error"
     assert checked["ename"] in ("KeyboardInterrupt", "CancelledError")
     assert printed == "True [] None\n"  # handler back, no watchdog left, upstream restored
+
+
+def test_without_threads_the_time_limit_alone_stops_a_scenario(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In Pyodide (no threads, no signals) `guarded` starts no watchdog: a scenario past its time
+    limit is cancelled, one within it keeps its value."""
+    monkeypatch.setattr(watchdog.sys, "platform", "emscripten")
+    started = threading.active_count()
+
+    async def both() -> tuple[watchdog.Guarded[str], watchdog.Guarded[str]]:
+        async def answer(seconds: float) -> str:
+            await asyncio.sleep(seconds)
+            return "answered"
+
+        slow = await watchdog.guarded(answer(30), block_limit=0.1, time_limit=0.2)
+        quick = await watchdog.guarded(answer(0), block_limit=0.1, time_limit=5)
+        assert threading.active_count() == started  # no watchdog thread was started
+        return slow, quick
+
+    slow, quick = asyncio.run(both())
+    assert (slow.timed_out, slow.blocked, slow.interruptible) == (True, None, False)
+    assert isinstance(slow.error, asyncio.CancelledError) and slow.value is None
+    assert (quick.timed_out, quick.value, quick.error) == (False, "answered", None)

@@ -56,7 +56,9 @@ def test_every_exported_name_resolves_to_what_its_module_defines() -> None:
     assert set(labsupport.__all__) <= set(dir(labsupport))
 
 
-@pytest.mark.parametrize("package", ["labsupport", "labsupport.upstream", "labsupport.coaching"])
+@pytest.mark.parametrize(
+    "package", ["labsupport", "labsupport.upstream", "labsupport.coaching", "labsupport.checks"]
+)
 def test_every_lazy_package_exports_exactly_what_its_stub_imports(package: str) -> None:
     module = importlib.import_module(package)
     assert sorted(module.__all__) == sorted(_homes(module))
@@ -89,3 +91,20 @@ def test_import_labsupport_imports_nothing_heavy() -> None:
 def test_the_package_says_it_is_typed() -> None:
     """pyproject ships `py.typed` (PEP 561): mypy checks learners' and tests' calls against it."""
     assert (Path(labsupport.__file__).parent / "py.typed").is_file()
+
+
+def test_a_checker_imports_only_its_own_module() -> None:
+    """Lesson 02's check loads without the other lessons' checkers: in Pyodide the shared-limit
+    and streaming checkers' Redis client cannot be imported, and lesson 02 is checked there."""
+    probe = (
+        "import sys\n"
+        "from labsupport.checks import check_parallel_fanout\n"
+        "print(sorted(m for m in sys.modules if m.startswith('labsupport.checks.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    loaded = ast.literal_eval(done.stdout)
+    assert "labsupport.checks.gather" in loaded
+    others = ["async_client", "background", "lifespan", "semaphore", "shared_limit", "streaming"]
+    assert [f"labsupport.checks.{name}" for name in others if name in loaded] == []

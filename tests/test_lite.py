@@ -25,9 +25,12 @@ failed under `make check`.
 
 from __future__ import annotations
 
+import ast
 import functools
 import http.server
+import itertools
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +42,7 @@ from urllib.parse import urlsplit
 
 import nbformat
 import pytest
-from build_lite import build
+from build_lite import BROWSER_LESSONS, LiteBuildError, browser_edition, build
 from chromium import chromium
 from loopback_http import http_served
 
@@ -142,11 +145,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def off_origin(urls: list[str], origin: str) -> list[str]:
     """The requests, among `urls`, to anywhere but `origin` (data: and blob: URLs are the page's
-    own memory, not requests that leave it)."""
+    own memory, and attachment: names a markdown cell's attachment, which JupyterLab swaps for
+    its data: not requests that leave the page)."""
     return [
         url
         for url in urls
-        if urlsplit(url).scheme not in ("data", "blob") and not url.startswith(origin + "/")
+        if urlsplit(url).scheme not in ("data", "blob", "attachment")
+        and not url.startswith(origin + "/")
     ]
 
 
@@ -158,8 +163,38 @@ def test_off_origin_sees_another_host_and_port() -> None:
         "http://127.0.0.1:8001/x",
         "http://127.0.0.1:8000.example/y",
         "https://files.example/pyodide.mjs",
+        "attachment:cpython-0.png",
     ]
-    assert off_origin(urls, origin) == urls[2:]
+    assert off_origin(urls, origin) == urls[2:5]
+
+
+def test_the_browser_edition_shows_a_cpython_only_cell_as_what_cpython_recorded() -> None:
+    image = {"data": {"image/png": "iVBORw0KGgo=", "text/plain": "a timeline"}}
+    image["metadata"] = {"image/png": {"alt": "a timeline"}}
+    recorded = nbformat.v4.new_code_cell(
+        "explore(requests=20)",
+        metadata={"cpython_only": "explorer"},
+        outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text="20 requests\n"),
+            nbformat.v4.new_output("display_data", **image),
+        ],
+    )
+    lesson = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), recorded])
+    code, text = browser_edition(lesson, "03_semaphore").cells
+    assert code.cell_type == "code" and text.cell_type == "markdown"
+    assert text.source.startswith("**Recorded on CPython, not run in your browser:** the explorer")
+    assert "```python\nexplore(requests=20)\n```" in text.source
+    assert "```text\n20 requests\n```" in text.source  # the figure's caption is not repeated
+    assert "![a timeline](attachment:cpython-0.png)" in text.source
+    assert text.attachments == {"cpython-0.png": {"image/png": "iVBORw0KGgo="}}
+
+    other = browser_edition(lesson, "07_beyond_one_process")
+    assert other.cells[0].source.startswith("**This lesson needs a real Python kernel.**")
+    assert other.cells[2].cell_type == "code"  # left as it is: it does not run here anyway
+
+    recorded.metadata["cpython_only"] = "threads"
+    with pytest.raises(LiteBuildError, match="'threads' is none of"):
+        browser_edition(lesson, "03_semaphore")
 
 
 @dataclass
@@ -266,3 +301,259 @@ def test_lesson_00_runs_in_the_browser_and_prints_what_cpython_stored(site: str)
     assert printed[0].startswith("Offline lab in your browser (Pyodide)")
     assert printed[1:] == stored[1:]
     assert off_origin(tab.requested, site) == []
+
+
+#: Opens a lesson of the site in JupyterLab with a Pyodide kernel; resolves with the
+#: milliseconds from opening it to a kernel that answers (Pyodide loaded, the site's wheels in).
+_OPEN_LESSON = """async (path) => {
+  const app = window.jupyterapp;
+  await app.restored;
+  const specs = app.serviceManager.kernelspecs;
+  while (!specs.specs?.kernelspecs?.python) {
+    await specs.refreshSpecs();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  const asked = performance.now();
+  const panel = await app.commands.execute('docmanager:open', {path, kernel: {name: 'python'}});
+  await panel.context.ready;
+  await panel.sessionContext.ready;
+  await panel.sessionContext.session.kernel.info;
+  app.shell.collapseLeft();
+  return performance.now() - asked;
+}"""
+
+#: The stored (CPython) outputs cleared, then JupyterLab's Run All, to its end; resolves with
+#: whether JupyterLab reported every cell run without an error.
+_RUN_ALL = """async () => {
+  await window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs');
+  return await window.jupyterapp.commands.execute('notebook:run-all-cells');
+}"""
+
+#: Every code cell of the open notebook: its execution count and outputs (nbformat's JSON).
+_READ_CELLS = """() => {
+  const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+  const result = [];
+  for (let i = 0; i < cells.length; i++) {
+    const cell = cells.get(i);
+    if (cell.type === 'code') {
+      result.push({executionCount: cell.executionCount, outputs: cell.outputs.toJSON()});
+    }
+  }
+  return result;
+}"""
+
+#: Charts JupyterLab's Vega-Lite renderer drew in the page (an SVG or canvas in each).
+_RENDERED_CHARTS = """() => Array.from(document.querySelectorAll('.jp-RenderedVegaLite'))
+  .filter((chart) => chart.querySelector('svg, canvas')).length"""
+
+#: For the screenshot: the first chart in mid-screen.
+_SHOW_FIRST_CHART = """() => document.querySelector('.jp-RenderedVegaLite')
+  ?.scrollIntoView({block: 'center'})"""
+
+#: Lesson 00 has a test of its own, cell by cell (above).
+RUN_ALL_LESSONS = [lesson for lesson in BROWSER_LESSONS if lesson != "00_start_here"]
+
+
+def _sanitizer() -> list[tuple[re.Pattern[str], str]]:
+    """The `regex:`/`replace:` pairs of notebooks/nbval_sanitize.cfg, in order."""
+    lines = (REPO_ROOT / "notebooks" / "nbval_sanitize.cfg").read_text().splitlines()
+    return [
+        (re.compile(line.removeprefix("regex: ")), after.removeprefix("replace: "))
+        for line, after in itertools.pairwise(lines)
+        if line.startswith("regex: ")
+    ]
+
+
+def sanitized(text: str) -> str:
+    """`text` as nbval compares it: the sanitizer's masks applied (durations, ratios, ...)."""
+    for pattern, replacement in _sanitizer():
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def text_of(outputs: list[dict[str, Any]]) -> str:
+    """What a cell printed and showed as text (stdout, text/plain), as a screen shows it: each
+    line from its last carriage return on. (JupyterLab's output area applies them, a progress
+    bar's redraws; nbclient stores them as printed.)"""
+    texts = [
+        output.get("text") or output.get("data", {}).get("text/plain", "")
+        for output in outputs
+        if output.get("name", "stdout") == "stdout"
+    ]
+    text = "".join("".join(text) if isinstance(text, list) else text for text in texts)
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+@pytest.mark.slow
+@pytest.mark.needs("chromium", "node-tools", "lite-wheels")
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("lesson", RUN_ALL_LESSONS)
+def test_lesson_runs_top_to_bottom_in_the_browser(site: str, lesson: str) -> None:
+    """Run All of a lesson in the site: no cell errors, no request leaves the page's origin, the
+    charts render, and each cell shows what the stored CPython run shows, up to the values
+    the notebooks' sanitizer masks (durations, ratios)."""
+    # The site's edition: the cells marked as CPython-only are text there (see build_lite.py).
+    stored = browser_edition(
+        nbformat.read(REPO_ROOT / "notebooks" / f"{lesson}.ipynb", as_version=4), lesson
+    )
+    requested: list[str] = []
+    with chromium(CHECK) as browser:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.on("request", lambda request: requested.append(request.url))
+        page = context.new_page()
+        page.set_default_timeout(600_000)
+        page.goto(f"{site}/lab/index.html?reset")
+        page.wait_for_function("() => window.jupyterapp !== undefined")
+        kernel_ms = page.evaluate(_OPEN_LESSON, f"{lesson}.ipynb")
+        started = time.perf_counter()
+        passed = page.evaluate(_RUN_ALL)
+        lesson_s = round(time.perf_counter() - started, 2)
+        cells = page.evaluate(_READ_CELLS)
+        charts = page.evaluate(_RENDERED_CHARTS)
+        page.evaluate(_SHOW_FIRST_CHART)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"lite-{lesson}.png"))
+        context.close()
+    record(f"lite-{lesson}", {"kernel_ready_s": round(kernel_ms / 1000, 2), "run_all_s": lesson_s})
+    # What each code cell showed in the browser, to read beside the stored notebook.
+    printed = [text_of(cell["outputs"]) for cell in cells]
+    (ARTIFACTS / f"lite-{lesson}-outputs.json").write_text(json.dumps(printed, indent=1) + "\n")
+
+    errors = [
+        f"cell {number}: {output['ename']}: {output['evalue']}"
+        for number, cell in enumerate(cells)
+        for output in cell["outputs"]
+        if output["output_type"] == "error"
+    ]
+    assert errors == []
+    assert passed
+    assert [cell["executionCount"] is not None for cell in cells] == [True] * len(cells)
+    assert off_origin(requested, site) == []
+    code = [cell for cell in stored.cells if cell.cell_type == "code"]
+    stored_charts = sum(
+        "image/png" in output.get("data", {}) for cell in code for output in cell.outputs
+    )
+    assert charts == stored_charts
+    assert printed[0].startswith("Offline lab in your browser (Pyodide)")  # where the lab runs
+    differ = [
+        number
+        for number, (cell, ran) in enumerate(zip(code, printed, strict=True))
+        if number > 0 and sanitized(text_of(cell.outputs)) != sanitized(ran)
+    ]
+    assert differ == [], {
+        number: (text_of(code[number].outputs), printed[number]) for number in differ
+    }
+
+
+@dataclass(frozen=True)
+class CorpusInBrowser:
+    """An exercise's corpus (tests/corpus/), judged in the browser as the notebook judges it."""
+
+    module: str
+    check: str  # the checker's call, `{answer}` for the answer's function
+    latency: float  # the upstream's, as in tests/test_checks_<exercise>.py
+
+
+#: The corpora of the lessons that run in the browser, and how each is checked there.
+CORPORA = [
+    CorpusInBrowser("ex02_gather", "check_parallel_fanout({answer})", 0.02),
+    CorpusInBrowser("ex03_semaphore", "check_bounded_batch({answer}, 5)", 0.05),
+]
+#: Answers not judged in the browser: those that use threads (a `threading` lock held across an
+#: await waits for a release only another thread could make, and no watchdog thread can stop
+#: it; `asyncio.to_thread` has no worker thread to run in), which a browser tab does not have.
+USES_THREADS = re.compile(r"\bthreading\.|\bto_thread\(|\brun_in_executor\(")
+#: Answers the browser judges otherwise than CPython, and why. Under JSPI (Chromium's stack
+#: switching, which Pyodide uses) `time.sleep` suspends the WebAssembly stack and lets the event
+#: loop run, so a sleep inside `async def` does not block the loop there: the very trap these
+#: answers fall into on CPython. For the same reason `asyncio.run` inside the running loop does
+#: not raise there: it runs its coroutine to the end, so the nested-loop answer runs on (and
+#: is judged on what it then returns). And httpx2 sends through the browser's `fetch`, which
+#: ignores `httpx2.Limits`: a pool limit bounds nothing there, and the semaphore checker says so.
+JUDGED_OTHERWISE = {
+    "time_sleep_backoff",
+    "gather_then_a_blocking_pause",
+    "time_sleep_pacing",
+    "asyncio_run_inside",
+    "pool_limit_of_five",
+}
+
+_JUDGE = """\
+import importlib.util, json, sys
+import labsupport as lab
+
+lab.setup({latency})
+# The corpus imports the SDK: the lab warms it up after this cell, as after a lesson's cell.
+spec = importlib.util.spec_from_file_location("{module}", "/tmp/{module}.py")
+corpus = importlib.util.module_from_spec(spec)
+sys.modules["{module}"] = corpus
+spec.loader.exec_module(corpus)
+"""
+
+_ONE = """\
+result = await lab.checks.{check}
+print(json.dumps([result.passed, result.cause]))
+"""
+
+
+def expected_verdicts(module: str) -> dict[str, tuple[bool, str]]:
+    """Each answer's verdict and cause on CPython, from its docstring (tests/corpus/__init__.py's
+    convention; the checkers' own tests assert them)."""
+    source = (REPO_ROOT / "tests" / "corpus" / f"{module}.py").read_text()
+    return {
+        name: (verdict == "PASSED", cause)
+        for name, verdict, cause in re.findall(
+            r'^def answer_(\w+)\(.*\n\s+"""(PASSED|NOT YET), (\w+):', source, flags=re.MULTILINE
+        )
+    }
+
+
+def answers_using_threads(module: str) -> set[str]:
+    """The answers of a corpus whose code uses threads (`USES_THREADS`)."""
+    tree = ast.parse((REPO_ROOT / "tests" / "corpus" / f"{module}.py").read_text())
+    return {
+        node.name.removeprefix("answer_")
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and node.name.startswith("answer_")
+        and USES_THREADS.search(ast.unparse(node))
+    }
+
+
+def test_the_answers_using_threads_are_found() -> None:
+    assert answers_using_threads("ex02_gather") == {
+        "threading_lock_per_call",
+        "threads_each_running_asyncio_run",
+        "sync_client_in_threads",
+    }
+    assert answers_using_threads("ex03_semaphore") == {"threading_semaphore"}
+
+
+@pytest.mark.slow
+@pytest.mark.needs("chromium", "node-tools", "lite-wheels")
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("corpus", CORPORA, ids=lambda corpus: corpus.module)
+def test_the_browser_judges_the_corpus_as_cpython_does(site: str, corpus: CorpusInBrowser) -> None:
+    expected = expected_verdicts(corpus.module)
+    source = (REPO_ROOT / "tests" / "corpus" / f"{corpus.module}.py").read_text()
+    judged: dict[str, tuple[bool, str]] = {}
+    with lite_tab(site, f"lite-corpus-{corpus.module}.png") as tab:
+        written = tab.run(f"open('/tmp/{corpus.module}.py', 'w').write({source!r})")
+        loaded = tab.run(_JUDGE.format(latency=corpus.latency, module=corpus.module))
+        assert [written["errors"], loaded["errors"]] == [[], []]
+        started = time.perf_counter()
+        for name in sorted(expected.keys() - answers_using_threads(corpus.module)):
+            answer = f"corpus.answer_{name}()"
+            ran = tab.run(_ONE.format(check=corpus.check.format(answer=answer)))
+            assert ran["errors"] == [], (name, ran["errors"])
+            passed, verdict_cause = json.loads(ran["printed"].splitlines()[-1])
+            judged[name] = (passed, verdict_cause)
+        corpus_s = round(time.perf_counter() - started, 2)
+        assert off_origin(tab.requested, site) == []
+    record(f"lite-corpus-{corpus.module}", {"answers": len(judged), "checks_s": corpus_s})
+
+    differ = {name for name, verdict in judged.items() if verdict != expected[name]}
+    assert differ == JUDGED_OTHERWISE & set(judged), {
+        name: (expected[name], judged[name]) for name in differ
+    }
+    assert len(judged) == len(expected) - len(answers_using_threads(corpus.module))

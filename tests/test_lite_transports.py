@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx2
+import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionMessageParam
@@ -93,3 +94,22 @@ def test_the_transports_are_put_back_when_the_mock_stops(fetch_transports: None)
     with mock_openai():
         assert _AsyncFetch.handle_async_request is not original
     assert _AsyncFetch.handle_async_request is original
+
+
+def test_a_slow_answer_is_the_sdks_timeout_error(fetch_transports: None) -> None:
+    """A read that times out is httpx2's ReadTimeout, which the SDK turns into its own error
+    (lesson 02's `timeout=` cell), sync and async."""
+
+    async def timed_out() -> None:
+        async with httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport()) as http:
+            client = AsyncOpenAI(http_client=http, max_retries=0, timeout=0.05)
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    with mock_openai(latency=1.0) as upstream:
+        with pytest.raises(openai.APITimeoutError):
+            asyncio.run(timed_out())
+        with httpx2.Client(transport=httpx2.HTTPTransport()) as http:
+            client = OpenAI(http_client=http, max_retries=0, timeout=0.05)
+            with pytest.raises(openai.APITimeoutError):
+                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert upstream.stats.calls == 2

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import build_lite
 import build_site
 import pytest
 from chromium import chromium
@@ -39,6 +40,7 @@ SOLUTIONS = sorted((NOTEBOOKS / "solutions").glob("*.ipynb"))
 AXE = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
 REPOSITORY = "https://github.com/example-org/async-llm-lab"
 HUB = "https://hub.example.org"
+LITE = "https://course.example.org/lite/"
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 # A Sphinx build of every notebook, then Chromium over every page: minutes.
 pytestmark = pytest.mark.slow
@@ -98,7 +100,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     command = [
         *(sys.executable, str(REPO_ROOT / "tools" / "build_site.py"), "--out", str(out)),
         *("--notebooks", str(NOTEBOOKS), "--repository-url", REPOSITORY),
-        *("--branch", "main", "--hub-url", HUB),
+        *("--branch", "main", "--hub-url", HUB, "--lite-url", LITE),
     ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
@@ -219,6 +221,16 @@ def test_lesson_pages_have_binder_and_jupyterhub_launch_buttons(site: Site) -> N
     query, wanted = parse_qs(hub.query), parse_qs(expected.query)
     assert (query["repo"], query["branch"]) == (wanted["repo"], wanted["branch"])
     assert query["urlpath"] == [f"lab/tree/async-llm-lab/notebooks/{notebook.name}"]
+
+
+def test_lessons_that_run_in_a_browser_tab_link_to_the_jupyterlite_site(site: Site) -> None:
+    lite = f"{LITE}lab/index.html"
+    assert lite in site.pages[Path("index.html")].links
+    for notebook in LESSONS:
+        links = site.pages[Path("notebooks") / f"{notebook.stem}.html"].links
+        opened = f"{lite}?path={notebook.name}"
+        assert (opened in links) == (notebook.stem in build_lite.BROWSER_LESSONS), notebook.stem
+    assert len(build_lite.BROWSER_LESSONS) >= 3
 
 
 def test_search_finds_the_lessons(site: Site) -> None:

@@ -18,7 +18,10 @@ fetches nothing at run time from anywhere but itself:
   which have no wheel for Pyodide; so nothing is resolved in the browser: every kernel preloads
   the site lock's packages when it starts, and a lesson's `import labsupport` works with no
   install cell.
-* **The learner notebooks** of notebooks/, as the site's files.
+* **The learner notebooks** of notebooks/, as the site's files, in their browser edition
+  (`browser_edition`): a lesson of `BROWSER_LESSONS` runs top to bottom in the tab, except its
+  cells whose source (course/) marks them ``cpython_only="why"``, shown as what a CPython kernel
+  recorded, labelled as such; the other lessons open with a note that they need a real kernel.
 
 Usage: ``python tools/build_lite.py [--out DIR]``. Prints the build time and the site's size.
 """
@@ -37,6 +40,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nbformat
+from nbformat import NotebookNode
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "lite" / "requirements.lock"
 PYODIDE_NPM = ROOT / "node_modules" / "pyodide"
@@ -51,6 +57,37 @@ PYODIDE_LOCK = "pyodide-lock.json"
 #: The kernel's package installer, which the site's lock must list: the kernel loads it first.
 INSTALLER = "micropip"
 KERNEL_PLUGIN = "@jupyterlite/pyodide-kernel-extension:kernel"
+#: The lessons that run top to bottom in a browser tab (tests/test_lite.py runs each in Chromium;
+#: the course site links each to the JupyterLite site).
+BROWSER_LESSONS = ("00_start_here", "02_gather", "03_semaphore")
+#: A code cell's metadata key, set in the course/ source's `# %%` line to one of
+#: `CPYTHON_ONLY_BECAUSE`: the cell cannot run truthfully in a browser tab, so the browser
+#: edition shows what CPython recorded, and why.
+CPYTHON_ONLY = "cpython_only"
+CPYTHON_ONLY_BECAUSE = {
+    "race": (
+        "its numbers are a race that a browser tab runs slower. On CPython both waves of retries "
+        "arrive while the first 5 two-second calls still hold every slot; in the tab, WebAssembly "
+        "on one thread takes so long to send 100 calls and their retries that some retries land "
+        "after those calls ended, and the text below would not describe what it measured."
+    ),
+    "explorer": (
+        "the explorer reruns its scenario in a thread of its own, with an event loop of its own, "
+        "and draws it with matplotlib; a browser tab has no threads, and no matplotlib here."
+    ),
+    "connections": (
+        "it counts the TCP connections a client opens to `lab.FakeServer`, a server on "
+        "127.0.0.1. A browser tab has no sockets, and there httpx2 sends through the browser's "
+        "`fetch`, which manages connections itself: `httpx2.Limits` is ignored (httpx2 warns "
+        "so)."
+    ),
+}
+NEEDS_A_KERNEL = (
+    "**This lesson needs a real Python kernel.** It uses what a browser tab does not have "
+    "(threads, processes or TCP sockets), so it does not run here: the outputs below are the ones "
+    "a CPython kernel recorded when the course was built. Run it on your own machine (see the "
+    "course's *Quick start*) or on Binder."
+)
 
 
 class LiteBuildError(Exception):
@@ -91,7 +128,12 @@ def build(out: Path) -> None:
         raise LiteBuildError(f"lite/requirements.lock must pin {INSTALLER} (the kernel needs it)")
     write_json(pyodide_dir / PYODIDE_LOCK, site_lock(lock, wheels))
     write_json(stage / "jupyter-lite.json", site_config(sorted(map(distribution, wheels))))
-    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    notebooks = []
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        edition = browser_edition(nbformat.read(notebook, as_version=4), notebook.stem)
+        notebooks.append(stage / "files" / notebook.name)
+        notebooks[-1].parent.mkdir(exist_ok=True)
+        nbformat.write(edition, notebooks[-1])
     if out.exists():
         shutil.rmtree(out)
     # In the stage: the build's task database (.jupyterlite.doit.db, in its working directory)
@@ -107,6 +149,58 @@ def build(out: Path) -> None:
         *(argument for notebook in notebooks for argument in ("--contents", str(notebook))),
         cwd=stage,
     )
+
+
+def browser_edition(notebook: NotebookNode, name: str) -> NotebookNode:
+    """The notebook as the site serves it. A lesson of `BROWSER_LESSONS` runs in the tab: each
+    code cell marked `CPYTHON_ONLY` becomes a text cell with its code and what it showed on
+    CPython, said to be that. Any other lesson opens with a note that it needs a real kernel."""
+    edition: NotebookNode = nbformat.from_dict(json.loads(json.dumps(notebook)))
+    if name not in BROWSER_LESSONS:
+        edition.cells.insert(0, nbformat.v4.new_markdown_cell(NEEDS_A_KERNEL, id="browser-note"))
+        return edition
+    edition.cells = [
+        recorded_on_cpython(cell) if CPYTHON_ONLY in cell.metadata else cell
+        for cell in edition.cells
+    ]
+    return edition
+
+
+def recorded_on_cpython(cell: NotebookNode) -> NotebookNode:
+    """A code cell that cannot run in the browser, as text: why, its code, and what it printed
+    and drew in the CPython kernel that executed the notebook (images as the cell's
+    attachments, with their alt text)."""
+    reason = cell.metadata[CPYTHON_ONLY]
+    if reason not in CPYTHON_ONLY_BECAUSE:
+        raise LiteBuildError(
+            f"cell {cell.get('id')}: {CPYTHON_ONLY}={reason!r} is none of "
+            f"{sorted(CPYTHON_ONLY_BECAUSE)} (tools/build_lite.py says why each cannot run there)"
+        )
+    lines = [
+        f"**Recorded on CPython, not run in your browser:** {CPYTHON_ONLY_BECAUSE[reason]}",
+        "",
+        "```python",
+        cell.source,
+        "```",
+    ]
+    texts = [  # a figure's text/plain is its caption, which has an output of its own
+        output.get("text") or output.get("data", {}).get("text/plain", "")
+        for output in cell.outputs
+        if output.get("name", "stdout") == "stdout" and "image/png" not in output.get("data", {})
+    ]
+    printed = "".join(texts).rstrip()
+    if printed:
+        lines += ["", "What it showed in a CPython kernel:", "", "```text", printed, "```"]
+    attachments = {}
+    for number, output in enumerate(o for o in cell.outputs if "image/png" in o.get("data", {})):
+        image = f"cpython-{number}.png"
+        attachments[image] = {"image/png": output["data"]["image/png"]}
+        alt = output.get("metadata", {}).get("image/png", {}).get("alt", "figure")
+        lines += ["", f"![{alt}](attachment:{image})"]
+    recorded: NotebookNode = nbformat.v4.new_markdown_cell("\n".join(lines), id=cell.get("id"))
+    if attachments:
+        recorded.attachments = attachments
+    return recorded
 
 
 def pyodide_lock() -> dict[str, Any]:

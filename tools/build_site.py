@@ -6,10 +6,11 @@ warnings as errors:
 
 * ``index.md``, the landing page: the README's learner parts (its introduction and the sections
   in `LANDING_SECTIONS`), the lessons and solutions, and how to run them (Binder, a JupyterHub);
-* ``notebooks/NN_name.ipynb``, one page per lesson, and ``notebooks/solutions/``, the solved
-  notebooks on their own pages, each titled as a solution and linking back to its lesson. The
-  paths match the repository's, so the pages' launch buttons open the same file on Binder or,
-  through an nbgitpuller link, on a JupyterHub;
+* ``notebooks/NN_name.ipynb``, one page per lesson (those that run in a browser tab, given
+  ``--lite-url``, with a "Try it in your browser" link into the course's JupyterLite site), and
+  ``notebooks/solutions/``, the solved notebooks on their own pages, each titled as a solution
+  and linking back to its lesson. The paths match the repository's, so the pages' launch
+  buttons open the same file on Binder or, through an nbgitpuller link, on a JupyterHub;
 * each figure's alt text, which labsupport's plots store in the output's metadata, handed to
   MyST-NB (it reads alt text from the cell's ``mystnb.image.alt``). A figure without one stops the
   build: re-run `make notebooks`.
@@ -29,6 +30,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from build_lite import BROWSER_LESSONS
 
 from labsupport.workshop import github_url, workshop_link
 
@@ -81,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("SITE_HUB_URL", ""),
         help="a JupyterHub for the 'launch on JupyterHub' buttons (default: none)",
     )
+    parser.add_argument(
+        "--lite-url",
+        default=os.environ.get("SITE_LITE_URL", ""),
+        help="where the JupyterLite site (`make lite`) is published, for the 'Try it in your "
+        "browser' links (default: none)",
+    )
     args = parser.parse_args(argv)
     repository = args.repository_url or PLACEHOLDER_REPOSITORY
     if repository == PLACEHOLDER_REPOSITORY:
@@ -91,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     source = args.out.parent / f"{args.out.name}-src"
     try:
-        pages = stage(source, args.notebooks, repository, args.branch or "main", args.hub_url)
+        pages = stage(
+            source, args.notebooks, repository, args.branch or "main", args.hub_url, args.lite_url
+        )
     except SiteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -113,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def stage(source: Path, notebooks: Path, repository: str, branch: str, hub_url: str) -> int:
+def stage(
+    source: Path, notebooks: Path, repository: str, branch: str, hub_url: str, lite_url: str = ""
+) -> int:
     """Lay out the Sphinx project in `source`; returns how many notebook pages it has."""
     lessons = sorted(notebooks.glob("*.ipynb"))
     solutions = sorted((notebooks / "solutions").glob("*.ipynb"))
@@ -124,7 +137,10 @@ def stage(source: Path, notebooks: Path, repository: str, branch: str, hub_url: 
     (source / "notebooks" / "solutions").mkdir(parents=True)
     problems: list[str] = []
     for lesson in lessons:
-        _write_notebook(source / "notebooks" / lesson.name, _page(lesson, problems))
+        page = _page(lesson, problems)
+        if lite_url and lesson.stem in BROWSER_LESSONS:
+            _link_to_the_browser_edition(page, lesson.name, lite_url)
+        _write_notebook(source / "notebooks" / lesson.name, page)
     for solution in solutions:
         page = _page(solution, problems)
         _mark_as_solution(page, solution.name)
@@ -135,7 +151,7 @@ def stage(source: Path, notebooks: Path, repository: str, branch: str, hub_url: 
             + "\n  ".join(problems)
         )
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    landing = landing_page(readme, lessons, solutions, repository, branch, hub_url)
+    landing = landing_page(readme, lessons, solutions, repository, branch, hub_url, lite_url)
     (source / "index.md").write_text(landing, encoding="utf-8")
     return len(lessons) + len(solutions)
 
@@ -147,6 +163,7 @@ def landing_page(
     repository: str,
     branch: str,
     hub_url: str,
+    lite_url: str = "",
 ) -> str:
     """The README's learner parts, then the table of contents and the ways to run the course."""
     title, intro, sections = _split_readme(readme)
@@ -170,6 +187,13 @@ def landing_page(
         run.append(
             f"- **On the workshop's JupyterHub**: [open the course on the hub]({link}) (it copies "
             "the lessons into your home there, and keeps your changes on later visits)."
+        )
+    if lite_url:
+        names = ", ".join(name[:2] for name in BROWSER_LESSONS)
+        run.append(
+            f"- **In your browser**, nothing to install: [the course in JupyterLite]"
+            f"({lite_lesson_url(lite_url)}), a Python kernel in the page. Lessons {names} run "
+            "there (each has a *Try it in your browser* link); the others need a real kernel."
         )
     run.append("- **On your own machine**: see *Quick start* above.")
     parts.append("\n".join(run))
@@ -212,6 +236,27 @@ def _page(notebook: Path, problems: list[str]) -> dict[str, Any]:
             continue
         cell["metadata"].setdefault("mystnb", {}).setdefault("image", {})["alt"] = alts[0]
     return page
+
+
+def lite_lesson_url(lite_url: str, notebook: str = "") -> str:
+    """JupyterLab in the JupyterLite site at `lite_url`, with `notebook` open if given."""
+    lab = f"{lite_url.removesuffix('/')}/lab/index.html"
+    return f"{lab}?path={notebook}" if notebook else lab
+
+
+def _link_to_the_browser_edition(page: dict[str, Any], name: str, lite_url: str) -> None:
+    """Under the lesson's title, a link that opens it in the JupyterLite site."""
+    first = next(cell for cell in page["cells"] if cell["cell_type"] == "markdown")
+    text = "".join(first["source"])
+    heading = re.match(r"#\s+.+", text)
+    if not heading:
+        raise SiteError(f"{name} does not start with a `# title`")
+    tip = (
+        f"\n\n```{{tip}}\n**Try it in your browser**: [open this lesson in JupyterLite]"
+        f"({lite_lesson_url(lite_url, name)}), nothing to install: its Python runs in the "
+        "page.\n```\n"
+    )
+    first["source"] = f"{heading.group(0)}{tip}{text[heading.end() :]}"
 
 
 def _mark_as_solution(page: dict[str, Any], name: str) -> None:

@@ -1,22 +1,12 @@
 """Exercise checkers: each runs the learner's code against the offline upstream, measures, and
-returns a `CheckResult` that explains what it saw. A wrong answer never raises."""
+returns a `CheckResult` that explains what it saw. A wrong answer never raises.
 
-from .async_client import check_async_endpoint
-from .background import check_background_audit
-from .gather import check_parallel_fanout
-from .lifespan import check_lifespan_client
-from .result import CheckResult
-from .semaphore import check_bounded_batch
-from .shared_limit import check_shared_limit
-from .streaming import check_streaming_endpoint
+A checker's module is imported when its name is first used (PEP 562), so a lesson loads only its
+own checker and what that needs: in a browser tab (Pyodide) lesson 02's check loads without the
+shared-limit checker's Redis client, which has no place there.
+"""
 
-__all__ = [
-    "CheckResult",
-    "check_async_endpoint",
-    "check_background_audit",
-    "check_bounded_batch",
-    "check_lifespan_client",
-    "check_parallel_fanout",
-    "check_shared_limit",
-    "check_streaming_endpoint",
-]
+import lazy_loader
+
+# The names and their modules are listed once, in __init__.pyi.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -48,6 +48,7 @@ from ._scenario import expected_replies, reply_matches
 from .watchdog import is_learner_code
 
 __all__ = [
+    "NO_SOCKETS",
     "Burst",
     "Measured",
     "Watch",
@@ -67,6 +68,11 @@ milliseconds into the sleep.)"""
 
 BLOCK_FLOOR: Final = 0.15
 """Seconds: the shortest block `loop_blocked` counts, whatever the latency."""
+
+NO_SOCKETS: Final = sys.platform == "emscripten"
+"""In a browser tab (Pyodide) there are no sockets, so no `over_tcp()`: the checkers judge what
+only real connections show (a pool's limit, a connection tied to a closed loop) in process
+only, and say so in their docstrings."""
 
 
 @dataclass(frozen=True)

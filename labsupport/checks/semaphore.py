@@ -19,6 +19,10 @@ The lesson's invariants, measured for any answer; the verdict is their conjuncti
 
 A call that failed because the shared client had been closed is "client_closed".
 
+In a browser tab (Pyodide, the course's JupyterLite site) there are no sockets: invariants 3 and
+5 are judged in process only. There httpx2 sends through the browser's `fetch` and ignores
+`httpx2.Limits`, so a pool limit bounds nothing and is judged so.
+
 Its causes (`CheckResult.cause`):
 
 * "ok" — exactly `limit` calls in flight, a new one starting as soon as one ends, every summary
@@ -61,7 +65,7 @@ from .._text import shorten
 from ..upstream import RateLimit, UpstreamStats
 from ..validation import check_int
 from ._common import caught_warnings, stopped_by_watchdog
-from ._invariants import Measured, Watch, loop_blocked, over_tcp
+from ._invariants import NO_SOCKETS, Measured, Watch, loop_blocked, over_tcp
 from ._scenario import (
     Outcome,
     describe_error,
@@ -229,8 +233,28 @@ async def check_bounded_batch(fn: BatchFunction, limit: int = 5) -> CheckResult:
         if free.error is not None or unawaited or blocked is not None:
             return _Runs(free, stats, use, unawaited, blocked=blocked)
         if stats.max_in_flight <= limit:
-            tcp_problem = await tcp_runs()
+            tcp_problem = None if NO_SOCKETS else await tcp_runs()
             return _Runs(free, stats, use, unawaited, blocked=blocked, tcp_problem=tcp_problem)
+        if not NO_SOCKETS:
+            over_tcp_runs = await tcp_run(free, stats, use, unawaited, blocked)
+            if over_tcp_runs is not None:
+                return over_tcp_runs
+        limited = RateLimit(max_concurrent=limit, retry_after=NO_RETRY_AFTER)
+        with scripted(upstream, rate_limit=limited):
+            refused = await run_learner_code(fn, texts, time_limit=time_limit)
+            refused_stats = upstream.stats
+        await settle_unawaited(refused.value)
+        return _Runs(free, stats, use, unawaited, refused, refused_stats, blocked)
+
+    async def tcp_run(
+        free: Outcome,
+        stats: UpstreamStats,
+        use: SemaphoreUse,
+        unawaited: bool,
+        blocked: tuple[Measured, Measured] | None,
+    ) -> _Runs | None:
+        """The run over real connections, where a connection pool bounds the calls: its
+        `_Runs` if it decides the verdict, else None (the limit's refusals decide it)."""
         tcp_free, tcp = await free_run(use_tcp=True)
         tcp_unawaited = await settle_unawaited(tcp_free.value)
         assert tcp.stats is not None  # a FakeServer always counts
@@ -247,12 +271,7 @@ async def check_bounded_batch(fn: BatchFunction, limit: int = 5) -> CheckResult:
                 )
         if 0 < tcp.stats.max_in_flight <= limit:
             return _Runs(tcp_free, tcp.stats, use, tcp_unawaited, blocked=blocked, over_tcp=True)
-        limited = RateLimit(max_concurrent=limit, retry_after=NO_RETRY_AFTER)
-        with scripted(upstream, rate_limit=limited):
-            refused = await run_learner_code(fn, texts, time_limit=time_limit)
-            refused_stats = upstream.stats
-        await settle_unawaited(refused.value)
-        return _Runs(free, stats, use, unawaited, refused, refused_stats, blocked)
+        return None
 
     outcome = await guarded(runs(), block_limit=1.0 + 10 * latency, time_limit=3 * time_limit)
     if outcome.stopped or outcome.value is None:

@@ -28,6 +28,11 @@ Afterwards the previous SIGUSR1 handler is back. Whatever the scenario changed i
 own `with` blocks (the upstream's `configured(...)`), which unwind with the cancellation; an
 interrupted `guarded()` waits for that before the interrupt goes on.
 
+In a browser tab (Pyodide, the course's JupyterLite site) there are no threads and no signals:
+the scenario gets the time limit only, which fires while the loop is free. Code that blocks the
+loop there is not stopped: under JSPI `time.sleep` does not block it, but a busy loop does, until
+it ends.
+
 Limits: signals reach only the main thread, so a scenario awaited in another thread's event loop
 (not the case in a notebook) only gets the time limit, which needs a loop that is not blocked.
 A call blocked inside C code that never checks for signals (a long C computation) is stopped only
@@ -156,6 +161,8 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
         raise ValueError(f"need 0 < block_limit <= time_limit; got {block_limit}, {time_limit}")
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(scenario)
+    if sys.platform == "emscripten":
+        return await _timed(task, time_limit)
     dog = _Watchdog(loop, task, block_limit=block_limit, time_limit=time_limit)
     heartbeat = loop.create_task(dog.heartbeat(), name="labsupport watchdog heartbeat")
     previous = dog.install_handler()
@@ -170,6 +177,26 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
         heartbeat.cancel()
         await asyncio.wait([heartbeat])
         _retrieve_errors(dog.interrupted_tasks)
+    return _ended(
+        task, blocked=dog.blocked, timed_out=dog.timed_out, interruptible=dog.interruptible
+    )
+
+
+async def _timed(task: asyncio.Future[T], time_limit: float) -> Guarded[T]:
+    """`guarded()` where no watchdog thread can start (Pyodide): the time limit alone, which
+    cancels the scenario once it runs past it."""
+    try:
+        done, _ = await asyncio.wait([task], timeout=time_limit)
+    finally:
+        if not task.done():  # out of time, or we were cancelled ourselves
+            await _unwound(task)
+    return _ended(task, blocked=None, timed_out=not done, interruptible=False)
+
+
+def _ended(
+    task: asyncio.Future[T], *, blocked: Blocked | None, timed_out: bool, interruptible: bool
+) -> Guarded[T]:
+    """How the scenario's finished `task` ended, as a `Guarded`."""
     error: BaseException | None = None
     value: T | None = None
     if task.cancelled():
@@ -178,13 +205,7 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
         error = task.exception()
     else:
         value = task.result()
-    return Guarded(
-        value,
-        error,
-        blocked=dog.blocked,
-        timed_out=dog.timed_out,
-        interruptible=dog.interruptible,
-    )
+    return Guarded(value, error, blocked, timed_out, interruptible)
 
 
 def _retrieve_errors(tasks: set[asyncio.Task[Any]]) -> None:

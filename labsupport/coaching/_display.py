@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+if TYPE_CHECKING:  # the prediction boxes draw no figure: they load in a browser tab (Pyodide),
+    # where matplotlib is not installed
+    from matplotlib.figure import Figure
 
 
 def widget_bundle(

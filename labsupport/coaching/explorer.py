@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import ipywidgets
 import openai
@@ -32,11 +32,14 @@ from openai import AsyncOpenAI, OpenAI
 
 from ..lab import PLACEHOLDER_KEY
 from ..load import LoadReport, fire
-from ..plots import DescribedFigure, plot_timeline
 from ..serving import asgi_client
 from ..upstream import MockUpstream, RateLimit, UpstreamCall
 from ..validation import check_choice, check_int, check_seconds
 from ._sliders import SliderExplorer, offline_upstream, run_apart
+
+if TYPE_CHECKING:  # matplotlib, imported when a figure is drawn: `from labsupport.coaching
+    # import explore, predict` also loads in a browser tab (Pyodide), where it is not installed
+    from ..plots import DescribedFigure
 
 __all__ = ["Explorer", "Scenario", "ScenarioRun", "explore", "run_scenario"]
 
@@ -117,6 +120,8 @@ class ScenarioRun:
 
     def figure(self) -> DescribedFigure:
         """The run's timeline: one bar per request, the upstream calls below them."""
+        from ..plots import plot_timeline
+
         return plot_timeline(
             self.report,
             upstream=self.calls,

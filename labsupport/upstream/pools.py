@@ -184,21 +184,28 @@ def _httpx2_response(answered: httpcore2.Response) -> httpx2.Response:
 
 class _AnsweredStream(httpx2.SyncByteStream, httpx2.AsyncByteStream):
     """A route's response body, read by httpx2's sync or async client (the route's streams
-    serve both)."""
+    serve both). A read that times out raises httpx2's `ReadTimeout`, as httpx2's pooled
+    transport maps httpcore2's (the SDK turns it into `openai.APITimeoutError`)."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._stream
+        try:
+            yield from self._stream
+        except httpcore2.ReadTimeout as error:
+            raise httpx2.ReadTimeout(str(error)) from error
 
     def close(self) -> None:
         if hasattr(self._stream, "close"):
             self._stream.close()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for part in self._stream:
-            yield part
+        try:
+            async for part in self._stream:
+                yield part
+        except httpcore2.ReadTimeout as error:
+            raise httpx2.ReadTimeout(str(error)) from error
 
     async def aclose(self) -> None:
         if hasattr(self._stream, "aclose"):
