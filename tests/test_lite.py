@@ -169,7 +169,7 @@ def test_off_origin_sees_another_host_and_port() -> None:
 
 
 def test_the_browser_edition_shows_a_cpython_only_cell_as_what_cpython_recorded() -> None:
-    image = {"data": {"image/png": "iVBORw0KGgo=", "text/plain": "a timeline"}}
+    image: dict[str, Any] = {"data": {"image/png": "iVBORw0KGgo=", "text/plain": "a timeline"}}
     image["metadata"] = {"image/png": {"alt": "a timeline"}}
     recorded = nbformat.v4.new_code_cell(
         "explore(requests=20)",

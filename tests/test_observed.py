@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 import labsupport
 from labsupport import FakeServer, Fault, RateLimit
@@ -16,7 +17,9 @@ from labsupport.checks._common import reference_latency, upstream_or_none
 from labsupport.upstream.observed import LIVE_CONFIGURE_NOTE, ObservedUpstream
 
 MESSAGES = [{"role": "user", "content": "Sentiment (one word): great"}]
-LONG_REPLY = [{"role": "user", "content": "Explain to a new engineer why streaming replies matter"}]
+LONG_REPLY: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Explain to a new engineer why streaming replies matter"}
+]
 
 
 @pytest.fixture
@@ -72,11 +75,11 @@ def test_sync_and_streaming_calls_end_when_the_body_is_closed(
 def test_a_streams_pieces_are_timed_as_they_arrive(
     server: FakeServer, observer: ObservedUpstream
 ) -> None:
-    async def main() -> list[str]:
+    async def main() -> list[str | None]:
         async with AsyncOpenAI(base_url=server.base_url, api_key="dummy") as client:
             stream = await client.chat.completions.create(
                 model="gpt-4o-mini",
-                messages=LONG_REPLY,  # type: ignore[arg-type]
+                messages=LONG_REPLY,
                 stream=True,
                 stream_options={"include_usage": True},
             )
@@ -102,7 +105,7 @@ def test_a_stream_its_reader_stopped_is_abandoned_with_the_pieces_it_got(
         async with AsyncOpenAI(base_url=server.base_url, api_key="dummy") as client:
             stream = await client.chat.completions.create(
                 model="gpt-4o-mini",
-                messages=LONG_REPLY,  # type: ignore[arg-type]
+                messages=LONG_REPLY,
                 stream=True,
             )
             async with stream:
