@@ -4,6 +4,8 @@ change, and the hint ladder climbs per (exercise, cause) and resets on a pass.""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -410,3 +412,17 @@ def test_one_permit_over_the_limit_refuses_most_requests() -> None:
     run = run_scenario(Scenario(requests=20, latency=0.1, bound=6, upstream_limit=5))
     refused = run.report.status_counts.get(429, 0)
     assert refused >= 8, run.report.status_counts  # 15 on an idle machine
+
+
+def test_the_explorers_and_predictions_load_without_matplotlib() -> None:
+    """The browser edition (Pyodide) has no matplotlib: `from labsupport.coaching import
+    explore, predict` must not import it (a figure imports it when it is drawn)."""
+    code = (
+        "import sys\n"
+        "from labsupport.coaching import explore, predict\n"
+        "print('matplotlib' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout == "False\n"

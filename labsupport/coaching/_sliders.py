@@ -16,14 +16,17 @@ import html
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import ipywidgets
 
 from ..lab import current_upstream
-from ..plots import DescribedFigure
 from ..upstream import MockUpstream
 from ._display import png_bytes, widget_bundle
+
+if TYPE_CHECKING:  # matplotlib, imported when a figure is drawn: the explorers' module loads in
+    # a browser tab (Pyodide) too, where matplotlib is not installed
+    from ..plots import DescribedFigure
 
 __all__ = ["SliderExplorer", "offline_upstream", "run_apart"]
 
