@@ -219,9 +219,10 @@ Markdown(f"```lua\n{distributed.shared_limit.ACQUIRE_LEASE.strip()}\n```")
 
 # %% [markdown]
 # The lease must be longer than the slowest call, or a slow call's slot expires under it and
-# lets one more in: here the workers give up on the upstream after 2.5 s and lease for 3 s.
-# (A service with long calls renews its leases while it works, or uses a long lease and
-# accepts that a crash costs that long.)
+# lets one more in. It runs from the acquire, and a worker on a busy machine can be a second or
+# more late to send its call: here the workers give up on the upstream after 2.5 s and lease
+# for 5 s. (A service with long calls renews its leases while it works, or uses a long lease
+# and accepts that a crash costs that long.)
 #
 # The same 4 workers and 40 requests, now with `SharedSemaphore(limit=5)` and the provider's
 # limit on from the start. Then, with the same workers, a crash: worker 1 gets a slow question
@@ -247,7 +248,8 @@ shared_guess
 # %%
 import time
 
-LEASE = 3.0
+LEASE = 5.0
+UPSTREAM_TIMEOUT = 2.5  # half the lease: the other half is for a late start
 provider_limit = lab.RateLimit(max_concurrent=LIMIT, retry_after=60)
 
 with (
@@ -259,7 +261,7 @@ with (
         limiter="shared",
         limit=LIMIT,
         lease=LEASE,
-        upstream_timeout=LEASE - 0.5,
+        upstream_timeout=UPSTREAM_TIMEOUT,
         redis_url=redis_server.url,
     )
     with ServiceWorkers(WORKERS, config) as workers:
@@ -334,10 +336,11 @@ lab.plot_in_flight(
 # deletes the key by hand, and every crash would shrink the limit by one more.
 #
 # When Redis is gone, the limiter cannot know whether a call is allowed. It fails fast
-# (`LimiterUnavailable`, within the client's 1 s socket timeout; a refused connection is at
-# once) and the service answers **503** with a JSON error, instead of hanging or calling the
-# upstream without a limit. (Failing *open* is a choice some services make for availability;
-# make it deliberately, never by accident.)
+# (`LimiterUnavailable`: a refused connection at once; a Redis that stops answering after 3
+# socket timeouts of 1 s in a row, since one alone can be the worker's own doing, its event loop
+# too busy to read an answer that is already there) and the service answers **503** with a JSON
+# error, instead of hanging or calling the upstream without a limit. (Failing *open* is a
+# choice some services make for availability; make it deliberately, never by accident.)
 #
 # ## A per-second quota: a token bucket in Redis
 #
@@ -361,7 +364,7 @@ with (
         limiter="shared",
         limit=LIMIT,
         lease=LEASE,
-        upstream_timeout=LEASE - 0.5,
+        upstream_timeout=UPSTREAM_TIMEOUT,
         redis_url=redis_server.url,
         rate=4.0,
         burst=2,

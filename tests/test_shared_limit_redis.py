@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from labsupport.distributed import (
     LimiterUnavailable,
@@ -28,6 +29,7 @@ from labsupport.distributed import (
 )
 from labsupport.distributed.jobs import build_queue
 from labsupport.distributed.service import create_app
+from labsupport.distributed.shared_limit import ATTEMPTS
 from labsupport.serving import asgi_client
 
 pytestmark = [
@@ -132,6 +134,36 @@ def frozen(server: RedisServer) -> Iterator[None]:
         yield
     finally:
         os.kill(server.pid, signal.SIGCONT)
+
+
+class LateRedis:
+    """A stand-in for the client: its script calls time out `late` times, then answer 1 (a slot
+    taken), as when this process's event loop was too busy to read a reply in time."""
+
+    def __init__(self, late: int) -> None:
+        self.late, self.calls = late, 0
+
+    def register_script(self, script: str) -> object:
+        async def run(**arguments: object) -> int:
+            self.calls += 1
+            if self.calls <= self.late:
+                raise RedisTimeoutError("Timeout reading from 127.0.0.1")
+            return 1
+
+        return run
+
+
+async def test_a_command_that_timed_out_is_sent_again_before_redis_counts_as_gone() -> None:
+    answered = LateRedis(late=ATTEMPTS - 1)
+    semaphore = SharedSemaphore(answered, "late", limit=5, lease=10.0)  # type: ignore[arg-type]
+    assert await semaphore.try_acquire() is not None
+    assert answered.calls == ATTEMPTS
+
+    silent = LateRedis(late=ATTEMPTS)
+    semaphore = SharedSemaphore(silent, "late", limit=5, lease=10.0)  # type: ignore[arg-type]
+    with pytest.raises(LimiterUnavailable, match=rf"did not answer {ATTEMPTS} times \(Timeout"):
+        await semaphore.try_acquire()
+    assert silent.calls == ATTEMPTS
 
 
 async def test_redis_that_stops_answering_is_a_clear_error_not_a_hang(

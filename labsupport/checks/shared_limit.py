@@ -106,8 +106,13 @@ CAUSES: Final[tuple[str, ...]] = get_args(Cause)
 WORKERS: Final = 3
 REQUESTS_PER_WORKER: Final = 10
 LATENCY: Final = 0.3
-LEASE: Final = 2.0
-"""The lease the workers' limiter gets; the checker's upstream calls take far less."""
+LEASE: Final = 6.0
+"""The lease the workers' limiter gets. A slot is held from the acquire until the upstream has
+answered, and on a loaded machine a worker can be a second or more late to send its call: a
+lease that ran out under a live holder let one more call in, and a right answer was judged
+"non_atomic". So the workers give up on the upstream at half the lease (`UPSTREAM_TIMEOUT`),
+and the other half is for that delay; the checker's calls take `LATENCY`."""
+UPSTREAM_TIMEOUT: Final = LEASE / 2
 PROBE_LEASE: Final = 30.0
 """The lease in the in-process probe: longer than the probe, so expiry cannot hide a bug, and
 in whole seconds a number no other argument is (`limit` is at most 10): a lease given to Redis
@@ -593,7 +598,7 @@ async def _check_in_workers(
                 redis_url=redis_url,
                 learner_source=str(source_path),
                 learner_class=name,
-                upstream_timeout=LEASE - 0.5,
+                upstream_timeout=UPSTREAM_TIMEOUT,
             )
             commands_before = await _commands(redis)
             try:

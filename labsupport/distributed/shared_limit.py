@@ -17,8 +17,9 @@ step. (`SET key value NX PX ms` is atomic the same way, for one key.) The script
 from Redis itself (`TIME`), so the workers' own clocks never disagree about when a lease expires.
 
 Failures are explicit: when Redis cannot be reached every call raises `LimiterUnavailable` (a
-`RuntimeError`) within the client's socket timeout, instead of hanging; a service turns it into
-503. `connect(url)` builds a client with short timeouts for that.
+`RuntimeError`) instead of hanging: at once when the connection is refused, after `ATTEMPTS`
+socket timeouts in a row when Redis stops answering; a service turns it into 503.
+`connect(url)` builds a client with short timeouts and those attempts.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -47,7 +50,15 @@ __all__ = [
 T = TypeVar("T")
 
 SOCKET_TIMEOUT: Final = 1.0
-"""Seconds a Redis command may take before the limiter gives up with `LimiterUnavailable`."""
+"""Seconds a Redis command may take before it is sent again (or, the last time, before the
+limiter gives up with `LimiterUnavailable`)."""
+ATTEMPTS: Final = 3
+"""How many times a command is sent before Redis counts as gone. One timeout alone proves
+little: the clock runs while this process's event loop is busy with other requests, and on a
+loaded machine a burst of them kept it from reading an answer that had arrived long before the
+timeout (measured: a 0.9-1.0 s stall of every worker with 0.11 s of CPU work at a load average
+of 10 on 2 cores; 3-5 runs of 8 then answered 503). Sent again at once, the command finds the
+loop free; a Redis that is really gone fails every attempt."""
 
 ACQUIRE_LEASE: Final = """
 -- KEYS[1]: the semaphore, a sorted set {token: the moment its lease expires, in ms}
@@ -95,8 +106,9 @@ class LimiterUnavailable(RuntimeError):
 
 
 def connect(url: str, *, timeout: float = SOCKET_TIMEOUT) -> aioredis.Redis:
-    """An asyncio Redis client whose commands fail within `timeout` seconds when Redis is gone
-    (redis-py's default is to wait for the operating system, which can take minutes)."""
+    """An asyncio Redis client whose commands fail within `timeout` seconds when Redis stops
+    answering, at once when it refuses the connection (redis-py's default is to wait for the
+    operating system, which can take minutes). The limiters try `ATTEMPTS` times."""
     check_seconds("timeout", timeout, allow_zero=False)
     check_text("url", url, what="a redis:// URL")
     if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -104,7 +116,13 @@ def connect(url: str, *, timeout: float = SOCKET_TIMEOUT) -> aioredis.Redis:
             f"url must be a redis:// URL such as redis://127.0.0.1:6379/0; got {url!r}"
         )
     client: aioredis.Redis = aioredis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # One attempt here: the limiters send each command again themselves (`ATTEMPTS`), which
+        # also covers a new connection's handshake, something redis-py's own retry does not.
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
     )
     return client
 
@@ -149,7 +167,7 @@ class SharedSemaphore:
         token = uuid.uuid4().hex
         lease_ms = max(1, round(self.lease * 1000))
         taken = await self._call(
-            self._acquire_script(keys=[self.key], args=[self.limit, lease_ms, token])
+            lambda: self._acquire_script(keys=[self.key], args=[self.limit, lease_ms, token])
         )
         return token if taken == 1 else None
 
@@ -165,11 +183,11 @@ class SharedSemaphore:
 
     async def release(self, token: str) -> None:
         """Give the slot back. Releasing a lease that already expired is harmless."""
-        await self._call(self.redis.zrem(self.key, token))
+        await self._call(lambda: self.redis.zrem(self.key, token))
 
     async def held(self) -> int:
         """How many leases are held now (expired ones do not count)."""
-        count = await self._call(self._count_script(keys=[self.key]))
+        count = await self._call(lambda: self._count_script(keys=[self.key]))
         return int(count)
 
     @asynccontextmanager
@@ -181,8 +199,8 @@ class SharedSemaphore:
         finally:
             await self.release(token)
 
-    async def _call(self, pending: Awaitable[T]) -> T:
-        return await _unless_unreachable(pending, f"the shared semaphore {self.name!r}")
+    async def _call(self, send: Callable[[], Awaitable[T]]) -> T:
+        return await _unless_unreachable(send, f"the shared semaphore {self.name!r}")
 
 
 class TokenBucket:
@@ -219,7 +237,7 @@ class TokenBucket:
         deadline = loop.time() + self.wait
         while True:
             reply = await _unless_unreachable(
-                self._take_script(keys=[self.key], args=[self.rate, self.capacity]),
+                lambda: self._take_script(keys=[self.key], args=[self.rate, self.capacity]),
                 f"the token bucket {self.name!r}",
             )
             pause = float(reply)
@@ -247,10 +265,19 @@ class LocalSlots:
         self._semaphore.release()
 
 
-async def _unless_unreachable(pending: Awaitable[T], what: str) -> T:
-    try:
-        return await pending
-    except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-        raise LimiterUnavailable(
-            f"{what} is unavailable: Redis did not answer ({type(error).__name__}: {error})"
-        ) from error
+async def _unless_unreachable(send: Callable[[], Awaitable[T]], what: str) -> T:
+    """`send()`'s reply; sent again when Redis did not answer, `ATTEMPTS` times in all, then
+    `LimiterUnavailable`. Every command the limiters send is safe to send twice: a slot taken
+    again with the same token is one slot, a token taken twice is one start fewer, a release is a
+    ZREM."""
+    attempts_left = ATTEMPTS
+    while True:
+        try:
+            return await send()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            attempts_left -= 1
+            if not attempts_left:
+                raise LimiterUnavailable(
+                    f"{what} is unavailable: Redis did not answer {ATTEMPTS} times "
+                    f"({type(error).__name__}: {error})"
+                ) from error
