@@ -159,3 +159,37 @@ def test_the_mutant_is_refused_with_its_cause(
     db_path = str(tmp_path / "audit.sqlite3")
     corpus.create_table(db_path)
     judge(mutant, request.node, lambda build: check(build(db_path), db_path))
+
+
+def test_a_shutdown_with_no_write_pending_is_measured_again_and_never_called_tested(
+    tmp_path: Path,
+) -> None:
+    """On a busy machine every audit write can end before the server's shutdown begins; then an
+    app that cancels its pending tasks at shutdown loses nothing, and was judged right. Here
+    the count taken as the shutdown begins waits until every write has ended, in every burst:
+    the check runs 3 bursts, and its pass says the shutdown was not measured."""
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+    calls = 0
+
+    async def count_rows() -> int:
+        nonlocal calls
+        calls += 1
+        # Per burst: before it (from the second), after the probe, as the shutdown begins,
+        # after the shutdown.
+        if calls >= 3 and (calls - 3) % 4 == 0:
+            await asyncio.sleep(5 * corpus.AUDIT_SECONDS)  # every write of the burst ends
+        return corpus.count_rows(db_path)
+
+    app = corpus.answer_tasks_cancelled_at_shutdown(db_path)
+    result = asyncio.run(
+        check_background_audit(app, count_rows, audit_seconds=corpus.AUDIT_SECONDS, n=N)
+    )
+    assert calls == 12  # 3 bursts
+    assert (result.passed, result.cause) == (True, "ok"), str(result)
+    assert "in each of 3 bursts: what a shutdown does to pending work was not measured" in (
+        result.summary
+    )
+    assert "When the server's shutdown began, no audit rows were still to be written." in str(
+        result
+    )
