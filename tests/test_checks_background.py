@@ -179,7 +179,8 @@ def test_a_shutdown_with_no_write_pending_is_measured_again_and_never_called_tes
         # after the shutdown.
         if calls >= 3 and (calls - 3) % 4 == 0:
             await asyncio.sleep(5 * corpus.AUDIT_SECONDS)  # every write of the burst ends
-        return corpus.count_rows(db_path)
+        rows: int = corpus.count_rows(db_path)
+        return rows
 
     app = corpus.answer_tasks_cancelled_at_shutdown(db_path)
     result = asyncio.run(
