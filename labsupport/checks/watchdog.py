@@ -17,7 +17,12 @@ do for itself:
 * during the scenario a SIGUSR1 handler raises a private `Exception` subclass, but only inside
   learner code running in an event-loop callback, so the exception lands in the learner's task
   (which records it and ends) and never in the loop's own machinery. PEP 475 makes blocking calls
-  (`time.sleep`, lock acquisitions, socket reads) return early when a handler raises.
+  (`time.sleep`, lock acquisitions, socket reads) return early when a handler raises. Python
+  also runs code nobody called in between: a weakref callback or a finalizer when an object
+  dies, and the `sys.unraisablehook` that reports what those raised. An exception raised in
+  such code cannot reach the learner's task, so while the scenario runs the handler raises
+  nothing inside the hook, and the hook drops the watchdog's own exception (the blocked call
+  goes on, and the next signal raises again) and passes on every other.
 
 Counting blocks by the *same* frame keeps the verdicts of ordinary wrong answers intact: a sync
 client in `async def` blocks the loop for one latency per request, each in another request's
@@ -166,6 +171,7 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
     dog = _Watchdog(loop, task, block_limit=block_limit, time_limit=time_limit)
     heartbeat = loop.create_task(dog.heartbeat(), name="labsupport watchdog heartbeat")
     previous = dog.install_handler()
+    previous_hook = dog.install_unraisable_hook()
     dog.start()
     try:
         await asyncio.wait([task])
@@ -174,6 +180,7 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
             await _unwound(task)  # still watched: its clean-up is code that may block too
         dog.stop()  # joins the thread: no signal is on its way once it returns
         dog.restore_handler(previous)
+        dog.restore_unraisable_hook(previous_hook)
         heartbeat.cancel()
         await asyncio.wait([heartbeat])
         _retrieve_errors(dog.interrupted_tasks)
@@ -270,6 +277,10 @@ class _Watchdog:
         self._cpu_since = 0.0
         self._looks = self._asleep = 0
         self._main_native = threading.main_thread().native_id
+        self._reporting_unraisable = 0
+        """How deep the main thread is in `sys.unraisablehook` (0: not in it)."""
+        self._previous_unraisable_hook: Any = sys.unraisablehook
+        self._unraisable_hook = self._report_unraisable  # one bound method, to know it again
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="labsupport watchdog", daemon=True)
 
@@ -288,11 +299,33 @@ class _Watchdog:
         if self.interruptible:
             signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_DFL)
 
+    def install_unraisable_hook(self) -> Any:
+        previous = sys.unraisablehook
+        self._previous_unraisable_hook = previous
+        sys.unraisablehook = self._unraisable_hook
+        return previous
+
+    def restore_unraisable_hook(self, previous: Any) -> None:
+        if sys.unraisablehook is self._unraisable_hook:  # a hook set since then stays
+            sys.unraisablehook = previous
+
+    def _report_unraisable(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, _Interrupted):
+            return  # raised where no task could catch it; the next signal raises again
+        in_main = threading.get_ident() == self._main
+        self._reporting_unraisable += in_main
+        try:
+            self._previous_unraisable_hook(unraisable)
+        finally:
+            self._reporting_unraisable -= in_main
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Still blocked (no heartbeat since the signal was sent), and inside learner code run by
-        # an event-loop callback: raise there, as if the blocking call had failed.
+        # an event-loop callback, not in the report of an unraisable exception: raise there, as
+        # if the blocking call had failed.
         if (
             self._stepped_in is not None
+            and not self._reporting_unraisable
             and self._beat < self._signalled
             and frame is not None
             and _in_learner_callback(frame)
