@@ -39,9 +39,9 @@ no reference. A ✅ says only what was measured.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
@@ -156,7 +156,12 @@ async def check_async_endpoint(app: Any, *, path: str = "/chat", n: int = 20) ->
         (reference,) = await bursts(reference_app, path, texts, upstream=upstream, count=1)
         with built_clients() as built, caught_warnings() as caught:
             first, *rest = await bursts(
-                app, path, texts, upstream=upstream, pause=pause, go_on=_worth_a_second(reference)
+                app,
+                path,
+                texts,
+                upstream=upstream,
+                pause=pause,
+                go_on=functools.partial(_worth_a_second, reference),
             )
             gc.collect()  # a coroutine that was never awaited only warns when it is collected
         again: tuple[Burst, Burst] | None = None
@@ -169,9 +174,18 @@ async def check_async_endpoint(app: Any, *, path: str = "/chat", n: int = 20) ->
             )
             (again_learner,) = await bursts(app, path, texts, upstream=upstream, count=1)
             again = (again_reference, again_learner)
+        second = rest[0] if rest else None
+        if second is None and first.report.ok:
+            # The burst after the pause was skipped for a slow first one. A second look that
+            # failed is a later burst that failed; one that did not find the app slow again
+            # means a busy machine, and a pass needs that burst, and the TCP run that follows
+            # it: measure them now.
+            if again is not None and not again[1].report.ok:
+                second = again[1]
+            elif again is None or _worth_a_second(*again):
+                *_, second = await bursts(app, path, texts, upstream=upstream, pause=pause)
         tcp: Burst | BaseException | None = None
         mock = offline_upstream()
-        second = rest[0] if rest else None
         if mock is not None and second is not None and second.report.ok:
             try:
                 with over_tcp(mock) as server:
@@ -409,15 +423,11 @@ def _ticket(index: int) -> str:
     )
 
 
-def _worth_a_second(reference: Burst) -> Callable[[Burst], bool]:
-    """Whether a burst is worth a second one after the pause: it worked, and was not so slow
-    that its first invariants will fail anyway."""
-
-    def go_on(burst: Burst) -> bool:
-        slow = burst.report.wall >= SLOW_TWICE * max(reference.report.wall, 1e-9)
-        return burst.report.ok and not slow
-
-    return go_on
+def _worth_a_second(reference: Burst, burst: Burst) -> bool:
+    """Whether `burst` is worth a second one after the pause: it worked, and was not so slow
+    next to `reference` that its first invariants will fail anyway."""
+    slow = burst.report.wall >= SLOW_TWICE * max(reference.report.wall, 1e-9)
+    return burst.report.ok and not slow
 
 
 def _all_answered(burst: Burst) -> bool:
