@@ -15,6 +15,7 @@ from mutation import ex05_lifespan as mutants05
 from mutation.engine import Mutant, judge, mutants
 from mutation.operators import CAPACITY_LIMITER_ONE, ONE_THREAD_EXECUTOR, THREADING_LOCK
 
+import labsupport
 from labsupport.checks import CheckResult, check_lifespan_client, lifespan
 from labsupport.checks.lifespan import CAUSES
 
@@ -127,3 +128,15 @@ def test_without_sockets_the_answer_gets_the_same_verdict(
     assert re.search(r"\d+ (TCP )?connections?\b", said) is None, said
     if result.evidence:  # an app that failed to start has none
         assert "(TCP connections not counted: a browser tab has no sockets" in result.evidence[0]
+
+
+def test_without_sockets_nor_the_lab_a_client_built_at_import_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without `lab.setup()`, the check's own mock answers the OpenAI API's base too (every mock
+    does): a client built at import reaches it, and is still found to be built before start."""
+    monkeypatch.setattr(lifespan, "NO_SOCKETS", True)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")  # the lab's placeholder is gone with it
+    labsupport.teardown()
+    result = check(corpus.answer_module_level_client())
+    assert (result.passed, result.cause) == (False, "built_before_start"), str(result)

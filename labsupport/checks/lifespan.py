@@ -39,7 +39,8 @@ Its causes (`CheckResult.cause`), in the order they are judged:
 * "wrong_reply" — a reply was not what the upstream answered to that request's message (a
   constant, the message echoed, another request's reply);
 * "built_before_start" — the check's upstream saw no calls: the client was built before the app
-  started (at import), so it never read the check's `OPENAI_BASE_URL`;
+  started (at import), so it never read the check's `OPENAI_BASE_URL` (in a browser tab also:
+  no client was built while the check ran, which there says the same);
 * "client_per_request" — a client was built for each request (counted), or the requests used
   one TCP connection each;
 * "sync_client" / "blocked_loop" — while concurrent requests waited for the upstream, the event
@@ -349,13 +350,25 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
             f'the replies had no "response" text (first: {shorten(str(bodies[0]), 80)}).',
             f'the endpoint must answer POST {path} with {{"response": "<the model\'s reply>"}}.',
         )
-    if reached < n and measured.built == 0:
+    # In process (no sockets), the check's own mock answers the OpenAI API's address too,
+    # where the lab's does not first (no `lab.setup()`): a client built at import reaches it.
+    # That no client was built while the check ran says the same then.
+    if measured.built == 0 and (reached < n or connections is None):
+        answered = (
+            f"The in-process upstream answered {seen.mocked} call{s(seen.mocked)} instead."
+            if reached < n
+            else "It reached the check's own upstream only because, without `lab.setup()`, "
+            "that one answers the OpenAI API's address too."
+        )
         return fail(
             "built_before_start",
-            "the check's upstream was not used: the client was built before the app started.",
+            "the check's upstream was not used: the client was built before the app started."
+            if reached < n
+            else "no client was built while the check ran: the app's client was built before "
+            "the app started.",
             "create the client in the lifespan (startup), where it reads OPENAI_BASE_URL, "
             "not at import time.",
-            f"The in-process upstream answered {seen.mocked} call{s(seen.mocked)} instead.",
+            answered,
         )
     # Each record's message: the sequential request i sent body(i), the burst's i body(n + i).
     texts = [seen.messages[r.index] for r in report.requests]
