@@ -363,8 +363,8 @@ SAID_OTHERWISE_IN_THE_BROWSER = {
             (" and 5 connections for 5 sequential", " for 5 sequential"),
             (
                 "5 calls over 5 TCP connections.",
-                "5 calls (TCP connections not counted: a browser tab has no sockets: its "
-                "`fetch` opens and reuses connections out of Python's sight).",
+                "5 calls (TCP connections not counted: a browser tab has no sockets, and "
+                "its `fetch` opens and reuses connections out of Python's sight).",
             ),
             ("0 of them not closed, 0 connections still open.", "0 of them not closed."),
         ]

@@ -130,7 +130,8 @@ BROWSER_BASE_URL: Final = "http://lifespan-check.invalid/v1"
 exist on any network (RFC 2606), so a request the mock did not answer could reach nothing."""
 
 NOT_COUNTED: Final = (
-    "a browser tab has no sockets: its `fetch` opens and reuses connections out of Python's sight"
+    "a browser tab has no sockets, and its `fetch` opens and reuses connections out of "
+    "Python's sight"
 )
 """Why the browser check counts no connections."""
 
