@@ -22,24 +22,17 @@ LATENCY = upstream.latency
 # after the last one. Code before `yield` is startup, code after it is shutdown. Whatever it
 # yields as a dict becomes the **lifespan state**: every request sees it as `request.state`.
 #
-# The seed note's lifespan stores the client in a global; this one yields it, with the audit
-# database from notebook 04, and prints each step.
+# The seed note's lifespan stores the client in a global; this one yields it, and prints each
+# step.
 
 # %%
 import os
-import tempfile
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import aiosqlite
 from fastapi import Depends, FastAPI, Request
 from openai import AsyncOpenAI
 from pydantic import BaseModel
-
-if (last_run := globals().get("workdir")) is not None:  # this cell run again:
-    last_run.cleanup()  # remove the folder of its last run first
-workdir = tempfile.TemporaryDirectory()  # removed when the kernel stops
-AUDIT_DB = os.path.join(workdir.name, "audit.sqlite3")
 
 
 class ChatRequest(BaseModel):
@@ -50,14 +43,9 @@ class ChatRequest(BaseModel):
 async def lifespan(app: FastAPI):
     openai_client = AsyncOpenAI(api_key=os.getenv("OPENAI_API_KEY"))
     print("startup:  OpenAI client created")
-    audit_db = await aiosqlite.connect(AUDIT_DB)
-    await audit_db.execute("CREATE TABLE IF NOT EXISTS audit (message TEXT, reply TEXT)")
-    print("startup:  audit database open")
     try:
-        yield {"openai": openai_client, "audit_db": audit_db}
-    finally:  # runs at shutdown, and also if startup fails after this point
-        await audit_db.close()
-        print("shutdown: audit database closed")
+        yield {"openai": openai_client}
+    finally:  # runs at shutdown, and also if the app fails while it serves
         await openai_client.close()
         print(f"shutdown: OpenAI client closed (is_closed() = {openai_client.is_closed()})")
 
@@ -80,13 +68,11 @@ app = FastAPI(lifespan=lifespan)
 
 
 @app.post("/chat")
-async def chat(request: ChatRequest, openai_client: OpenAIClient, http: Request):
+async def chat(request: ChatRequest, openai_client: OpenAIClient):
     response = await openai_client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
     )
     reply = response.choices[0].message.content
-    await http.state.audit_db.execute("INSERT INTO audit VALUES (?, ?)", (request.message, reply))
-    await http.state.audit_db.commit()
     print(f"request:  {request.message!r} → {reply!r}")
     return {"response": reply}
 
@@ -99,10 +85,57 @@ async with lab.asgi_client(app) as client:
     print("-- stopping --")
 
 # %% [markdown]
+# A second resource, the audit database of notebook 04: a lifespan can enter another one, so
+# this one opens the client (the lifespan above), then the database, and closes them in the
+# reverse order. The endpoint calls `chat` above as a plain function, then writes the row.
+
+# %% cpython_only="aiosqlite"
+import tempfile
+
+import aiosqlite
+
+if (last_run := globals().get("workdir")) is not None:  # this cell run again:
+    last_run.cleanup()  # remove the folder of its last run first
+workdir = tempfile.TemporaryDirectory()  # removed when the kernel stops
+AUDIT_DB = os.path.join(workdir.name, "audit.sqlite3")
+
+
+@asynccontextmanager
+async def audited_lifespan(app: FastAPI):
+    async with lifespan(app) as state:  # the OpenAI client, opened first and closed last
+        audit_db = await aiosqlite.connect(AUDIT_DB)
+        await audit_db.execute("CREATE TABLE IF NOT EXISTS audit (message TEXT, reply TEXT)")
+        print("startup:  audit database open")
+        try:
+            yield {**state, "audit_db": audit_db}
+        finally:
+            await audit_db.close()
+            print("shutdown: audit database closed")
+
+
+audited_app = FastAPI(lifespan=audited_lifespan)
+
+
+@audited_app.post("/chat")
+async def audited_chat(request: ChatRequest, openai_client: OpenAIClient, http: Request):
+    answer = await chat(request, openai_client)
+    row = (request.message, answer["response"])
+    await http.state.audit_db.execute("INSERT INTO audit VALUES (?, ?)", row)
+    await http.state.audit_db.commit()
+    return answer
+
+
+async with lab.asgi_client(audited_app) as client:
+    print("-- serving --")
+    await client.post("/chat", json={"message": "Sentiment (one word): The deploy failed twice."})
+    print("-- stopping --")
+
+# %% [markdown]
 # The order is guaranteed: startup completes before the first request, and shutdown starts after
-# the last one. Resources are closed in the reverse order of opening, and the `finally` makes
-# sure they are closed even if something fails. (`async with AsyncOpenAI(...) as client:`
-# around the `yield` does the same for one resource; `contextlib.AsyncExitStack` for many.)
+# the last one. Resources are closed in the reverse order of opening, and each `finally` makes
+# sure its resource is closed even if something fails. (`async with AsyncOpenAI(...) as
+# client:` around the `yield` does the same for one resource; `contextlib.AsyncExitStack` for
+# many.)
 #
 # ## Where to keep the client
 #
@@ -139,7 +172,13 @@ class CannedOpenAI:
 
 
 canned = CannedOpenAI("Positive")
-app.dependency_overrides[get_openai] = lambda: canned
+
+
+async def get_canned() -> CannedOpenAI:  # `async def`, as get_openai: no thread-pool hop
+    return canned
+
+
+app.dependency_overrides[get_openai] = get_canned
 upstream.reset()
 try:
     async with lab.asgi_client(app) as client:
@@ -191,7 +230,7 @@ shared_guess = predict(
 )
 shared_guess
 
-# %%
+# %% cpython_only="sockets"
 import asyncio
 import time
 
@@ -284,7 +323,7 @@ print(
 # 100), and does not follow redirects. With at most 3 connections, 10 concurrent calls run 3 at
 # a time:
 
-# %%
+# %% cpython_only="connections"
 import httpx2
 from openai import DefaultAsyncHttpxClient
 
@@ -310,7 +349,7 @@ with lab.FakeServer(latency=LATENCY) as server:
 # not. Then the fix, `close()`, on the same client:
 
 
-# %%
+# %% cpython_only="sockets"
 @asynccontextmanager
 async def leaky_lifespan(app: FastAPI):
     app.state.openai = AsyncOpenAI(base_url=server.base_url)

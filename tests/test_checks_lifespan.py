@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 
 import pytest
 from corpus import Answer, answers
@@ -14,7 +15,8 @@ from mutation import ex05_lifespan as mutants05
 from mutation.engine import Mutant, judge, mutants
 from mutation.operators import CAPACITY_LIMITER_ONE, ONE_THREAD_EXECUTOR, THREADING_LOCK
 
-from labsupport.checks import CheckResult, check_lifespan_client
+import labsupport
+from labsupport.checks import CheckResult, check_lifespan_client, lifespan
 from labsupport.checks.lifespan import CAUSES
 
 pytestmark = pytest.mark.usefixtures("offline_lab")
@@ -107,3 +109,34 @@ def test_the_mutant_is_refused_with_its_cause(
     mutant: Mutant, request: pytest.FixtureRequest
 ) -> None:
     judge(mutant, request.node, lambda build: check(build()))
+
+
+# -- without sockets, as in a browser tab (the course's JupyterLite site) ---------------------
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("answer", answers(corpus))
+def test_without_sockets_the_answer_gets_the_same_verdict(
+    answer: Answer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check's upstream in process, as in Pyodide: every verdict rests on what is still
+    measured (clients built and closed, calls, the event loop), and no connection is claimed."""
+    monkeypatch.setattr(lifespan, "NO_SOCKETS", True)
+    result = check(answer.build())
+    assert (result.passed, result.cause) == (answer.passed, answer.cause), str(result)
+    said = str(result)
+    assert re.search(r"\d+ (TCP )?connections?\b", said) is None, said
+    if result.evidence:  # an app that failed to start has none
+        assert "(TCP connections not counted: a browser tab has no sockets" in result.evidence[0]
+
+
+def test_without_sockets_nor_the_lab_a_client_built_at_import_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without `lab.setup()`, the check's own mock answers the OpenAI API's base too (every mock
+    does): a client built at import reaches it, and is still found to be built before start."""
+    monkeypatch.setattr(lifespan, "NO_SOCKETS", True)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")  # the lab's placeholder is gone with it
+    labsupport.teardown()
+    result = check(corpus.answer_module_level_client())
+    assert (result.passed, result.cause) == (False, "built_before_start"), str(result)

@@ -59,7 +59,7 @@ INSTALLER = "micropip"
 KERNEL_PLUGIN = "@jupyterlite/pyodide-kernel-extension:kernel"
 #: The lessons that run top to bottom in a browser tab (tests/test_lite.py runs each in Chromium;
 #: the course site links each to the JupyterLite site).
-BROWSER_LESSONS = ("00_start_here", "02_gather", "03_semaphore")
+BROWSER_LESSONS = ("00_start_here", "02_gather", "03_semaphore", "05_lifespan")
 #: A code cell's metadata key, set in the course/ source's `# %%` line to one of
 #: `CPYTHON_ONLY_BECAUSE`: the cell cannot run truthfully in a browser tab, so the browser
 #: edition shows what CPython recorded, and why.
@@ -80,6 +80,17 @@ CPYTHON_ONLY_BECAUSE = {
         "127.0.0.1. A browser tab has no sockets, and there httpx2 sends through the browser's "
         "`fetch`, which manages connections itself: `httpx2.Limits` is ignored (httpx2 warns "
         "so)."
+    ),
+    "sockets": (
+        "it counts the TCP connections clients open to `lab.FakeServer`, a server on 127.0.0.1 "
+        "in a thread of its own, and asks the operating system (through psutil) which sockets "
+        "this process still has open to it. A browser tab has no sockets, threads or psutil: "
+        "there httpx2 sends through the browser's `fetch`, which opens and reuses connections "
+        "out of Python's sight."
+    ),
+    "aiosqlite": (
+        "it opens an aiosqlite connection, which runs its queries in a thread of its own; a "
+        "browser tab has no threads (and the site does not install aiosqlite)."
     ),
 }
 NEEDS_A_KERNEL = (

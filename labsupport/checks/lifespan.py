@@ -39,7 +39,8 @@ Its causes (`CheckResult.cause`), in the order they are judged:
 * "wrong_reply" — a reply was not what the upstream answered to that request's message (a
   constant, the message echoed, another request's reply);
 * "built_before_start" — the check's upstream saw no calls: the client was built before the app
-  started (at import), so it never read the check's `OPENAI_BASE_URL`;
+  started (at import), so it never read the check's `OPENAI_BASE_URL` (in a browser tab also:
+  no client was built while the check ran, which there says the same);
 * "client_per_request" — a client was built for each request (counted), or the requests used
   one TCP connection each;
 * "sync_client" / "blocked_loop" — while concurrent requests waited for the upstream, the event
@@ -51,6 +52,13 @@ Its causes (`CheckResult.cause`), in the order they are judged:
 
 Clients are counted, and their state read, as they are built (`OpenAI(...)` / `AsyncOpenAI(...)`
 during the check), so no verdict depends on timing or on the garbage collector.
+
+In a browser tab (Pyodide, the course's JupyterLite site: `NO_SOCKETS`) no `FakeServer` can
+listen, and httpx2 sends through the browser's `fetch`, which opens and reuses connections out of
+Python's sight. There the check's own upstream is an in-process mock answering its own base URL
+(`BROWSER_BASE_URL`), with the same counters; connections are not counted, so invariant 4 is
+judged on the clients built alone, and the evidence and a pass's summary say the connections
+were not counted.
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 from unittest import mock
@@ -68,10 +78,11 @@ from ..looplag import LoopLagMonitor
 from ..serving import asgi_client
 from ..upstream import UpstreamCall
 from ..upstream.fake_server import FakeServer
+from ..upstream.mock import MockUpstream
 from ..validation import check_int
 from ._clients import built_clients
 from ._common import caught_warnings, stopped_by_watchdog, upstream_or_none
-from ._invariants import mismatched_replies
+from ._invariants import NO_SOCKETS, mismatched_replies
 from .result import CheckResult, an_app, recorded
 from .watchdog import guarded
 
@@ -114,6 +125,16 @@ sync client blocks it for all of it (n × latency), an async one for next to not
 CLOSE_GRACE: Final = 0.5
 """Seconds a closed client's connections may take to be seen closed by the server."""
 
+BROWSER_BASE_URL: Final = "http://lifespan-check.invalid/v1"
+"""Where the check's own upstream answers in a browser tab, in process: a name reserved never to
+exist on any network (RFC 2606), so a request the mock did not answer could reach nothing."""
+
+NOT_COUNTED: Final = (
+    "a browser tab has no sockets, and its `fetch` opens and reuses connections out of "
+    "Python's sight"
+)
+"""Why the browser check counts no connections."""
+
 
 @dataclass(frozen=True)
 class _Measured:
@@ -123,7 +144,8 @@ class _Measured:
     in_flight: int
     sync_clients: int
     sequential_calls: int
-    connections: int
+    connections: int | None
+    """Distinct TCP connections of the sequential requests; None where none can be counted."""
     built_at_startup: int
     closed_at_startup: int
     built: int
@@ -142,7 +164,8 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
     points at it, so `AsyncOpenAI()` built *during the check* (in the lifespan, or per request)
     uses it; the variable is restored afterwards. One shared client reuses one connection for
     sequential requests; a client per request opens one each. Learner code runs under the
-    watchdog.
+    watchdog. In a browser tab the check's upstream is an in-process mock instead, and
+    connections are not counted (see the module docstring).
 
     The app must answer `POST path` with `{"message": "…"}` by `{"response": "<the reply>"}`.
     """
@@ -153,12 +176,12 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
         # The full stop: "ticket 1." is in no other request's message ("ticket 10.").
         return {"message": f"Summarize in 5 words: ticket {i}."}
 
-    async def measure(server: FakeServer) -> _Measured:
+    async def measure(server: FakeServer | MockUpstream) -> _Measured:
         with built_clients() as built:
             async with asgi_client(app) as client:
                 at_startup, closed_at_startup = built.count, built.closed()
                 report = await fire(client, "POST", path, n=n, concurrency=1, json=body)
-                connections, calls = server.connections, server.stats.calls
+                connections, calls = _connections(server), server.stats.calls
                 sequential_timeline = server.stats.timeline
                 server.configure(latency=BURST_LATENCY)  # counts afresh
                 lag = LoopLagMonitor()
@@ -184,10 +207,10 @@ async def check_lifespan_client(app: Any, *, path: str = "/chat", n: int = 5) ->
                 timeline,
             )
 
-    with FakeServer(latency=FAKE_LATENCY) as server, caught_warnings() as caught:
+    with _checks_own_upstream() as (server, base_url), caught_warnings() as caught:
         gc.collect()  # earlier garbage must not be blamed on this app
         caught.clear()
-        with mock.patch.dict(os.environ, {"OPENAI_BASE_URL": server.base_url}):
+        with mock.patch.dict(os.environ, {"OPENAI_BASE_URL": base_url}):
             outcome = await guarded(measure(server), block_limit=2.0, time_limit=30.0 + 2 * n)
         left_open = await _open_connections_after(server, CLOSE_GRACE)
         gc.collect()  # clients dropped without close() are collected here: they warn
@@ -216,7 +239,8 @@ class _Seen:
     """What the check saw outside the app: connections left open, unclosed-resource warnings,
     coroutines never awaited, calls the in-process mock took."""
 
-    left_open: int
+    left_open: int | None
+    """Connections the check's server still had open; None where none can be counted."""
     unclosed: int
     unawaited: list[str]
     mocked: int
@@ -229,16 +253,24 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
         return "" if count == 1 else "s"
 
     report, reached, connections = measured.report, measured.sequential_calls, measured.connections
+    over = (
+        f"over {connections} TCP connection{s(connections)}."
+        if connections is not None
+        else f"(TCP connections not counted: {NOT_COUNTED})."
+    )
+    still_open = (
+        f", {seen.left_open} connection{s(seen.left_open)} still open."
+        if seen.left_open is not None
+        else "."
+    )
     evidence = [
-        f"{n} requests, one after another: the upstream got {reached} call{s(reached)} over "
-        f"{connections} TCP connection{s(connections)}.",
+        f"{n} requests, one after another: the upstream got {reached} call{s(reached)} {over}",
         f"{n} requests at once, {BURST_LATENCY:.2f} s per upstream call: at most "
         f"{measured.in_flight} in flight at the upstream; the event loop was blocked for "
         f"{measured.blocked:.2f} s.",
         f"The app built {measured.built} OpenAI client{s(measured.built)} while the check ran, "
         f"{measured.built_at_startup} of them at startup.",
-        f"After shutdown: {measured.open_after} of them not closed, {seen.left_open} "
-        f"connection{s(seen.left_open)} still open.",
+        f"After shutdown: {measured.open_after} of them not closed{still_open}",
     ]
     if seen.unclosed:
         evidence.append(
@@ -319,13 +351,25 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
             f'the replies had no "response" text (first: {shorten(str(bodies[0]), 80)}).',
             f'the endpoint must answer POST {path} with {{"response": "<the model\'s reply>"}}.',
         )
-    if reached < n and measured.built == 0:
+    # In process (no sockets), the check's own mock answers the OpenAI API's address too,
+    # where the lab's does not first (no `lab.setup()`): a client built at import reaches it.
+    # That no client was built while the check ran says the same then.
+    if measured.built == 0 and (reached < n or connections is None):
+        answered = (
+            f"The in-process upstream answered {seen.mocked} call{s(seen.mocked)} instead."
+            if reached < n
+            else "It reached the check's own upstream only because, without `lab.setup()`, "
+            "that one answers the OpenAI API's address too."
+        )
         return fail(
             "built_before_start",
-            "the check's upstream was not used: the client was built before the app started.",
+            "the check's upstream was not used: the client was built before the app started."
+            if reached < n
+            else "no client was built while the check ran: the app's client was built before "
+            "the app started.",
             "create the client in the lifespan (startup), where it reads OPENAI_BASE_URL, "
             "not at import time.",
-            f"The in-process upstream answered {seen.mocked} call{s(seen.mocked)} instead.",
+            answered,
         )
     # Each record's message: the sequential request i sent body(i), the burst's i body(n + i).
     texts = [seen.messages[r.index] for r in report.requests]
@@ -343,13 +387,13 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
             "`request.message` (no constant, no reply kept from another request).",
             f"The request with {texts[index]!r} got {shorten(repr(replies[index]), 80)}.",
         )
-    never_closed = measured.open_after > 0 or seen.left_open > 0 or seen.unclosed > 0
-    if measured.built >= n or connections > 1:
+    never_closed = measured.open_after > 0 or bool(seen.left_open) or seen.unclosed > 0
+    if measured.built >= n or (connections or 0) > 1:
+        counted = f" and {connections} connections" if connections is not None else ""
         return fail(
             "client_per_request",
-            f"a new client per request: {measured.built} clients and {connections} connections "
-            f"for {n} sequential requests"
-            + (", and not all were closed." if never_closed else "."),
+            f"a new client per request: {measured.built} clients{counted} for {n} sequential "
+            "requests" + (", and not all were closed." if never_closed else "."),
             "create ONE `AsyncOpenAI` in the lifespan, hand it to the endpoint (lifespan state, "
             "`app.state` or a dependency), and close it at shutdown.",
         )
@@ -391,14 +435,20 @@ def _verdict(app: Any, measured: _Measured, n: int, path: str, seen: _Seen) -> C
             "close it after `yield` in the lifespan (`await client.close()`), or create it with "
             "`async with AsyncOpenAI(...) as client:` around the `yield`.",
         )
+    if connections is None:
+        summary = (
+            f"for this check's {2 * n} requests, one client served every request, the event "
+            "loop stayed free, and shutdown closed it (its TCP connections were not counted: "
+            f"{NOT_COUNTED})."
+        )
+    else:
+        summary = (
+            f"for this check's {2 * n} requests, one client served every request (one "
+            "connection for the sequential ones), the event loop stayed free, and shutdown "
+            "closed it."
+        )
     return CheckResult(
-        exercise=EXERCISE,
-        passed=True,
-        cause="ok",
-        summary=f"for this check's {2 * n} requests, one client served every request (one "
-        "connection for the sequential ones), the event loop stayed free, and shutdown "
-        "closed it.",
-        evidence=tuple(evidence),
+        exercise=EXERCISE, passed=True, cause="ok", summary=summary, evidence=tuple(evidence)
     )
 
 
@@ -417,9 +467,28 @@ def _no_lifespan(app: Any) -> bool:
     return context is not None and type(context).__name__ == "_DefaultLifespan"
 
 
-async def _open_connections_after(server: FakeServer, grace: float) -> int:
+@contextmanager
+def _checks_own_upstream() -> Iterator[tuple[FakeServer | MockUpstream, str]]:
+    """The check's own upstream, and the base URL that reaches it: a `FakeServer` on loopback,
+    or in a browser tab, which has no sockets, an in-process mock at `BROWSER_BASE_URL`."""
+    if NO_SOCKETS:
+        with MockUpstream(latency=FAKE_LATENCY, base_urls=[BROWSER_BASE_URL]) as in_process:
+            yield in_process, BROWSER_BASE_URL
+    else:
+        with FakeServer(latency=FAKE_LATENCY) as server:
+            yield server, server.base_url
+
+
+def _connections(server: FakeServer | MockUpstream) -> int | None:
+    """The distinct TCP connections the server saw since its last reset; None in process."""
+    return server.connections if isinstance(server, FakeServer) else None
+
+
+async def _open_connections_after(server: FakeServer | MockUpstream, grace: float) -> int | None:
     """How many client connections the server still has open, once closed ones had `grace`
-    seconds to arrive as closed (the server runs in its own thread)."""
+    seconds to arrive as closed (the server runs in its own thread); None in process."""
+    if not isinstance(server, FakeServer):
+        return None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     while (count := server.open_connections) and loop.time() < deadline:
