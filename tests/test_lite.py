@@ -46,6 +46,8 @@ from build_lite import BROWSER_LESSONS, LiteBuildError, browser_edition, build
 from chromium import chromium
 from loopback_http import http_served
 
+from labsupport.browser import REAL_KERNEL
+
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
@@ -70,19 +72,24 @@ _START_KERNEL = """async () => {
   return performance.now() - asked;
 }"""
 
-#: Runs `code` in that kernel; resolves with the reply's status and what it printed to stdout
-#: (stderr has httpx2's warning that `fetch` ignores the SDK's connection limits).
+#: Runs `code` in that kernel; resolves with the reply's status, what it printed to stdout
+#: (stderr has httpx2's warning that `fetch` ignores the SDK's connection limits), its errors'
+#: messages and the lines the notebook shows for them (their tracebacks).
 _EXECUTE = """async (code) => {
   const future = window.liteKernel.requestExecute({code});
   const printed = [];
   const errors = [];
+  const shown = [];
   future.onIOPub = (message) => {
     const type = message.header.msg_type;
     if (type === 'stream' && message.content.name === 'stdout') printed.push(message.content.text);
-    if (type === 'error') errors.push(message.content.evalue);
+    if (type === 'error') {
+      errors.push(message.content.evalue);
+      shown.push(...message.content.traceback);
+    }
   };
   const reply = await future.done;
-  return {status: reply.content.status, printed: printed.join(''), errors};
+  return {status: reply.content.status, printed: printed.join(''), errors, shown};
 }"""
 
 CELL = """\
@@ -208,7 +215,8 @@ class LiteTab:
     kernel_ready_after_page_load_s: float
 
     def run(self, code: str) -> dict[str, Any]:
-        """Run `code` in the kernel: {"status", "printed" (stdout), "errors"}."""
+        """Run `code` in the kernel: {"status", "printed" (stdout), "errors", "shown" (the
+        errors' tracebacks, as the notebook shows them)}."""
         result: dict[str, Any] = self.page.evaluate(_EXECUTE, code)
         return result
 
@@ -301,6 +309,37 @@ def test_lesson_00_runs_in_the_browser_and_prints_what_cpython_stored(site: str)
     assert printed[0].startswith("Offline lab in your browser (Pyodide)")
     assert printed[1:] == stored[1:]
     assert off_origin(tab.requested, site) == []
+
+
+#: Cells calling what needs a thread, a process or a TCP socket (labsupport.browser), each with
+#: the name its one line starts with.
+NEEDS_A_REAL_KERNEL = {
+    "lab.FakeServer": "lab.FakeServer(latency=0.05)",
+    "lab.serve": "async with lab.serve(FastAPI()) as client:\n    pass",
+    "explore": "from labsupport.coaching import explore\n\nexplore(requests=10)",
+    "labsupport.distributed": "from labsupport.distributed import RedisServer",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.needs("chromium", "node-tools", "lite-wheels")
+@pytest.mark.timeout(600)
+def test_what_needs_a_real_kernel_says_so_in_one_line_in_the_browser(site: str) -> None:
+    """Each cell ends with `RealKernelRequired` and its one sentence, shown as the cell's whole
+    error: no frame from inside labsupport or the libraries it would have used."""
+    with lite_tab(site, "lite-real-kernel.png") as tab:
+        setup = tab.run("from fastapi import FastAPI\n\nimport labsupport as lab\n\nlab.setup()")
+        ran = {what: tab.run(code) for what, code in NEEDS_A_REAL_KERNEL.items()}
+        assert off_origin(tab.requested, site) == []
+    assert setup["errors"] == []
+    for what, result in ran.items():
+        assert result["status"] == "error", what
+        [message] = result["errors"]
+        assert message.startswith(f"{what} needs "), message
+        assert message.endswith(
+            f"which a browser tab does not have: run this lesson in {REAL_KERNEL}."
+        )
+        assert result["shown"] == [f"RealKernelRequired: {message}"]
 
 
 #: Opens a lesson of the site in JupyterLab with a Pyodide kernel; resolves with the
