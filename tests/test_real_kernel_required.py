@@ -66,6 +66,14 @@ async def _run_streams() -> None:
     run_streams(StreamScenario())
 
 
+async def _check_async_endpoint() -> None:
+    await checks.check_async_endpoint(FastAPI())
+
+
+async def _check_background_audit() -> None:
+    await checks.check_background_audit(FastAPI(), lambda: 0, audit_seconds=0.1)
+
+
 async def _check_streaming_endpoint() -> None:
     await checks.check_streaming_endpoint(FastAPI(), list)
 
@@ -85,6 +93,8 @@ ENTRY_POINTS: dict[str, Callable[[], Awaitable[None]]] = {
     "explore_streams": _explore_streams,
     "StreamExplorer": _stream_explorer,
     "run_streams": _run_streams,
+    "lab.checks.check_async_endpoint": _check_async_endpoint,
+    "lab.checks.check_background_audit": _check_background_audit,
     "lab.checks.check_streaming_endpoint": _check_streaming_endpoint,
     "labsupport.distributed": _distributed,
 }
