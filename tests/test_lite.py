@@ -199,8 +199,8 @@ def test_the_browser_edition_shows_a_cpython_only_cell_as_what_cpython_recorded(
     assert other.cells[0].source.startswith("**This lesson needs a real Python kernel.**")
     assert other.cells[2].cell_type == "code"  # left as it is: it does not run here anyway
 
-    recorded.metadata["cpython_only"] = "threads"
-    with pytest.raises(LiteBuildError, match="'threads' is none of"):
+    recorded.metadata["cpython_only"] = "no_such_reason"
+    with pytest.raises(LiteBuildError, match="'no_such_reason' is none of"):
         browser_edition(lesson, "03_semaphore")
 
 
