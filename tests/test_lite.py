@@ -317,6 +317,8 @@ NEEDS_A_REAL_KERNEL = {
     "lab.FakeServer": "lab.FakeServer(latency=0.05)",
     "lab.serve": "async with lab.serve(FastAPI()) as client:\n    pass",
     "explore": "from labsupport.coaching import explore\n\nexplore(requests=10)",
+    "explore_streams": "from labsupport.coaching import explore_streams\n\nexplore_streams()",
+    "lab.checks.check_async_endpoint": "await lab.checks.check_async_endpoint(FastAPI())",
     "labsupport.distributed": "from labsupport.distributed import RedisServer",
 }
 
