@@ -344,6 +344,68 @@ def test_what_needs_a_real_kernel_says_so_in_one_line_in_the_browser(site: str) 
         assert result["shown"] == [f"RealKernelRequired: {message}"]
 
 
+#: What lesson 01's browser edition says of the cells it shows as CPython recorded them
+#: (build_lite's "sync_wait" and "threads"), measured in the tab: the sync client inside
+#: `async def` lets the other requests run, a `def` endpoint's requests fail with RuntimeError,
+#: `asyncio.to_thread` runs its function on the event loop's thread.
+WHY_01_IS_RECORDED = """\
+import asyncio, json, threading
+
+from fastapi import FastAPI
+from openai import OpenAI
+
+import labsupport as lab
+
+upstream = lab.setup(0.1)
+sync_client = OpenAI()
+blocking_app, threaded_app = FastAPI(), FastAPI()
+
+
+def ask():
+    reply = sync_client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
+    )
+    return {"response": reply.choices[0].message.content}
+
+
+@blocking_app.post("/chat")
+async def blocking_chat():
+    return ask()
+
+
+@threaded_app.post("/chat")
+def threaded_chat():
+    return ask()
+
+
+async with lab.asgi_client(blocking_app) as client:
+    blocked = await lab.fire(client, "POST", "/chat", n=20)
+in_flight = upstream.stats.max_in_flight
+async with lab.asgi_client(threaded_app) as client:
+    threaded = await lab.fire(client, "POST", "/chat", n=3)
+on_loop_thread = await asyncio.to_thread(threading.current_thread) is threading.main_thread()
+errors = sorted({record.error_type for record in threaded.requests})
+print(json.dumps([blocked.ok, in_flight, errors, on_loop_thread]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.needs("chromium", "node-tools", "lite-wheels")
+@pytest.mark.timeout(600)
+def test_what_lesson_01_shows_as_recorded_on_cpython_is_untrue_in_the_browser(site: str) -> None:
+    with lite_tab(site, "lite-01-recorded-why.png") as tab:
+        ran = tab.run(WHY_01_IS_RECORDED)
+        assert off_origin(tab.requested, site) == []
+    assert ran["errors"] == []
+    answered, in_flight, threaded_errors, on_loop_thread = json.loads(
+        ran["printed"].splitlines()[-1]
+    )
+    assert answered
+    assert in_flight > 1  # on CPython, 1: the sync client blocks the loop, one call at a time
+    assert threaded_errors == ["RuntimeError"]
+    assert on_loop_thread
+
+
 #: Opens a lesson of the site in JupyterLab with a Pyodide kernel; resolves with the
 #: milliseconds from opening it to a kernel that answers (Pyodide loaded, the site's wheels in).
 _OPEN_LESSON = """async (path) => {
