@@ -77,9 +77,10 @@ CPYTHON_ONLY_BECAUSE = {
     ),
     "sync_wait": (
         "it measures (or draws) the trap of a sync call inside `async def`, and a browser tab "
-        "does not fall into it. There the sync client waits for the browser's `fetch` by "
-        "suspending Pyodide's WebAssembly stack (JSPI), which lets the event loop run the other "
-        "requests meanwhile: measured in Chromium, the same 20 requests overlapped (all 20 calls "
+        "does not fall into it. There the sync client's wait for the simulated upstream (a "
+        "`time.sleep`, as a network read blocks a thread) does not block: Pyodide in Chromium "
+        "suspends the WebAssembly stack while it sleeps (JSPI) and the event loop runs the other "
+        "requests meanwhile. Measured in Chromium, the same 20 requests overlapped (all 20 calls "
         "in flight at once), and the text below would not describe what it measured."
     ),
     "threads": (

@@ -137,8 +137,8 @@ class _Measured:
 
 @recorded(
     notebook="01_async_client",
-    # In a tab a sync call waits for the browser's fetch without blocking the loop (Pyodide's
-    # stack switching): the trap this check looks for would pass there.
+    # In a tab a sync call's wait (the simulated upstream's time.sleep) suspends the WebAssembly
+    # stack instead of blocking the loop (JSPI): the trap this check looks for does not show.
     needs="TCP sockets (it serves your app with uvicorn) and an event loop that a sync call blocks",
     app=an_app,
 )
