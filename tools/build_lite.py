@@ -58,7 +58,10 @@ PYODIDE_LOCK = "pyodide-lock.json"
 INSTALLER = "micropip"
 KERNEL_PLUGIN = "@jupyterlite/pyodide-kernel-extension:kernel"
 #: The lessons that run top to bottom in a browser tab (tests/test_lite.py runs each in Chromium;
-#: the course site links each to the JupyterLite site).
+#: the course site links each to the JupyterLite site). Not 04: all it measures needs a server on
+#: a socket (`lab.serve`: "answered before the audit was written" shows only there), its
+#: in-memory contrast runs a `def` background task (a worker thread) and its SQLite part uses
+#: aiosqlite (a thread per connection, and no wheel in the site); only its definitions would run.
 BROWSER_LESSONS = ("00_start_here", "01_async_client", "02_gather", "03_semaphore")
 #: A code cell's metadata key, set in the course/ source's `# %%` line to one of
 #: `CPYTHON_ONLY_BECAUSE`: the cell cannot run truthfully in a browser tab, so the browser
