@@ -3,6 +3,7 @@
 # module only when one of its names is first used. Relative imports only (lazy_loader's rule).
 
 from . import checks as checks
+from .browser import RealKernelRequired as RealKernelRequired
 from .charts import plot_in_flight as plot_in_flight
 from .charts import plot_latencies as plot_latencies
 from .charts import plot_timeline as plot_timeline

@@ -19,6 +19,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Unpack
 
+from .browser import in_browser
 from .upstream.mock import OPENAI_API_BASE, PLACEHOLDER_KEY, MockUpstream
 from .upstream.settings import LabUpstream, SettingsChanges, UpstreamSettings
 from .validation import check_choice
@@ -102,7 +103,7 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
     # it): now for what is imported, in a notebook after the cell that imports the rest.
     warm_up()
     warm_after_each_cell()
-    if _in_browser():
+    if in_browser():
         # The interrupt hook is written for CPython's ipykernel and is left off here (not tried
         # in Pyodide).
         print(
@@ -116,12 +117,6 @@ def setup(latency: float = 0.1, /, **settings: Unpack[SettingsChanges]) -> LabUp
         f"({requested.latency:g} s per call). Nothing leaves this machine."
     )
     return _upstream
-
-
-def _in_browser() -> bool:
-    """Whether this kernel is Pyodide in a browser tab (the course's JupyterLite site), where
-    httpx2 sends through the browser's `fetch` and there are no threads, processes or sockets."""
-    return sys.platform == "emscripten"
 
 
 def _interrupts_take_effect() -> None:

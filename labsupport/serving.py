@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .browser import require_real_kernel
 from .network import bound_tcp_socket, check_port, loopback_address, run_uvicorn
 from .validation import check_seconds
 
@@ -115,6 +116,7 @@ async def serve(
         lifespan: run the app's startup/shutdown around the block.
         timeout: the client's timeout in seconds for each request.
     """
+    require_real_kernel("lab.serve", "TCP sockets (it serves the app with uvicorn on 127.0.0.1)")
     _check_app(app)
     address = loopback_address(host)
     port = check_port(port)

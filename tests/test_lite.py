@@ -46,6 +46,8 @@ from build_lite import BROWSER_LESSONS, LiteBuildError, browser_edition, build
 from chromium import chromium
 from loopback_http import http_served
 
+from labsupport.browser import REAL_KERNEL
+
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
@@ -70,19 +72,24 @@ _START_KERNEL = """async () => {
   return performance.now() - asked;
 }"""
 
-#: Runs `code` in that kernel; resolves with the reply's status and what it printed to stdout
-#: (stderr has httpx2's warning that `fetch` ignores the SDK's connection limits).
+#: Runs `code` in that kernel; resolves with the reply's status, what it printed to stdout
+#: (stderr has httpx2's warning that `fetch` ignores the SDK's connection limits), its errors'
+#: messages and the lines the notebook shows for them (their tracebacks).
 _EXECUTE = """async (code) => {
   const future = window.liteKernel.requestExecute({code});
   const printed = [];
   const errors = [];
+  const shown = [];
   future.onIOPub = (message) => {
     const type = message.header.msg_type;
     if (type === 'stream' && message.content.name === 'stdout') printed.push(message.content.text);
-    if (type === 'error') errors.push(message.content.evalue);
+    if (type === 'error') {
+      errors.push(message.content.evalue);
+      shown.push(...message.content.traceback);
+    }
   };
   const reply = await future.done;
-  return {status: reply.content.status, printed: printed.join(''), errors};
+  return {status: reply.content.status, printed: printed.join(''), errors, shown};
 }"""
 
 CELL = """\
@@ -192,8 +199,8 @@ def test_the_browser_edition_shows_a_cpython_only_cell_as_what_cpython_recorded(
     assert other.cells[0].source.startswith("**This lesson needs a real Python kernel.**")
     assert other.cells[2].cell_type == "code"  # left as it is: it does not run here anyway
 
-    recorded.metadata["cpython_only"] = "threads"
-    with pytest.raises(LiteBuildError, match="'threads' is none of"):
+    recorded.metadata["cpython_only"] = "no_such_reason"
+    with pytest.raises(LiteBuildError, match="'no_such_reason' is none of"):
         browser_edition(lesson, "03_semaphore")
 
 
@@ -208,7 +215,8 @@ class LiteTab:
     kernel_ready_after_page_load_s: float
 
     def run(self, code: str) -> dict[str, Any]:
-        """Run `code` in the kernel: {"status", "printed" (stdout), "errors"}."""
+        """Run `code` in the kernel: {"status", "printed" (stdout), "errors", "shown" (the
+        errors' tracebacks, as the notebook shows them)}."""
         result: dict[str, Any] = self.page.evaluate(_EXECUTE, code)
         return result
 
@@ -301,6 +309,101 @@ def test_lesson_00_runs_in_the_browser_and_prints_what_cpython_stored(site: str)
     assert printed[0].startswith("Offline lab in your browser (Pyodide)")
     assert printed[1:] == stored[1:]
     assert off_origin(tab.requested, site) == []
+
+
+#: Cells calling what needs a thread, a process or a TCP socket (labsupport.browser), each with
+#: the name its one line starts with.
+NEEDS_A_REAL_KERNEL = {
+    "lab.FakeServer": "lab.FakeServer(latency=0.05)",
+    "lab.serve": "async with lab.serve(FastAPI()) as client:\n    pass",
+    "explore": "from labsupport.coaching import explore\n\nexplore(requests=10)",
+    "explore_streams": "from labsupport.coaching import explore_streams\n\nexplore_streams()",
+    "lab.checks.check_async_endpoint": "await lab.checks.check_async_endpoint(FastAPI())",
+    "labsupport.distributed": "from labsupport.distributed import RedisServer",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.needs("chromium", "node-tools", "lite-wheels")
+@pytest.mark.timeout(600)
+def test_what_needs_a_real_kernel_says_so_in_one_line_in_the_browser(site: str) -> None:
+    """Each cell ends with `RealKernelRequired` and its one sentence, shown as the cell's whole
+    error: no frame from inside labsupport or the libraries it would have used."""
+    with lite_tab(site, "lite-real-kernel.png") as tab:
+        setup = tab.run("from fastapi import FastAPI\n\nimport labsupport as lab\n\nlab.setup()")
+        ran = {what: tab.run(code) for what, code in NEEDS_A_REAL_KERNEL.items()}
+        assert off_origin(tab.requested, site) == []
+    assert setup["errors"] == []
+    for what, result in ran.items():
+        assert result["status"] == "error", what
+        [message] = result["errors"]
+        assert message.startswith(f"{what} needs "), message
+        assert message.endswith(
+            f"which a browser tab does not have: run this lesson in {REAL_KERNEL}."
+        )
+        assert result["shown"] == [f"RealKernelRequired: {message}"]
+
+
+#: What lesson 01's browser edition says of the cells it shows as CPython recorded them
+#: (build_lite's "sync_wait" and "threads"), measured in the tab: the sync client inside
+#: `async def` lets the other requests run, a `def` endpoint's requests fail with RuntimeError,
+#: `asyncio.to_thread` runs its function on the event loop's thread.
+WHY_01_IS_RECORDED = """\
+import asyncio, json, threading
+
+from fastapi import FastAPI
+from openai import OpenAI
+
+import labsupport as lab
+
+upstream = lab.setup(0.1)
+sync_client = OpenAI()
+blocking_app, threaded_app = FastAPI(), FastAPI()
+
+
+def ask():
+    reply = sync_client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
+    )
+    return {"response": reply.choices[0].message.content}
+
+
+@blocking_app.post("/chat")
+async def blocking_chat():
+    return ask()
+
+
+@threaded_app.post("/chat")
+def threaded_chat():
+    return ask()
+
+
+async with lab.asgi_client(blocking_app) as client:
+    blocked = await lab.fire(client, "POST", "/chat", n=20)
+in_flight = upstream.stats.max_in_flight
+async with lab.asgi_client(threaded_app) as client:
+    threaded = await lab.fire(client, "POST", "/chat", n=3)
+on_loop_thread = await asyncio.to_thread(threading.current_thread) is threading.main_thread()
+errors = sorted({record.error_type for record in threaded.requests})
+print(json.dumps([blocked.ok, in_flight, errors, on_loop_thread]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.needs("chromium", "node-tools", "lite-wheels")
+@pytest.mark.timeout(600)
+def test_what_lesson_01_shows_as_recorded_on_cpython_is_untrue_in_the_browser(site: str) -> None:
+    with lite_tab(site, "lite-01-recorded-why.png") as tab:
+        ran = tab.run(WHY_01_IS_RECORDED)
+        assert off_origin(tab.requested, site) == []
+    assert ran["errors"] == []
+    answered, in_flight, threaded_errors, on_loop_thread = json.loads(
+        ran["printed"].splitlines()[-1]
+    )
+    assert answered
+    assert in_flight > 1  # on CPython, 1: the sync client blocks the loop, one call at a time
+    assert threaded_errors == ["RuntimeError"]
+    assert on_loop_thread
 
 
 #: Opens a lesson of the site in JupyterLab with a Pyodide kernel; resolves with the

@@ -58,8 +58,11 @@ PYODIDE_LOCK = "pyodide-lock.json"
 INSTALLER = "micropip"
 KERNEL_PLUGIN = "@jupyterlite/pyodide-kernel-extension:kernel"
 #: The lessons that run top to bottom in a browser tab (tests/test_lite.py runs each in Chromium;
-#: the course site links each to the JupyterLite site).
-BROWSER_LESSONS = ("00_start_here", "02_gather", "03_semaphore", "05_lifespan")
+#: the course site links each to the JupyterLite site). Not 04: all it measures needs a server on
+#: a socket (`lab.serve`: "answered before the audit was written" shows only there), its
+#: in-memory contrast runs a `def` background task (a worker thread) and its SQLite part uses
+#: aiosqlite (a thread per connection, and no wheel in the site); only its definitions would run.
+BROWSER_LESSONS = ("00_start_here", "01_async_client", "02_gather", "03_semaphore", "05_lifespan")
 #: A code cell's metadata key, set in the course/ source's `# %%` line to one of
 #: `CPYTHON_ONLY_BECAUSE`: the cell cannot run truthfully in a browser tab, so the browser
 #: edition shows what CPython recorded, and why.
@@ -74,6 +77,27 @@ CPYTHON_ONLY_BECAUSE = {
     "explorer": (
         "the explorer reruns its scenario in a thread of its own, with an event loop of its own, "
         "and draws it with matplotlib; a browser tab has no threads, and no matplotlib here."
+    ),
+    "sync_wait": (
+        "it measures (or draws) the trap of a sync call inside `async def`, and a browser tab "
+        "does not fall into it. There the sync client's wait for the simulated upstream (a "
+        "`time.sleep`, as a network read blocks a thread) does not block: Pyodide in Chromium "
+        "suspends the WebAssembly stack while it sleeps (JSPI) and the event loop runs the other "
+        "requests meanwhile. Measured in Chromium, the same 20 requests overlapped (all 20 calls "
+        "in flight at once), and the text below would not describe what it measured."
+    ),
+    "threads": (
+        "a plain `def` endpoint, FastAPI's thread pool and `asyncio.to_thread` run their work "
+        "in worker threads, and a browser tab has none: there each request to the `def` endpoint "
+        "fails with a RuntimeError (measured in Chromium), and `asyncio.to_thread` runs its "
+        "function inline, on the event loop's thread."
+    ),
+    "sync_wait_check": (
+        "the check judges whether your endpoint blocks the event loop (its blocked time, the "
+        "calls in flight), and in a browser tab a sync call does not block it (measured there, "
+        "above), so it could not see the trap the exercise is about; it also serves your app "
+        "with uvicorn on 127.0.0.1, and the tab has no sockets. Below is the verdict CPython "
+        "gave the exercise as it stands."
     ),
     "connections": (
         "it counts the TCP connections a client opens to `lab.FakeServer`, a server on "

@@ -135,7 +135,13 @@ class _Measured:
     there (its lifespan), or None when not measured."""
 
 
-@recorded(notebook="01_async_client", app=an_app)
+@recorded(
+    notebook="01_async_client",
+    # In a tab a sync call's wait (the simulated upstream's time.sleep) suspends the WebAssembly
+    # stack instead of blocking the loop (JSPI): the trap this check looks for does not show.
+    needs="TCP sockets (it serves your app with uvicorn) and an event loop that a sync call blocks",
+    app=an_app,
+)
 async def check_async_endpoint(app: Any, *, path: str = "/chat", n: int = 20) -> CheckResult:
     """Send `app`'s `path` two bursts of `n` concurrent requests (in process, a pause between
     them), as many to a reference app with one shared `AsyncOpenAI`, and one burst over real

@@ -150,7 +150,12 @@ class _Measured:
     unkept_tasks: list[str]
 
 
-@recorded(notebook="04_background_tasks", app=an_app, count_rows=a_function)
+@recorded(
+    notebook="04_background_tasks",
+    needs="TCP sockets (it serves your app with uvicorn, then shuts the server down)",
+    app=an_app,
+    count_rows=a_function,
+)
 async def check_background_audit(
     app: Any,
     count_rows: RowCounter,

@@ -31,6 +31,7 @@ from typing import Any, Final, ParamSpec
 
 from .. import validation
 from .._text import shorten
+from ..browser import require_real_kernel
 from ..coaching.hints import coach
 from ..progress import COURSE_EXERCISES, record
 from .watchdog import Blocked, guarded, is_learner_code
@@ -230,12 +231,19 @@ Check = Callable[P, Coroutine[Any, Any, CheckResult]]
 
 
 def recorded(
-    *, notebook: str, watchdog: WatchdogLimits | None = None, **expects: Expectation
+    *,
+    notebook: str,
+    watchdog: WatchdogLimits | None = None,
+    needs: str | None = None,
+    **expects: Expectation,
 ) -> Callable[[Check[P]], Check[P]]:
     """Make an `async def check_…` a course check of `notebook` ("01_async_client").
 
     The decorated check:
 
+    * with `needs` (what it needs that a browser tab does not have, e.g. "TCP sockets"), raises
+      `labsupport.browser.RealKernelRequired` in a browser tab, one line before anything runs:
+      a verdict there would not have measured what the check is about;
     * refuses bad input with a failed result of cause "bad_input" whose summary says, in one
       sentence, what to pass instead: a call that does not fit the check's signature, an
       argument an `Expectation` in `expects` (by parameter name) refuses, or a `TypeError` /
@@ -260,6 +268,8 @@ def recorded(
 
         @functools.wraps(check)
         async def run(*args: P.args, **kwargs: P.kwargs) -> CheckResult:
+            if needs is not None:
+                require_real_kernel(f"lab.checks.{check.__name__}", needs)
             exercise = str(getattr(sys.modules[check.__module__], "EXERCISE", check.__name__))
             problem = _bad_call(check.__name__, signature, expects, args, kwargs)
             if problem is None:

@@ -179,7 +179,12 @@ class _Chat(BaseModel):
     message: str
 
 
-@recorded(notebook="08_streaming", app=an_app, audit_rows=a_function)
+@recorded(
+    notebook="08_streaming",
+    needs="TCP sockets (it serves your app with uvicorn and closes a connection mid-stream)",
+    app=an_app,
+    audit_rows=a_function,
+)
 async def check_streaming_endpoint(
     app: Any, audit_rows: AuditRows, *, path: str = "/chat/stream", n: int = 8
 ) -> CheckResult:

@@ -16,10 +16,11 @@ import html
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import ipywidgets
 
+from ..browser import require_real_kernel
 from ..lab import current_upstream
 from ..upstream import MockUpstream
 from ._display import png_bytes, widget_bundle
@@ -75,7 +76,12 @@ class SliderExplorer(ABC, Generic[S, R]):
     run that fails shows its error under the figure.
     """
 
+    #: What each run needs that a browser tab does not have (`labsupport.browser`).
+    NEEDS: ClassVar[str] = "a thread to run each scenario in, and matplotlib to draw it"
+
     def __init__(self, scenario: S, controls: dict[str, ipywidgets.ValueWidget]) -> None:
+        # Now, not in the first run: `_draw` shows a failed run as a caption, not an error.
+        require_real_kernel(type(self).__name__, self.NEEDS)
         self.scenario = scenario
         self.controls = controls
         for control in self.controls.values():

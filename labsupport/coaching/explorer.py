@@ -30,6 +30,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from openai import AsyncOpenAI, OpenAI
 
+from ..browser import require_real_kernel
 from ..lab import PLACEHOLDER_KEY
 from ..load import LoadReport, fire
 from ..serving import asgi_client
@@ -133,6 +134,7 @@ class ScenarioRun:
 def run_scenario(scenario: Scenario, upstream: MockUpstream | None = None) -> ScenarioRun:
     """Run `scenario` against the offline upstream (the lab's, by default) and return what it
     measured. Blocks until done; safe to call from a widget callback or a cell."""
+    require_real_kernel("run_scenario", Explorer.NEEDS)
     upstream = upstream if upstream is not None else offline_upstream()
     return run_apart(_run(scenario, upstream))
 
@@ -250,6 +252,7 @@ def explore(
 
     Runs the scenario once now, so the cell shows its timeline at once.
     """
+    require_real_kernel("explore", Explorer.NEEDS)
     if scenario is not None and settings:
         raise TypeError("give a Scenario or its settings, not both")
     return Explorer(scenario or Scenario(**settings), controls=controls)

@@ -27,24 +27,27 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import anyio.to_thread
 import httpx
 import ipywidgets
-import matplotlib.pyplot as plt
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse
 from openai import AsyncOpenAI, OpenAI
 
+from ..browser import require_real_kernel
 from ..lab import PLACEHOLDER_KEY
-from ..plots import DescribedFigure
 from ..serving import serve
 from ..upstream import MockUpstream
 from ..upstream.replies import count_tokens, reply_to
 from ..validation import check_choice, check_int, check_seconds
 from ._sliders import SliderExplorer, offline_upstream, run_apart
+
+if TYPE_CHECKING:  # matplotlib, imported when a figure is drawn: in a browser tab (Pyodide),
+    # where it is not installed, the explorer then says in one line what it needs
+    from ..plots import DescribedFigure
 
 __all__ = ["StreamExplorer", "StreamRun", "StreamScenario", "explore_streams", "run_streams"]
 
@@ -164,6 +167,10 @@ class StreamRun:
     def figure(self) -> DescribedFigure:
         """Above, one line per stream from its first piece (a dot) to its last; below, the
         leaving client's events, the moment it left, and the tokens the upstream sent after."""
+        import matplotlib.pyplot as plt
+
+        from ..plots import DescribedFigure
+
         figure, (above, below) = plt.subplots(
             2,
             1,
@@ -212,6 +219,7 @@ class StreamRun:
 def run_streams(scenario: StreamScenario, upstream: MockUpstream | None = None) -> StreamRun:
     """Run `scenario` against the offline upstream (the lab's, by default) and return what it
     measured. Blocks until done; safe to call from a widget callback or a cell."""
+    require_real_kernel("run_streams", StreamExplorer.NEEDS)
     return run_apart(_run(scenario, upstream if upstream is not None else offline_upstream()))
 
 
@@ -348,6 +356,11 @@ def _relay_app(relay: Relay, async_client: AsyncOpenAI, sync_client: OpenAI) -> 
 class StreamExplorer(SliderExplorer[StreamScenario, StreamRun]):
     """Controls for a `StreamScenario`; each change runs it again and redraws its figure."""
 
+    NEEDS = (
+        "TCP sockets (each run serves its relay with uvicorn on 127.0.0.1), a thread to run it "
+        "in, and matplotlib to draw it"
+    )
+
     def __init__(self, scenario: StreamScenario, *, upstream: MockUpstream | None = None) -> None:
         self._upstream = upstream
         controls: dict[str, ipywidgets.ValueWidget] = {
@@ -397,6 +410,7 @@ class StreamExplorer(SliderExplorer[StreamScenario, StreamRun]):
 def explore_streams(scenario: StreamScenario | None = None, **settings: Any) -> StreamExplorer:
     """A `StreamExplorer` of `scenario` (or of ``StreamScenario(**settings)``); end a cell with
     it. Runs the scenario once now, so the cell shows its figure at once."""
+    require_real_kernel("explore_streams", StreamExplorer.NEEDS)
     if scenario is not None and settings:
         raise TypeError("give a StreamScenario or its settings, not both")
     return StreamExplorer(scenario or StreamScenario(**settings))

@@ -4,8 +4,12 @@
 * `SharedSemaphore`, `TokenBucket` — limits kept in Redis, shared by every worker;
 * `ServiceWorkers`, `QueueWorker` — uvicorn workers of the lesson's service, a streaq worker;
 * `WorkerTaggedServer` — the fake upstream, telling which worker sent each call.
+
+All of it needs processes and TCP sockets: in a browser tab (Pyodide) importing it raises
+`labsupport.browser.RealKernelRequired`, one line, before any of its modules is imported.
 """
 
+from . import _real_kernel_only  # noqa: F401 (first: it raises in a browser tab)
 from .redis_server import (
     RedisServer,
     RedisServerMissing,

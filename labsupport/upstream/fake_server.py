@@ -25,6 +25,7 @@ from typing import Self, Unpack
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from ..browser import require_real_kernel
 from ..network import bound_tcp_socket, check_port, client_kind, run_uvicorn
 from ..switch import Switch
 from ..validation import check_seconds
@@ -51,6 +52,7 @@ class FakeServer(Upstream, Switch):
         port: int = 0,
         **changes: Unpack[SettingsChanges],
     ) -> None:
+        require_real_kernel("lab.FakeServer", "TCP sockets and a thread to serve them from")
         port = check_port(port)
         self._clients: set[tuple[str, int]] = set()
         super().__init__(settings, **changes)
