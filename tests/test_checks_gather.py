@@ -21,7 +21,10 @@ pytestmark = pytest.mark.usefixtures("offline_lab")
 
 @pytest.fixture
 def lab_latency() -> float:
-    return 0.02
+    # 0.1 in notebook 02. At 0.02 s, on a loaded machine, worker threads started 5 calls more
+    # than a latency apart, twice in a row (an answer with a thread per call judged
+    # "not_all_at_once" in CI): the threads' start, not the answer, decided.
+    return 0.05
 
 
 def check(fn: Any) -> CheckResult:

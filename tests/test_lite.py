@@ -586,7 +586,7 @@ class CorpusInBrowser:
 
 #: The corpora of the lessons that run in the browser, and how each is checked there.
 CORPORA = [
-    CorpusInBrowser("ex02_gather", "check_parallel_fanout({answer})", 0.02),
+    CorpusInBrowser("ex02_gather", "check_parallel_fanout({answer})", 0.05),
     CorpusInBrowser("ex03_semaphore", "check_bounded_batch({answer}, 5)", 0.05),
     CorpusInBrowser("ex05_lifespan", "check_lifespan_client({answer})", 0.05),
 ]
