@@ -166,6 +166,35 @@ def test_open_connections_counts_what_is_still_open() -> None:
     assert server.open_connections == 0
 
 
+@pytest.mark.parametrize("thread_runs", [True, False], ids=["thread_started", "never_started"])
+def test_interrupted_inside_thread_start_it_stops_and_frees_the_port(
+    monkeypatch: pytest.MonkeyPatch, thread_runs: bool
+) -> None:
+    """On a loaded machine the Ctrl+C can land while `Thread.start()` itself still waits for the
+    new thread (seen once under `make test` with `yes` on the other core: a FakeServer thread left
+    serving). Whether the thread then runs or never began, nothing serves and the port is free."""
+    from labsupport.upstream import fake_server
+
+    class InterruptedStart(threading.Thread):
+        def start(self) -> None:
+            if thread_runs:
+                super().start()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fake_server.threading, "Thread", InterruptedStart)
+    monkeypatch.setattr(fake_server, "_THREAD_START_SECONDS", 0.5)
+    server = FakeServer()
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+    monkeypatch.undo()
+    assert not server.active
+    assert not [t for t in threading.enumerate() if t.name.startswith("FakeServer:")]
+    with socket.socket() as probe:  # no SO_REUSEADDR: the port must be entirely free
+        probe.bind(("127.0.0.1", server.port))
+    assert server.start() is server and server.active  # and it can still start
+    server.stop()
+
+
 def test_interrupted_while_starting_it_stops_and_frees_the_port(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -106,7 +106,7 @@ class FakeServer(Upstream, Switch):
         listening = contextlib.ExitStack()
         sock = listening.enter_context(bound_tcp_socket("127.0.0.1", self._requested_port))
         self._port = sock.getsockname()[1]
-        ready = threading.Event()
+        ready, running = threading.Event(), threading.Event()
         failure: list[BaseException] = []
 
         async def serve() -> None:
@@ -117,6 +117,7 @@ class FakeServer(Upstream, Switch):
                 await self._stopping.wait()
 
         def run() -> None:
+            running.set()
             try:
                 with listening:  # the socket is closed once uvicorn is done with it
                     asyncio.run(serve())
@@ -127,12 +128,16 @@ class FakeServer(Upstream, Switch):
                 ready.set()
 
         self._thread = threading.Thread(target=run, name=f"FakeServer:{self._port}", daemon=True)
-        self._thread.start()
         try:
+            self._thread.start()  # on a busy machine a Ctrl+C can land in here, too
             _wait_interruptibly(ready)
         except BaseException:  # Ctrl+C while it starts: the thread would serve on, port and all
-            _wait_interruptibly(ready)
-            self.stop()
+            if running.wait(_THREAD_START_SECONDS):  # it runs, and sets `ready` however it ends
+                _wait_interruptibly(ready)
+                self.stop()
+            else:  # interrupted before the thread began: nothing serves, the socket is ours
+                self._thread = None
+                listening.close()
             raise
         if self._server is None:
             self.stop()
@@ -239,6 +244,9 @@ async def _left_within(left: asyncio.Event, seconds: float) -> bool:
 
 
 _INTERRUPT_POLL_SECONDS = 0.1
+_THREAD_START_SECONDS = 10.0
+"""How long an interrupted `start()` waits for its thread to begin running (on a loaded machine a
+new thread can wait a while for a core): one that never began serves nothing."""
 
 
 def _wait_interruptibly(event: threading.Event) -> None:
