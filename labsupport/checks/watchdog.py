@@ -363,8 +363,10 @@ class _Watchdog:
                 self.timed_out = True
                 self._step_in(now)
             return
-        frame = sys._current_frames().get(self._main)
-        learner = _innermost_learner_frame(frame)
+        # One walk of the stack, kept: the main thread runs on meanwhile, and a coroutine's
+        # frame that has suspended since no longer links to its caller (its f_back is None).
+        segment = _callback_segment(sys._current_frames().get(self._main))
+        learner = next((f for f in segment if is_learner_code(f)), None)
         if learner is None:  # the lab's own code (starting a server, say) is not judged
             self._frame = None
             if over_time:
@@ -387,7 +389,7 @@ class _Watchdog:
         held = now - self._frame_since if waiting else cpu
         if held >= self.block_limit or over_time:
             self.timed_out = over_time
-            self.blocked = _describe(frame, learner, stalled, busy=not waiting)
+            self.blocked = _describe(segment, learner, stalled, busy=not waiting)
             self._step_in(now)
 
     def _main_asleep(self) -> int:
@@ -440,15 +442,11 @@ def _in_learner_callback(frame: FrameType) -> bool:
     return any(is_learner_code(f) for f in _callback_segment(frame))
 
 
-def _innermost_learner_frame(frame: FrameType | None) -> FrameType | None:
-    return next((f for f in _callback_segment(frame) if is_learner_code(f)), None)
-
-
 def _describe(
-    frame: FrameType | None, learner: FrameType, stalled: float, *, busy: bool
+    segment: list[FrameType], learner: FrameType, stalled: float, *, busy: bool
 ) -> Blocked:
-    """Name the blocking call from the main thread's stack."""
-    segment = _callback_segment(frame)
+    """Name the blocking call from the main thread's stack (`segment`, from its innermost frame
+    out to the event loop's callback; `learner` is one of them)."""
     filename = learner.f_code.co_filename
     number = learner.f_lineno
     if busy:  # named by its loop: which line of the loop it was on is the bytecode's choice
