@@ -9,10 +9,10 @@ and summary (``.summary``) either way.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from .browser import in_browser
 from .plot_data import Calls, Runs
 
 if TYPE_CHECKING:
@@ -21,11 +21,6 @@ if TYPE_CHECKING:
     from .vegalite import DescribedChart
 
 __all__ = ["plot_in_flight", "plot_latencies", "plot_timeline"]
-
-
-def in_browser() -> bool:
-    """Whether this kernel is Pyodide in a browser tab, where matplotlib is not installed."""
-    return sys.platform == "emscripten"
 
 
 def plot_timeline(

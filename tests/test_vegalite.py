@@ -5,6 +5,7 @@ Pyodide (labsupport.charts). tests/test_lite.py renders them in JupyterLab in Ch
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -85,7 +86,7 @@ def test_bad_input_is_the_same_clear_error_as_for_the_figures() -> None:
 def test_the_lessons_plot_calls_draw_charts_in_the_browser(monkeypatch: pytest.MonkeyPatch) -> None:
     assert labsupport.plot_timeline is charts.plot_timeline
     assert isinstance(labsupport.plot_in_flight(report([200])), plots.DescribedFigure)
-    monkeypatch.setattr(charts.sys, "platform", "emscripten")
+    monkeypatch.setattr(sys, "platform", "emscripten")
     for chart in (
         labsupport.plot_timeline(report([200])),
         labsupport.plot_latencies(report([200])),
