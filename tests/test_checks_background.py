@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import pytest
@@ -16,7 +17,8 @@ from fastapi import FastAPI
 from mutation import ex04_background as mutants04
 from mutation.engine import Mutant, judge, mutants
 
-from labsupport.checks import CheckResult, check_background_audit
+from labsupport import serving
+from labsupport.checks import CheckResult, background, check_background_audit
 from labsupport.checks._sqlite import sqlite_threads
 from labsupport.checks.background import CAUSES
 
@@ -162,35 +164,96 @@ def test_the_mutant_is_refused_with_its_cause(
 
 
 def test_a_shutdown_with_no_write_pending_is_measured_again_and_never_called_tested(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a busy machine every audit write can end before the server's shutdown begins; then an
     app that cancels its pending tasks at shutdown loses nothing, and was judged right. Here
-    the count taken as the shutdown begins waits until every write has ended, in every burst:
+    the server hands the app its shutdown only once every write has ended, in every burst:
     the check runs 3 bursts, and its pass says the shutdown was not measured."""
     db_path = str(tmp_path / "audit.sqlite3")
     corpus.create_table(db_path)
-    calls = 0
+    shutdowns = 0
 
-    async def count_rows() -> int:
-        nonlocal calls
-        calls += 1
-        # Per burst: before it (from the second), after the probe, as the shutdown begins,
-        # after the shutdown.
-        if calls >= 3 and (calls - 3) % 4 == 0:
-            await asyncio.sleep(5 * corpus.AUDIT_SECONDS)  # every write of the burst ends
+    def told_late(app: Any) -> Any:
+        async def app_told_late(scope: Any, receive: Any, send: Any) -> None:
+            async def receiving() -> Any:
+                nonlocal shutdowns
+                message = await receive()
+                if message["type"] == "lifespan.shutdown":
+                    shutdowns += 1
+                    await asyncio.sleep(5 * corpus.AUDIT_SECONDS)  # every write of the burst ends
+                return message
+
+            await app(scope, receiving, send)
+
+        return serving.serve(app_told_late)
+
+    monkeypatch.setattr(background, "serve", told_late)
+    app = corpus.answer_tasks_cancelled_at_shutdown(db_path)
+    result = check(app, db_path)
+    assert shutdowns == 3  # 3 bursts
+    assert (result.passed, result.cause) == (True, "ok"), str(result)
+    assert (
+        "in each of 3 bursts, every row was already written when the rows were counted as the "
+        "app's shutdown began: what a shutdown does to pending work was not measured"
+    ) in result.summary
+    assert (
+        "When the rows were counted, just after the app's lifespan shutdown began, every audit "
+        "row was already written."
+    ) in str(result)
+
+
+def test_the_rows_are_counted_once_the_shutdown_began_not_before(tmp_path: Path) -> None:
+    """The wrong ✅ seen on a loaded machine: the rows were counted just before the server was
+    asked to stop, and the last writes ended while it wound down, so an app that cancels its
+    pending writes at shutdown found none to cancel, and passed. Here every count reads the
+    table at once and answers only after the burst's writes could have ended, as a count
+    delayed by a busy machine does: the count as the shutdown begins must still be taken once
+    the app was told to stop, when its cancelling loses rows."""
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+
+    async def late_count() -> int:
         rows: int = corpus.count_rows(db_path)
+        await asyncio.sleep(5 * corpus.AUDIT_SECONDS)
         return rows
 
     app = corpus.answer_tasks_cancelled_at_shutdown(db_path)
     result = asyncio.run(
+        check_background_audit(app, late_count, audit_seconds=corpus.AUDIT_SECONDS, n=N)
+    )
+    assert (result.passed, result.cause) == (False, "rows_lost"), str(result)
+    assert (
+        "When the server's shutdown began, some audit rows were still to be written (still when "
+        "the app's lifespan shutdown began)."
+    ) in str(result)
+
+
+def test_writes_the_server_waited_for_count_as_pending_at_its_shutdown(tmp_path: Path) -> None:
+    """`BackgroundTasks` run inside the request's ASGI call, and the server waits for running
+    calls before the app's lifespan shutdown: by then every row is written. That the shutdown
+    was put to the test is shown by the rows still to come when the server was asked to stop,
+    and all written once those requests had ended, in the first burst."""
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+    calls = 0
+
+    def count_rows() -> int:
+        nonlocal calls
+        calls += 1
+        rows: int = corpus.count_rows(db_path)
+        return rows
+
+    app = corpus.answer_add_task_with_the_lifespan_connection(db_path)
+    result = asyncio.run(
         check_background_audit(app, count_rows, audit_seconds=corpus.AUDIT_SECONDS, n=N)
     )
-    assert calls == 12  # 3 bursts
     assert (result.passed, result.cause) == (True, "ok"), str(result)
-    assert "in each of 3 bursts: what a shutdown does to pending work was not measured" in (
-        result.summary
-    )
-    assert "When the server's shutdown began, no audit rows were still to be written." in str(
-        result
-    )
+    # Before, after the probe, at the server's stop, when its requests ended, at the lifespan
+    # shutdown, after it: one burst.
+    assert calls == 6
+    assert (
+        "When the server's shutdown began, some audit rows were still to be written (every one "
+        "was written when the requests still running then had ended)."
+    ) in str(result)
+    assert "not measured" not in result.summary

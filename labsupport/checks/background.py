@@ -16,7 +16,10 @@ conjunction; the cause is the first that failed, in the order below; the hint is
    coroutine nobody awaited (`add_task(lambda: write(...))`), a `BackgroundTasks` FastAPI
    never ran (an unannotated `background_tasks=BackgroundTasks()` default), a queue whose
    writer was cancelled before the queue was drained, or a bare `asyncio.create_task` nobody
-   awaited at shutdown.
+   awaited at shutdown. A shutdown is put to the test only if writes are still to come when it
+   begins, so the rows are counted as the app is handed its shutdown, and a burst whose writes
+   had all ended by then is run again (3 bursts at most; a pass then says the shutdown was not
+   measured).
 
 Its causes (`CheckResult.cause`), in the order they are judged:
 
@@ -62,7 +65,7 @@ import asyncio
 import gc
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
@@ -136,7 +139,7 @@ class _Measured:
     probe: LoadReport
     rows_at_probe: int
     burst: LoadReport
-    rows_at_shutdown: int
+    shutdown_counts: _ShutdownCounts
     rows: int
     blocked: float
     shutdown: float
@@ -199,7 +202,7 @@ async def check_background_audit(
         its pending work at shutdown loses nothing. So measure again, a few times at most."""
         measured = await measure(rows_before)
         for _ in range(SHUTDOWN_ATTEMPTS - 1):
-            if measured.rows_at_probe or measured.rows_at_shutdown < n + 1:
+            if measured.rows_at_probe or measured.shutdown_counts.work_was_pending(n + 1):
                 break
             measured = await measure(await _count(count_rows))
         return measured
@@ -213,8 +216,14 @@ async def check_background_audit(
             sqlite_threads() as threads,
             unkept_tasks() as unkept,
         ):
+
+            async def count_unwatched() -> int:
+                with threads.loop_unwatched():  # the check's own statements
+                    return await _count(count_rows) - rows_before
+
+            watched = _ShutdownWatch(app, count_unwatched)
             try:
-                async with serve(app) as client:
+                async with serve(watched) as client:
                     lag.start()  # once the server is up: its startup is not the app's fault
                     threads.watch_loop()  # requests, background work and shutdown
                     # The probe on a connection of its own: a failing background task may
@@ -223,14 +232,14 @@ async def check_background_audit(
                         base_url=client.base_url, trust_env=False
                     ) as alone:
                         probe = await fire(alone, "POST", path, n=1, json=body)
-                    with threads.loop_unwatched():
-                        rows_at_probe = await _count(count_rows) - rows_before
+                    rows_at_probe = await count_unwatched()
                     burst = await fire(client, "POST", path, n=n, json=lambda i: body(i + 1))
                     responses_done = time.perf_counter()
-                    with threads.loop_unwatched():
-                        rows_at_shutdown = await _count(count_rows) - rows_before
+                    watched.server_stops()
                 shutdown = time.perf_counter() - responses_done
+                shutdown_counts = await watched.counts()
             finally:
+                watched.forget()
                 threads.unwatch_loop()
                 lag.stop()  # interrupted too: its watcher task must not outlive the check
             gc.collect()  # coroutines never awaited warn when collected: inside, not later
@@ -238,7 +247,7 @@ async def check_background_audit(
             probe,
             rows_at_probe,
             burst,
-            rows_at_shutdown,
+            shutdown_counts,
             await _count(count_rows) - rows_before,
             lag.blocked,
             shutdown,
@@ -276,9 +285,7 @@ def _verdict(
         f"{'already' if measured.rows_at_probe else 'not yet'} written.",
         f"The event loop was blocked for {measured.blocked:.2f} s; the server's shutdown took "
         f"{measured.shutdown:.2f} s.",
-        f"When the server's shutdown began, "
-        f"{'no' if measured.rows_at_shutdown >= total else 'some'} audit rows were still to be "
-        "written.",
+        measured.shutdown_counts.says(total),
         f"Audit rows written: {measured.rows} for {total} requests.",
     ]
     if measured.sqlite_threads > 1:
@@ -447,9 +454,10 @@ def _verdict(
             "write exactly one audit row per request.",
         )
     untested = (
-        " (every row was written before the shutdown began, in each of "
-        f"{SHUTDOWN_ATTEMPTS} bursts: what a shutdown does to pending work was not measured)"
-        if measured.rows_at_shutdown >= total
+        f" (in each of {SHUTDOWN_ATTEMPTS} bursts, every row was already written when the rows "
+        "were counted as the app's shutdown began: what a shutdown does to pending work was not "
+        "measured)"
+        if not measured.shutdown_counts.work_was_pending(total)
         else ""
     )
     return CheckResult(
@@ -460,6 +468,142 @@ def _verdict(
         f"and every entry was stored{untested}.",
         evidence=tuple(evidence),
     )
+
+
+@dataclass(frozen=True)
+class _ShutdownCounts:
+    """The audit rows counted as the server's shutdown went on (each count less the rows of
+    before the check).
+
+    A count can only be late, never early: the rows it finds were written by the moment it is
+    named for *or later*. So a count below the requests proves that writes were still to come at
+    that moment, and a count that reached them proves nothing about it.
+    """
+
+    at_server_stop: int
+    """Counted once the server was asked to stop, after the burst's last response."""
+    requests_running: int
+    """The requests (ASGI calls) still running when the server was asked to stop: in
+    Starlette, a request's call ends after its `BackgroundTasks` have run."""
+    when_requests_ended: int | None
+    """Counted as the last of those requests ended, before its call returned: these rows were
+    written by then (None: none was running, or the count failed)."""
+    at_lifespan_shutdown: int
+    """Counted once the app was handed its lifespan shutdown, where a shutdown that cancels
+    pending work (tasks, a queue's writer) loses it."""
+
+    def work_was_pending(self, total: int) -> bool:
+        """Whether the shutdown was put to the test: writes were still to come when the app's
+        lifespan shutdown began, or they were still to come when the server was asked to stop
+        and were written by the time the requests still running had ended (the server waits
+        for a request's call, and so for its background tasks, before the lifespan shutdown)."""
+        if self.at_lifespan_shutdown < total:
+            return True
+        return (
+            self.requests_running > 0
+            and self.at_server_stop < total
+            and self.when_requests_ended is not None
+            and self.when_requests_ended >= total
+        )
+
+    def says(self, total: int) -> str:
+        """The evidence line: what the counts prove, and nothing more."""
+        if self.at_lifespan_shutdown < total:
+            return (
+                "When the server's shutdown began, some audit rows were still to be written "
+                "(still when the app's lifespan shutdown began)."
+            )
+        if self.work_was_pending(total):
+            return (
+                "When the server's shutdown began, some audit rows were still to be written "
+                "(every one was written when the requests still running then had ended)."
+            )
+        return (
+            "When the rows were counted, just after the app's lifespan shutdown began, every "
+            "audit row was already written."
+        )
+
+
+class _ShutdownWatch:
+    """`app`, with the audit rows counted as the server's shutdown goes on (`_ShutdownCounts`).
+
+    A count taken before the server was asked to stop proved nothing: on a loaded machine the
+    last writes ended while the server wound down, so an app that cancels its pending writes
+    at shutdown found none to cancel, and passed. Each count here starts after the moment it is
+    named for, so it can only be late.
+    """
+
+    def __init__(self, app: Any, count: Callable[[], Coroutine[Any, Any, int]]) -> None:
+        self._app = app
+        self._count = count
+        self._running: set[int] = set()
+        self._running_at_stop: set[int] | None = None
+        self._requests_running_at_stop = 0
+        self._at_server_stop: asyncio.Task[int] | None = None
+        self._when_requests_ended: int | None = None
+        self._at_lifespan_shutdown: asyncio.Task[int] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._app(scope, self._telling_shutdown(receive), send)
+            return
+        call = id(scope)
+        self._running.add(call)
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._running.discard(call)
+            waited_for = self._running_at_stop
+            if waited_for and call in waited_for:
+                waited_for.discard(call)
+                if not waited_for:
+                    # Before the call returns: the server still waits for it, so the rows
+                    # counted here were written while a request was still running.
+                    await self._count_when_requests_ended()
+
+    def _telling_shutdown(self, receive: Any) -> Callable[[], Awaitable[Any]]:
+        async def receiving() -> Any:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown" and self._at_lifespan_shutdown is None:
+                # Runs on the loop's next turn, once the app has begun its shutdown.
+                self._at_lifespan_shutdown = asyncio.get_running_loop().create_task(self._count())
+            return message
+
+        return receiving
+
+    async def _count_when_requests_ended(self) -> None:
+        try:
+            self._when_requests_ended = await self._count()
+        except Exception:  # the final count, after the shutdown, reports a failing count_rows
+            self._when_requests_ended = None
+
+    def server_stops(self) -> None:
+        """Note the requests still running and start counting: call it just before leaving
+        `serve()`. The count runs while the server stops, so it does not delay the stop."""
+        self._running_at_stop = set(self._running)
+        self._requests_running_at_stop = len(self._running)
+        self._at_server_stop = asyncio.get_running_loop().create_task(self._count())
+
+    async def counts(self) -> _ShutdownCounts:
+        """Every count, once the server has stopped. An app without a lifespan is never handed
+        the shutdown: its rows are counted now, which is later still."""
+        if self._at_server_stop is None:
+            raise RuntimeError("server_stops() was not called before the server stopped")
+        lifespan = self._at_lifespan_shutdown
+        return _ShutdownCounts(
+            at_server_stop=await self._at_server_stop,
+            requests_running=self._requests_running_at_stop,
+            when_requests_ended=self._when_requests_ended,
+            at_lifespan_shutdown=await (lifespan if lifespan is not None else self._count()),
+        )
+
+    def forget(self) -> None:
+        """Cancel the counts still running (the server failed or was interrupted)."""
+        for counting in (self._at_server_stop, self._at_lifespan_shutdown):
+            if counting is not None and not counting.done():
+                counting.cancel()
+                # Nobody awaits it any more: its outcome is read here, not reported as lost.
+                counting.add_done_callback(lambda task: task.cancelled() or task.exception())
 
 
 async def _count(count_rows: RowCounter) -> int:
