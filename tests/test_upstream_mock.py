@@ -136,8 +136,10 @@ def test_rate_limited_parallel_respects_its_semaphore() -> None:
 
 
 def test_unbounded_gather_trips_the_rate_limit() -> None:
+    # Each answer takes 0.5 s: the 20 calls all arrive while the first 5 are still in flight
+    # (at 0.02 s, a loaded machine let one finish first, and 14 were refused).
     limit = RateLimit(max_concurrent=5, retry_after=0.01)
-    with mock_openai(latency=0.02, rate_limit=limit) as upstream:
+    with mock_openai(latency=0.5, rate_limit=limit) as upstream:
         aclient = AsyncOpenAI(api_key="test-key", max_retries=0)
 
         async def main() -> list[object]:
