@@ -79,6 +79,8 @@ def _run_in_thread(coroutine: Coroutine[Any, Any, None]) -> None:
     running in this thread. In a browser tab (Pyodide), which has no threads, on the tab's own
     loop instead, to the end before this returns (Pyodide's `run_sync`, through the browser's
     stack switching)."""
+    # sys.platform, not browser.in_browser(): mypy then checks this import only for the
+    # platform that has it.
     if sys.platform == "emscripten":
         from pyodide.ffi import run_sync
 

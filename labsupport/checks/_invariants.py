@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
+from ..browser import in_browser
 from ..lab import LabUpstream
 from ..load import LoadReport, fire
 from ..looplag import LoopLagMonitor
@@ -66,7 +67,7 @@ that long once, so the checkers that use it count a block only when a second run
 three latencies a `time.sleep` of exactly three passed: the watcher's wake-up was due a few
 milliseconds into the sleep.)"""
 
-BLOCK_FLOOR: Final = 0.5 if sys.platform == "emscripten" else 0.15
+BLOCK_FLOOR: Final = 0.5 if in_browser() else 0.15
 """Seconds: the shortest block `loop_blocked` counts, whatever the latency. In a browser tab
 (Pyodide) Python runs several times slower and shares its thread with the page: there a correct
 answer, 03's `BoundedSemaphore(len(texts))` (its 20 replies arrive together), was measured
@@ -74,7 +75,7 @@ blocking the loop past 0.15 s in both runs on a busy machine. Under JSPI `time.s
 block the loop at all, so in a tab only code that keeps the CPU busy is counted, from half a
 second."""
 
-NO_SOCKETS: Final = sys.platform == "emscripten"
+NO_SOCKETS: Final = in_browser()
 """In a browser tab (Pyodide) there are no sockets, so no `over_tcp()`: the checkers judge what
 only real connections show (a pool's limit, a connection tied to a closed loop) in process
 only, and say so in their docstrings."""

@@ -62,6 +62,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final, Generic, Literal, TypeVar
 
+from ..browser import in_browser
+
 __all__ = ["Blocked", "Guarded", "guarded", "is_learner_code"]
 
 T = TypeVar("T")
@@ -166,7 +168,7 @@ async def guarded(scenario: Awaitable[T], *, block_limit: float, time_limit: flo
         raise ValueError(f"need 0 < block_limit <= time_limit; got {block_limit}, {time_limit}")
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(scenario)
-    if sys.platform == "emscripten":
+    if in_browser():
         return await _timed(task, time_limit)
     dog = _Watchdog(loop, task, block_limit=block_limit, time_limit=time_limit)
     heartbeat = loop.create_task(dog.heartbeat(), name="labsupport watchdog heartbeat")

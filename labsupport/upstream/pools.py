@@ -23,7 +23,6 @@ the httpx2 response httpx2's own pooled transport would build from it.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -32,6 +31,7 @@ import httpcore
 import httpcore2
 import httpx2
 
+from ..browser import in_browser
 from ..network import is_loopback
 from .refusal import blocked_request
 
@@ -50,7 +50,7 @@ _POOLS = (
 )
 
 #: Whether httpx2's transports are wrapped as well as the pools: where they have no pool under them.
-WRAP_TRANSPORTS = sys.platform == "emscripten"
+WRAP_TRANSPORTS = in_browser()
 
 _lock = threading.Lock()
 _routes: list[tuple[Route, AsyncRoute]] = []
