@@ -11,7 +11,7 @@
 #   make lock       re-pin requirements.lock from pyproject.toml (LOCK_FLAGS=--upgrade to bump all)
 #   make bench      run the benchmarks: mock cost, demo fidelity, capstone, course time
 #   make pythons    the checkers' tests and strict nbval on Debian's Python 3.13 and 3.14 (root;
-#                   not yet in make check: a race in 04's check still fails there, see README)
+#                   the last step of make check)
 #   make drift      would the newest versions pyproject allows break the tests? (weekly; uses the
 #                   package registry, changes nothing here)
 #   make venv       create or update .venv from requirements.lock
@@ -112,11 +112,13 @@ notebooks-test: venv
 
 # Everything CI runs (.ci/run calls it). LAB_NO_SKIP=1: a test whose program (Chromium,
 # redis-server, the npm tools, the JupyterLite site's wheels) is missing fails instead of being
-# skipped. `lite` comes first: its wheel download is the one step that needs the package
-# registry, and the tests run loopback-only.
+# skipped. `lite` comes first: its wheel download needs the package registry, and the tests run
+# loopback-only. Last, the same on Debian's Python 3.13 and 3.14 (`make pythons`: it makes or
+# updates each Debian root from the Debian and package registries, then tests loopback-only).
 check: lint $(NODE_TOOLS) lite
 	LAB_NO_SKIP=1 $(PYTEST) tests $(COVERAGE) --cov-fail-under=$(COVERAGE_MIN)
 	LAB_NO_SKIP=1 $(PYTEST) notebooks $(NOTEBOOK_WORKERS)
+	$(OTHER_PYTHONS)
 
 lock: | $(BIN)/uv
 	$(BIN)/uv pip compile pyproject.toml $(EXTRAS) --python-version 3.11 --universal \
@@ -160,7 +162,7 @@ drift: venv
 
 # The Pythons learners have besides this venv's: Debian trixie (3.13) and sid (3.14), each in a
 # throwaway root made with debootstrap (the network only for that), the tests loopback only.
-# Needs root. Not in `make check` until it is green (README: "Supported Pythons").
+# Needs root. The last step of `make check` (README: "Supported Pythons").
 # See tools/other_pythons.py.
 pythons: venv
 	$(OTHER_PYTHONS)

@@ -30,12 +30,10 @@ def _recipe(target: str) -> list[str]:
     return recipe
 
 
-def test_make_pythons_runs_the_other_pythons_and_make_test_stays_on_one() -> None:
-    """`make check` does not run them yet (README: a race in 04's check); `make test` never."""
-    for target in ("test", "check"):
-        assert not any(
-            "OTHER_PYTHONS" in line or "other_pythons" in line for line in _recipe(target)
-        )
+def test_make_check_ends_with_the_other_pythons_and_make_test_stays_on_one() -> None:
+    """`make check` runs them last, after the venv's own tiers; `make test` never."""
+    assert not any("OTHER_PYTHONS" in line or "other_pythons" in line for line in _recipe("test"))
+    assert _recipe("check")[-1] == "$(OTHER_PYTHONS)"
     assert _recipe("pythons") == ["$(OTHER_PYTHONS)"]
 
 
