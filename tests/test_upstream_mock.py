@@ -179,18 +179,17 @@ def test_sync_client_blocks_its_thread_async_client_does_not(
 
     upstream.reset()
 
-    async def in_threads() -> float:
-        start = time.perf_counter()
-
+    async def in_threads() -> None:
         def call() -> None:
             client.chat.completions.create(model="gpt-4o-mini", messages=ask("hello"))
 
         await asyncio.gather(*(asyncio.to_thread(call) for _ in range(3)))
-        return time.perf_counter() - start
 
-    threaded = asyncio.run(in_threads())
+    # Counted, not timed: a wall-clock ratio of the two runs failed with `yes` on the other
+    # core (the threaded run took 0.50 s, the one on the loop 0.32 s), while the upstream still
+    # saw the three calls in flight together.
+    asyncio.run(in_threads())
     assert upstream.stats.max_in_flight == 3
-    assert 2 * threaded < on_loop  # paired runs: in threads ≈ 1 latency, on the loop ≈ 3
 
 
 # -- replies ---------------------------------------------------------------------------------
