@@ -5,17 +5,23 @@ sqlite3 connection shared by `def` tasks, found by the threads that used it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import anyio.to_thread
 import pytest
 from corpus import Answer, answers
 from corpus import ex04_background_audit as corpus
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from mutation import ex04_background as mutants04
 from mutation.engine import Mutant, judge, mutants
+from openai import AsyncOpenAI
 
 from labsupport import serving
 from labsupport.checks import CheckResult, background, check_background_audit
@@ -172,26 +178,11 @@ def test_a_shutdown_with_no_write_pending_is_measured_again_and_never_called_tes
     the check runs 3 bursts, and its pass says the shutdown was not measured."""
     db_path = str(tmp_path / "audit.sqlite3")
     corpus.create_table(db_path)
-    shutdowns = 0
-
-    def told_late(app: Any) -> Any:
-        async def app_told_late(scope: Any, receive: Any, send: Any) -> None:
-            async def receiving() -> Any:
-                nonlocal shutdowns
-                message = await receive()
-                if message["type"] == "lifespan.shutdown":
-                    shutdowns += 1
-                    await asyncio.sleep(5 * corpus.AUDIT_SECONDS)  # every write of the burst ends
-                return message
-
-            await app(scope, receiving, send)
-
-        return serving.serve(app_told_late)
-
-    monkeypatch.setattr(background, "serve", told_late)
+    shutdowns: list[float] = []
+    monkeypatch.setattr(background, "serve", functools.partial(_told_late, shutdowns=shutdowns))
     app = corpus.answer_tasks_cancelled_at_shutdown(db_path)
     result = check(app, db_path)
-    assert shutdowns == 3  # 3 bursts
+    assert len(shutdowns) == 3  # 3 bursts
     assert (result.passed, result.cause) == (True, "ok"), str(result)
     assert (
         "in each of 3 bursts, every row was already written when the rows were counted as the "
@@ -257,3 +248,80 @@ def test_writes_the_server_waited_for_count_as_pending_at_its_shutdown(tmp_path:
         "was written when the requests still running then had ended)."
     ) in str(result)
     assert "not measured" not in result.summary
+
+
+def test_an_app_that_cannot_be_served_again_keeps_its_first_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A right answer whose first burst left nothing for the shutdown to test is served again;
+    one that closes, at shutdown, a client it built outside its lifespan then answers 500. That
+    is not this lesson's question: the first burst's pass stands, and says what was not
+    measured and why (a second burst once turned such an answer into bad_reply on 3.13)."""
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+    client = AsyncOpenAI()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        pending: set[asyncio.Task[None]] = set()
+        async with aiosqlite.connect(db_path) as db:
+            yield {"audit_db": db, "pending": pending}
+            await asyncio.gather(*pending)
+        await client.close()  # built once, outside the lifespan: a second serve fails
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/chat")
+    async def chat(request: corpus.ChatRequest, http: Request) -> dict[str, str]:
+        response = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": request.message}]
+        )
+        reply = response.choices[0].message.content or ""
+        task = asyncio.create_task(
+            corpus.slow_write_audit_row(http.state.audit_db, (request.user_id, reply))
+        )
+        http.state.pending.add(task)
+        task.add_done_callback(http.state.pending.discard)
+        return {"response": reply}
+
+    monkeypatch.setattr(background, "serve", _told_late)
+    result = check(app, db_path)
+    assert (result.passed, result.cause) == (True, "ok"), str(result)
+    assert "(in 1 burst, every row was already written" in result.summary
+    assert "Served again to measure the shutdown with writes still to come, the app failed" in (
+        str(result)
+    )
+
+
+def _told_late(app: Any, shutdowns: list[float] | None = None) -> Any:
+    """`serve(app)`, handing the app its lifespan shutdown only once every audit write of the
+    burst has ended (noted in `shutdowns`)."""
+
+    async def app_told_late(scope: Any, receive: Any, send: Any) -> None:
+        async def receiving() -> Any:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                if shutdowns is not None:
+                    shutdowns.append(time.perf_counter())
+                await asyncio.sleep(5 * corpus.AUDIT_SECONDS)
+            return message
+
+        await app(scope, receiving, send)
+
+    return serving.serve(app_told_late)
+
+
+def test_a_failing_answer_is_not_served_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only an answer that would pass is served again to put its shutdown to the test: a
+    failure stands as it is. Here every write ends before the shutdown begins, and the answer
+    whose tasks nobody keeps is judged on its one burst (served again, its closed client had
+    turned it into bad_reply on 3.13 under load)."""
+    db_path = str(tmp_path / "audit.sqlite3")
+    corpus.create_table(db_path)
+    shutdowns: list[float] = []
+    monkeypatch.setattr(background, "serve", functools.partial(_told_late, shutdowns=shutdowns))
+    result = check(corpus.answer_create_task_not_kept(db_path), db_path)
+    assert (result.passed, result.cause) == (False, "task_not_kept"), str(result)
+    assert len(shutdowns) == 1
