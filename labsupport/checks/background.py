@@ -75,7 +75,7 @@ import httpx
 from starlette.background import BackgroundTasks
 
 from .._text import shorten
-from ..load import LoadReport, fire
+from ..load import LoadReport, RequestRecord, fire
 from ..looplag import LoopLagMonitor
 from ..serving import serve
 from ..validation import check_int, check_seconds
@@ -214,7 +214,7 @@ async def check_background_audit(
                 break
             again = await measure(await _count(count_rows))
             requests = again.probe.requests + again.burst.requests
-            if not all(r.status == 200 and _has_response(r.body) for r in requests):
+            if not all(_proper_reply(r) for r in requests):
                 # Served once more, an app that closes what it built outside its lifespan
                 # (a module-level client) fails: not this lesson's question, so the earlier
                 # burst's verdict stands, and says the shutdown was not measured.
@@ -338,7 +338,7 @@ def _verdict(
             f"all {total} replies were empty (null): the endpoint returned nothing.",
             'end the endpoint with `return {"response": reply}`.',
         )
-    bad = sum(r.status != 200 or not _has_response(r.body) for r in requests)
+    bad = sum(not _proper_reply(r) for r in requests)
     if bad:
         return fail(
             "bad_reply",
@@ -694,6 +694,11 @@ def _unannotated_background_tasks(app: Any) -> bool:
     return False
 
 
+def _proper_reply(record: RequestRecord) -> bool:
+    """HTTP 200 with a `{"response": "<non-empty text>"}` body."""
+    return record.status == 200 and _has_response(record.body)
+
+
 def _has_response(body: Any) -> bool:
     return (
         isinstance(body, dict) and isinstance(body.get("response"), str) and bool(body["response"])
@@ -704,6 +709,6 @@ def _first_problem(records: tuple[Any, ...]) -> str:
     for record in records:
         if record.error:
             return shorten(f"First error: {record.error_type}: {record.error}", 200)
-        if record.status != 200 or not _has_response(record.body):
+        if not _proper_reply(record):
             return shorten(f"First bad reply: HTTP {record.status}: {record.body}", 200)
     return "Every reply looked fine."
